@@ -1,0 +1,44 @@
+"""Lesson 02 exercises: batching, response-only labels and the next-token loss.
+
+Write each function body, then check it from the lesson or with ``rlhf-course check ID``
+(IDs: pad_batch, sft_labels, next_token_loss). Functions that pass are plugged into the real
+SFT training loop by ``rlhf_course.exercises.plug_in_passing()``.
+"""
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right"):
+    """Stack token lists of different lengths into a batch.
+
+    Return ``(input_ids, attention_mask)``, two torch.long tensors of shape (batch, longest).
+    ``input_ids`` holds the tokens and ``pad_id`` elsewhere; ``attention_mask`` is 1 on real tokens
+    and 0 on padding. ``side="right"`` puts the padding after the tokens (for training);
+    ``side="left"`` puts it before them (for generation, so every prompt ends in the last column).
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Labels for training on the response only.
+
+    input_ids, attention_mask: (batch, seq), right-padded; prompt_lengths: (batch,), the number of
+    prompt tokens at the start of each row. Return a new (batch, seq) long tensor equal to input_ids
+    except that prompt positions and padding positions hold IGNORE_INDEX (-100). Do not shift: the
+    loss pairs the logits at position t with the label at t+1. Do not modify input_ids.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the next token, over positions whose label is not -100.
+
+    logits: (batch, seq, vocab); labels: (batch, seq). The logits at position t predict the label at
+    position t+1. Average over all counted tokens of the batch (a token mean, not a mean of
+    per-sequence means). Return a scalar tensor that keeps its gradient.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()

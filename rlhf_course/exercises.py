@@ -1,0 +1,420 @@
+"""Exercises: the catalog, the checks that name the likely mistake, and the exercise files.
+
+Each exercise is one replaceable piece of the package (see ``registry``). A learner writes it in
+``exercises/<file>.py``; ``check(id)`` runs that function on seeded inputs, compares it with the
+reference and, when it fails, says which plausible mistake the output looks like (wrong mask,
+off-by-one, missing shift, wrong normalisation...). ``plug_in_passing()`` puts every passing function
+into the real training loop. ``exercises/`` is generated from ``solutions/`` by replacing the regions
+between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub (the nbgrader convention).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from rlhf_course import registry
+from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch, top_p_filter
+from rlhf_course.sft import sft_labels
+
+REPO = Path(__file__).resolve().parent.parent
+EXERCISES_DIR = REPO / "exercises"
+SOLUTIONS_DIR = REPO / "solutions"
+
+
+class Fail(Exception):
+    """A check failed; the message says what was wrong and the likely mistake."""
+
+
+@dataclass
+class Check:
+    name: str
+    run: Callable[[Callable], None]  # raises Fail (or anything else) when the learner's function is wrong
+
+
+@dataclass
+class Exercise:
+    id: str
+    lesson: str
+    file: str
+    difficulty: str
+    summary: str
+    checks: list[Check]
+
+    @property
+    def reference(self) -> Callable:
+        return registry.PIECES[self.id].reference
+
+
+def _close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
+
+
+def _diagnose(got: torch.Tensor, mistakes: dict[str, torch.Tensor], default: str) -> str:
+    """The hint of the known mistake whose output matches the learner's, else ``default``."""
+    for hint, value in mistakes.items():
+        if _close(got.detach(), value):
+            return hint
+    return default
+
+
+# --- pad_batch --------------------------------------------------------------------------------
+PAD = 1
+SEQS = [[5, 6, 7], [8], [9, 10]]
+
+
+def _pad_shape(fn):
+    ids, mask = fn(SEQS, PAD, side="right")
+    if tuple(ids.shape) != (3, 3) or tuple(mask.shape) != (3, 3):
+        raise Fail(f"expected shape (3, 3) (batch, longest sequence), got {tuple(ids.shape)} and {tuple(mask.shape)}; "
+                   "the width must be the length of the longest sequence")
+    if ids.dtype != torch.long or mask.dtype != torch.long:
+        raise Fail(f"expected two torch.long tensors, got {ids.dtype} and {mask.dtype}")
+
+
+def _pad_mask(fn):
+    for side in ("right", "left"):
+        ids, mask = fn(SEQS, PAD, side=side)
+        if mask.sum().item() != 6 or set(mask.unique().tolist()) - {0, 1}:
+            raise Fail(f"side={side!r}: the attention mask should hold 1 for the 6 real tokens and 0 for the 3 pads, "
+                       f"got {mask.tolist()}; is it inverted?")
+        if not torch.equal(mask.bool(), ids != PAD):
+            raise Fail(f"side={side!r}: attention_mask must be 1 exactly where the real tokens are (mask {mask.tolist()}, "
+                       f"ids {ids.tolist()})")
+
+
+def _pad_value(fn):
+    ids, _ = fn(SEQS, PAD, side="right")
+    if (ids == 0).any():
+        raise Fail(f"padding should use pad_id={PAD}, got {ids.tolist()}; fill with pad_id, not 0 "
+                   "(token 0 is a real token)")
+
+
+def _pad_sides(fn):
+    right = torch.tensor([[5, 6, 7], [8, PAD, PAD], [9, 10, PAD]])
+    left = torch.tensor([[5, 6, 7], [PAD, PAD, 8], [PAD, 9, 10]])
+    got_right, _ = fn(SEQS, PAD, side="right")
+    if not torch.equal(got_right, right):
+        raise Fail(f"side='right' should put tokens first and padding after: expected {right.tolist()}, "
+                   f"got {got_right.tolist()}")
+    got_left, _ = fn(SEQS, PAD, side="left")
+    if not torch.equal(got_left, left):
+        raise Fail(f"side='left' should put padding first so every sequence ends in the last column: "
+                   f"expected {left.tolist()}, got {got_left.tolist()}; did you ignore the side argument?")
+
+
+# --- next_token_loss --------------------------------------------------------------------------
+def _loss_inputs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=gen)
+    labels = torch.randint(0, 11, (3, 7), generator=gen)
+    labels[0, :2] = IGNORE_INDEX  # prompt
+    labels[1, :4] = IGNORE_INDEX
+    labels[1, 6:] = IGNORE_INDEX  # padding
+    labels[2, :1] = IGNORE_INDEX
+    labels[2, 3:] = IGNORE_INDEX
+    return logits, labels
+
+
+def _nll(logits, labels):
+    """(per-position NLL, mask) with no shift; masked positions hold 0."""
+    mask = labels != IGNORE_INDEX
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -lp * mask, mask
+
+
+def _loss_scalar(fn):
+    logits, labels = _loss_inputs()
+    logits.requires_grad_(True)
+    out = fn(logits, labels)
+    if not isinstance(out, torch.Tensor) or out.dim() != 0:
+        raise Fail(f"expected a 0-d tensor (a scalar), got {out!r}")
+    if not out.requires_grad:
+        raise Fail("the loss has no gradient: do not call .item(), .detach() or torch.no_grad() inside the loss")
+
+
+def _loss_value(fn):
+    logits, labels = _loss_inputs()
+    got = fn(logits, labels)
+    want = next_token_loss.reference(logits, labels)
+    if _close(got, want):
+        return
+    shifted, smask = _nll(logits[:, :-1], labels[:, 1:])
+    unshifted, umask = _nll(logits, labels)
+    mistakes = {
+        "forgot to shift: the logits at position t predict the token at t+1 (use logits[:, :-1] with labels[:, 1:])":
+            unshifted.sum() / umask.sum(),
+        "divided by every position, padding and prompt included: average over the tokens whose label is not -100":
+            shifted.sum() / smask.numel(),
+        "averaged per sequence first: take the mean over all response tokens of the batch (token mean)":
+            (shifted.sum(1) / smask.sum(1)).mean(),
+        "wrong sign: the loss is the *negative* log-likelihood and must be positive": -want,
+        "summed instead of averaged: divide by the number of counted tokens": shifted.sum(),
+    }
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               _diagnose(got, mistakes, "use log_softmax over the vocabulary and pick the log-probability "
+                                        "of each next token"))
+
+
+def _loss_ignores_masked(fn):
+    logits, labels = _loss_inputs()
+    changed = logits.clone()
+    changed[1, 5:] += 10 * torch.randn_like(changed[1, 5:])  # logits predicting padding (labels[1, 6:]) or past end
+    if not _close(fn(logits, labels), fn(changed, labels)):
+        raise Fail("the loss changed when logits at padded positions changed: positions whose label is -100 "
+                   "must not count")
+
+
+# --- top_p_filter ------------------------------------------------------------------------------
+def _top_p_keeps_crossing(fn):
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = torch.isfinite(fn(logits.clone(), 0.7))
+    if kept.tolist() == [[True, False, False, False]]:
+        raise Fail("with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 the first two tokens must stay "
+                   "(0.5 alone does not reach 0.7): keep the token that crosses the threshold")
+    if kept.tolist() != [[True, True, False, False]]:
+        raise Fail(f"with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 expected to keep the first two tokens, "
+                   f"kept {kept.tolist()}")
+
+
+def _top_p_keeps_top(fn):
+    logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
+    kept = torch.isfinite(fn(logits.clone(), 0.05))
+    if kept.tolist() != [[False, True, False]]:
+        raise Fail(f"with a tiny top_p only the most likely token should stay, kept {kept.tolist()}: "
+                   "the most likely token must always survive")
+
+
+def _top_p_unsorted(fn):
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(4, 9, generator=gen) * 2
+    for p in (0.3, 0.6, 0.9):
+        got, want = fn(logits.clone(), p), top_p_filter.reference(logits.clone(), p)
+        if not torch.equal(torch.isfinite(got), torch.isfinite(want)):
+            by_logit = torch.softmax(logits, -1).cumsum(-1) - torch.softmax(logits, -1) >= p
+            raw = logits.cumsum(-1) - logits >= p
+            hint = ("the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
+                    "decision back to vocabulary order" if torch.equal(~torch.isfinite(got), by_logit) else
+                    "take the cumulative sum of probabilities (softmax), not of raw logits"
+                    if torch.equal(~torch.isfinite(got), raw) else
+                    "compare your kept set with the definition: the smallest set of most likely tokens whose "
+                    "probability reaches top_p")
+            raise Fail(f"top_p={p}: kept {torch.isfinite(got).int().tolist()}, expected "
+                       f"{torch.isfinite(want).int().tolist()}; {hint}")
+        if not torch.equal(got[torch.isfinite(got)], logits[torch.isfinite(want)]):
+            raise Fail("kept tokens must keep their original logits; only dropped ones become -inf")
+
+
+def _top_p_not_in_place(fn):
+    logits = torch.randn(2, 6, generator=torch.Generator().manual_seed(2))
+    before = logits.clone()
+    fn(logits, 0.5)
+    if not torch.equal(logits, before):
+        raise Fail("the input logits were modified in place: return a new tensor (masked_fill, not masked_fill_)")
+
+
+# --- sft_labels -------------------------------------------------------------------------------
+def _labels_inputs():
+    input_ids = torch.tensor([[11, 12, 13, 21, 22, 2, 0, 0],
+                              [11, 12, 13, 14, 21, 2, 0, 0],
+                              [11, 12, 21, 22, 23, 24, 25, 2]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0],
+                                   [1, 1, 1, 1, 1, 1, 0, 0],
+                                   [1, 1, 1, 1, 1, 1, 1, 1]])
+    prompt_lengths = torch.tensor([3, 4, 2])
+    return input_ids, attention_mask, prompt_lengths
+
+
+def _labels_call(fn):
+    ids, mask, lengths = _labels_inputs()
+    out = fn(ids.clone(), mask, lengths)
+    if not isinstance(out, torch.Tensor) or out.shape != ids.shape or out.dtype != torch.long:
+        raise Fail(f"expected a torch.long tensor of shape {tuple(ids.shape)} (batch, seq), got "
+                   f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}")
+    return out
+
+
+def _labels_prompt(fn):
+    out = _labels_call(fn)
+    _, _, lengths = _labels_inputs()
+    for row, n in enumerate(lengths.tolist()):
+        if (out[row, :n] != IGNORE_INDEX).any():
+            raise Fail(f"row {row}: the {n} prompt tokens should be -100, got {out[row, :n].tolist()}; "
+                       "the model must not be trained to predict the prompt")
+
+
+def _labels_padding(fn):
+    out = _labels_call(fn)
+    _, mask, _ = _labels_inputs()
+    if (out[mask == 0] != IGNORE_INDEX).any():
+        raise Fail(f"padding positions should be -100, got labels {out.tolist()}; use attention_mask == 0")
+
+
+def _labels_response(fn):
+    out = _labels_call(fn)
+    ids, mask, lengths = _labels_inputs()
+    want = sft_labels.reference(ids, mask, lengths)
+    if torch.equal(out, want):
+        return
+    if torch.equal(out[:, :-1], ids[:, 1:].masked_fill(want[:, 1:] == IGNORE_INDEX, IGNORE_INDEX)):
+        raise Fail("the labels are shifted by one: keep labels aligned with input_ids; the loss does the shift")
+    first = [out[r, n].item() for r, n in enumerate(lengths.tolist())]
+    if any(f == IGNORE_INDEX for f in first):
+        raise Fail(f"the first response token (at position prompt_length) was masked: off by one at the prompt "
+                   f"boundary; expected {want.tolist()}, got {out.tolist()}")
+    raise Fail(f"response tokens (EOS included) must keep their ids: expected {want.tolist()}, got {out.tolist()}")
+
+
+def _labels_not_in_place(fn):
+    ids, mask, lengths = _labels_inputs()
+    before = ids.clone()
+    fn(ids, mask, lengths)
+    if not torch.equal(ids, before):
+        raise Fail("input_ids were modified in place: they are also the model's input, so clone before "
+                   "writing -100 (or use masked_fill)")
+
+
+CATALOG: dict[str, Exercise] = {e.id: e for e in [
+    Exercise("top_p_filter", "01", "lesson01_sampling.py", "**", "nucleus (top-p) filtering of logits", [
+        Check("keeps the most likely token", _top_p_keeps_top),
+        Check("keeps the token that crosses top_p", _top_p_keeps_crossing),
+        Check("matches the reference on unsorted vocabularies", _top_p_unsorted),
+        Check("leaves its input unchanged", _top_p_not_in_place)]),
+    Exercise("pad_batch", "02", "lesson02_sft.py", "*", "pad token lists into input_ids and attention_mask", [
+        Check("returns (batch, longest) long tensors", _pad_shape),
+        Check("attention mask marks the real tokens", _pad_mask),
+        Check("pads with pad_id", _pad_value),
+        Check("pads on the requested side", _pad_sides)]),
+    Exercise("sft_labels", "02", "lesson02_sft.py", "*", "labels for response-only loss", [
+        Check("masks the prompt", _labels_prompt),
+        Check("masks the padding", _labels_padding),
+        Check("keeps the response and its EOS", _labels_response),
+        Check("leaves input_ids unchanged", _labels_not_in_place)]),
+    Exercise("next_token_loss", "02", "lesson02_sft.py", "**", "token-mean next-token NLL with a mask", [
+        Check("returns a scalar with a gradient", _loss_scalar),
+        Check("matches the reference value", _loss_value),
+        Check("ignores positions labelled -100", _loss_ignores_masked)]),
+]}
+
+
+# --- loading a learner's code --------------------------------------------------------------------
+def load_function(exercise_id: str, impl: str | Path | None = None) -> Callable:
+    """The learner's function for ``exercise_id`` from a directory, a .py file or a module name.
+
+    Files are re-read on every call, so edits in the editor count without restarting the kernel.
+    """
+    exercise = CATALOG[exercise_id]
+    impl = EXERCISES_DIR if impl is None else impl
+    path = Path(impl)
+    if path.is_dir():
+        path = path / exercise.file
+    if path.suffix == ".py":
+        if not path.is_file():
+            raise FileNotFoundError(f"No exercise file at {path} (expected {exercise.file} with a function "
+                                    f"{exercise.id}); run `rlhf-course make-exercises` to regenerate exercises/")
+        name = f"_learner_{path.stem}_{abs(hash(path.resolve()))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    else:
+        module = importlib.reload(importlib.import_module(str(impl)))
+    fn = getattr(module, exercise.id, None)
+    if fn is None:
+        raise AttributeError(f"{module.__name__} has no function {exercise.id!r}")
+    return fn
+
+
+@dataclass
+class CheckResult:
+    exercise: str
+    lines: list[tuple[str, bool, str]]  # (check name, passed, message)
+
+    @property
+    def passed(self) -> bool:
+        return all(ok for _, ok, _ in self.lines)
+
+    def __str__(self) -> str:
+        rows = [f"{'PASS' if ok else 'FAIL'}  {self.exercise}: {name}" + ("" if ok else f"\n      -> {msg}")
+                for name, ok, msg in self.lines]
+        verdict = "all checks passed" if self.passed else "some checks failed"
+        return "\n".join(rows + [f"{self.exercise}: {verdict}"])
+
+
+def run_checks(exercise_id: str, fn: Callable) -> CheckResult:
+    exercise = CATALOG[exercise_id]
+    lines = []
+    for check in exercise.checks:
+        try:
+            check.run(fn)
+            lines.append((check.name, True, ""))
+        except Fail as fail:
+            lines.append((check.name, False, str(fail)))
+        except NotImplementedError:
+            lines.append((check.name, False, f"not implemented yet: write {exercise.id} in exercises/{exercise.file}"))
+        except Exception as err:  # the learner's code crashed: show where
+            where = traceback.extract_tb(err.__traceback__)[-1]
+            lines.append((check.name, False, f"your function raised {type(err).__name__}: {err} "
+                                             f"(at {Path(where.filename).name}:{where.lineno})"))
+    return CheckResult(exercise_id, lines)
+
+
+def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True) -> CheckResult:
+    """Run one exercise's checks against the learner's code (``exercises/`` by default)."""
+    if exercise_id not in CATALOG:
+        raise KeyError(f"No exercise {exercise_id!r}; known: {', '.join(CATALOG)}")
+    try:
+        result = run_checks(exercise_id, load_function(exercise_id, impl))
+    except (FileNotFoundError, AttributeError, SyntaxError, ImportError) as err:
+        result = CheckResult(exercise_id, [("loads", False, f"{type(err).__name__}: {err}")])
+    if verbose:
+        print(result)
+    return result
+
+
+def plug_in_passing(lesson: str | None = None, impl: str | Path | None = None, verbose: bool = True) -> dict[str, bool]:
+    """Put each passing learner function into the training loop; keep the reference for the others."""
+    used = {}
+    for exercise in CATALOG.values():
+        if lesson is not None and exercise.lesson != lesson:
+            continue
+        result = check(exercise.id, impl, verbose=False)
+        registry.reset(exercise.id)
+        if result.passed:
+            registry.plug_in(exercise.id, load_function(exercise.id, impl))
+        used[exercise.id] = result.passed
+        if verbose:
+            print(f"{exercise.id:<16} {'your code' if result.passed else 'reference (your version does not pass yet)'}")
+    return used
+
+
+# --- generating exercises/ from solutions/ -------------------------------------------------------
+SOLUTION_REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SOLUTION\n", re.M | re.S)
+
+
+def strip_solutions(source: str) -> str:
+    """Replace every marked solution region by a stub, keeping its indentation."""
+    def stub(match):
+        indent = match.group(1)
+        return f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError()\n"
+
+    stripped, count = SOLUTION_REGION.subn(stub, source)
+    if count == 0:
+        raise ValueError("no '### BEGIN SOLUTION' ... '### END SOLUTION' region found")
+    return stripped
+
+
+def make_exercises(solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES_DIR) -> list[Path]:
+    written = []
+    for source in sorted(solutions.glob("*.py")):
+        target = exercises / source.name
+        target.write_text(strip_solutions(source.read_text()))
+        written.append(target)
+    return written

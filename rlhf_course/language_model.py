@@ -1,0 +1,140 @@
+"""Language-model basics: padding a batch, the next-token loss, and sampling with the KV cache.
+
+Three of these are exercises (``pad_batch``, ``next_token_loss``, ``top_p_filter``): training and
+generation call them through the registry, so a learner's version runs inside the real loops.
+"""
+from __future__ import annotations
+
+import torch
+
+from rlhf_course import runtime
+from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
+
+IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and Hugging Face's convention)
+
+
+def _validate_pad_batch(out, sequences, pad_id, side="right"):
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ExerciseOutputError("should return a tuple (input_ids, attention_mask)")
+    shape = (len(sequences), max(len(s) for s in sequences))
+    expect_tensor(out[0], shape=shape, dtype=torch.long, what="input_ids")
+    expect_tensor(out[1], shape=shape, dtype=torch.long, what="attention_mask")
+
+
+@replaceable("pad_batch", _validate_pad_batch)
+def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack token lists of different lengths into ``(input_ids, attention_mask)``, both (batch, max_len) long.
+
+    Training pads on the right; generation pads on the left so that every prompt ends at the same
+    column and the next token is appended right after it.
+    """
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', got {side!r}")
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        cols = slice(0, len(seq)) if side == "right" else slice(width - len(seq), width)
+        input_ids[row, cols] = torch.as_tensor(seq, dtype=torch.long)
+        attention_mask[row, cols] = 1
+    return input_ids, attention_mask
+
+
+def _validate_loss(out, logits, labels):
+    expect_tensor(out, shape=(), what="the loss")
+    if not out.is_floating_point():
+        raise ExerciseOutputError(f"the loss should be a floating-point scalar, got {out.dtype}")
+
+
+@replaceable("next_token_loss", _validate_loss)
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of each next token, over the positions whose label is not -100.
+
+    logits: (batch, seq, vocab); labels: (batch, seq). The logits at position t predict token t+1,
+    so they are shifted against the labels. The mean is over *tokens* (not per sequence first), as
+    in Hugging Face and TRL's SFTTrainer: every response token counts the same.
+    """
+    pred = logits[:, :-1, :].float()  # (batch, seq-1, vocab)
+    target = labels[:, 1:]  # (batch, seq-1)
+    mask = target != IGNORE_INDEX  # (batch, seq-1)
+    log_probs = torch.log_softmax(pred, dim=-1)
+    picked = log_probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (batch, seq-1)
+    return -(picked * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _validate_top_p(out, logits, top_p):
+    expect_tensor(out, shape=logits.shape, dtype=logits.dtype, device=logits.device, what="the filtered logits")
+
+
+@replaceable("top_p_filter", _validate_top_p)
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``top_p``.
+
+    logits: (batch, vocab). Returns logits of the same shape with the dropped tokens set to -inf.
+    The most likely token is always kept, and so is the token that crosses the threshold.
+    """
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (batch, vocab)
+    probs = torch.softmax(sorted_logits.float(), dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs  # probability of all strictly more likely tokens
+    drop_sorted = mass_before >= top_p  # (batch, vocab)
+    drop = drop_sorted.scatter(-1, order, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+    """One token per row from logits (batch, vocab): greedy at temperature 0, else sampled."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    filtered = top_p_filter(logits / temperature, top_p) if top_p < 1.0 else logits / temperature
+    probs = torch.softmax(filtered.float(), dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@torch.no_grad()
+def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 48,
+             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+    """Continue left-padded prompts with the KV cache until each row emits EOS.
+
+    Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
+    responses (EOS included, then padding); response_mask (batch, prompt_len + new) is 1 on response tokens.
+    Position ids come from the attention mask, so a left-padded prompt starts at position 0.
+    """
+    dev = next(model.parameters()).device
+    input_ids, attention_mask = pad_batch(prompt_ids, pad_id, side="left")
+    input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
+    generator = torch.Generator(device=dev).manual_seed(seed)
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len)
+    batch = input_ids.shape[0]
+    finished = torch.zeros(batch, dtype=torch.bool, device=dev)
+    new_tokens, new_mask = [], []
+    past = None
+    step_ids, step_pos = input_ids, position_ids
+    for _ in range(max_new_tokens):
+        with runtime.autocast(dev):
+            out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
+                        past_key_values=past, use_cache=True)
+        past = out.past_key_values
+        token = next_token(out.logits[:, -1, :].float(), temperature, top_p, generator)  # (batch,)
+        alive = ~finished
+        token = torch.where(alive, token, torch.full_like(token, pad_id))
+        new_tokens.append(token)
+        new_mask.append(alive.long())
+        finished = finished | (token == eos_id)
+        if bool(finished.all()):
+            break
+        attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], dim=1)
+        step_ids = token.unsqueeze(1)  # (batch, 1)
+        step_pos = step_pos[:, -1:] + 1
+    responses = torch.stack(new_tokens, dim=1)  # (batch, new)
+    sequences = torch.cat([input_ids, responses], dim=1)
+    response_mask = torch.cat([torch.zeros_like(input_ids), torch.stack(new_mask, dim=1)], dim=1)
+    return sequences, response_mask
+
+
+def decode_responses(tokenizer, sequences: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """The text of each row's response, without its EOS and padding."""
+    texts = []
+    for seq, mask in zip(sequences.tolist(), response_mask.tolist()):
+        ids = [t for t, m in zip(seq, mask) if m and t != tokenizer.eos_token_id]
+        texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+    return texts

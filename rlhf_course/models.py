@@ -1,0 +1,91 @@
+"""Models: the tiny GPT-2 the course ships, and loading any local causal LM in its place.
+
+The shipped base model lives in ``rlhf_course/artifacts/base_model`` as a normal Hugging Face model
+directory (``config.json``, ``model.safetensors``, tokenizer files), so every function that takes a
+model path accepts any other local ``AutoModelForCausalLM`` directory too. Nothing is downloaded:
+loading is local-only, from safetensors, and never runs remote code.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from rlhf_course import runtime
+
+ARTIFACTS = Path(__file__).parent / "artifacts"
+BASE_MODEL_DIR = ARTIFACTS / "base_model"
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the course's GPT-2: 0.94M parameters, about 10k training tokens/s on 2 CPU cores."""
+
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_positions: int = 128
+
+    def build(self, tokenizer: PreTrainedTokenizerFast) -> GPT2LMHeadModel:
+        config = GPT2Config(
+            vocab_size=len(tokenizer),
+            n_positions=self.n_positions,
+            n_embd=self.n_embd,
+            n_layer=self.n_layer,
+            n_head=self.n_head,
+            # Dropout off: RL fine-tuning compares log-probabilities of two forward passes, and
+            # dropout would make them differ for no reason (Huang et al.'s detail). Tiny data, tiny model.
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        return GPT2LMHeadModel(config)
+
+
+def _check_model_dir(path: Path) -> Path:
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(
+            f"No model at {path}: expected a Hugging Face model directory with config.json and "
+            "model.safetensors. Run `rlhf-course pretrain` to rebuild the base model, or pass the "
+            "directory of a model saved with save_pretrained()."
+        )
+    return path
+
+
+def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast:
+    tok = AutoTokenizer.from_pretrained(_check_model_dir(path), local_files_only=True)
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        raise ValueError(
+            f"The tokenizer at {path} needs a pad token distinct from its EOS token; otherwise masking "
+            "padding also masks the end of each response."
+        )
+    return tok
+
+
+def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = None):
+    """Any local causal LM directory, loaded from safetensors onto ``dev`` (default: runtime.device())."""
+    path = _check_model_dir(path)
+    if not any(path.glob("*.safetensors")):
+        raise FileNotFoundError(f"{path} has no .safetensors weights; the course loads safetensors only.")
+    model = AutoModelForCausalLM.from_pretrained(
+        path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+    )
+    return model.to(dev or runtime.device())
+
+
+def save(model, tokenizer, path: str | Path) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

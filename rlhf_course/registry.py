@@ -1,0 +1,87 @@
+"""The registry of replaceable pieces: how a learner's function runs inside the real training loop.
+
+Each piece a learner writes is declared once with ``@replaceable``. Training code calls the
+decorated name as usual; the call goes to the learner's function when one is plugged in with
+``plug_in`` and to the reference otherwise. ``reset()`` swaps every piece back to the reference.
+
+A plugged-in function's output is validated on every call (shape, dtype, device), so a learner's
+mistake stops with a message naming the exercise and what was expected, instead of surfacing as a
+strange error deep inside the training loop.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+
+class ExerciseOutputError(ValueError):
+    """A learner's function returned something of the wrong shape, dtype or device."""
+
+
+@dataclass
+class Piece:
+    name: str
+    reference: Callable
+    validate: Callable  # validate(output, *args, **kwargs) -> None or raises ExerciseOutputError
+    learner: Callable | None = None
+
+
+PIECES: dict[str, Piece] = {}
+
+
+def replaceable(name: str, validate: Callable):
+    """Register ``fn`` as the reference implementation of exercise piece ``name``."""
+
+    def decorate(fn):
+        PIECES[name] = Piece(name, fn, validate)
+
+        @functools.wraps(fn)
+        def dispatch(*args, **kwargs):
+            piece = PIECES[name]
+            if piece.learner is None:
+                return piece.reference(*args, **kwargs)
+            out = piece.learner(*args, **kwargs)
+            try:
+                piece.validate(out, *args, **kwargs)
+            except ExerciseOutputError as err:
+                raise ExerciseOutputError(f"Exercise '{name}' (your {piece.learner.__name__}): {err}") from None
+            return out
+
+        dispatch.reference = fn
+        dispatch.piece_name = name
+        return dispatch
+
+    return decorate
+
+
+def plug_in(name: str, fn: Callable) -> None:
+    if name not in PIECES:
+        raise KeyError(f"No replaceable piece named {name!r}; known: {', '.join(sorted(PIECES))}")
+    PIECES[name].learner = fn
+
+
+def reset(name: str | None = None) -> None:
+    """Swap back to the reference: one piece, or all of them."""
+    for piece in PIECES.values() if name is None else [PIECES[name]]:
+        piece.learner = None
+
+
+def active() -> dict[str, str]:
+    """Which implementation each piece runs now: 'reference' or the learner function's module."""
+    return {n: "reference" if p.learner is None else f"{p.learner.__module__}.{p.learner.__name__}"
+            for n, p in sorted(PIECES.items())}
+
+
+def expect_tensor(out, *, shape, dtype=None, device=None, what="the result") -> None:
+    """Raise ExerciseOutputError unless ``out`` is a tensor of this shape/dtype/device."""
+    import torch
+
+    if not isinstance(out, torch.Tensor):
+        raise ExerciseOutputError(f"{what} should be a torch.Tensor of shape {tuple(shape)}, got {type(out).__name__}")
+    if tuple(out.shape) != tuple(shape):
+        raise ExerciseOutputError(f"{what} should have shape {tuple(shape)}, got {tuple(out.shape)}")
+    if dtype is not None and out.dtype != dtype:
+        raise ExerciseOutputError(f"{what} should have dtype {dtype}, got {out.dtype}")
+    if device is not None and out.device != device:
+        raise ExerciseOutputError(f"{what} should be on device {device}, got {out.device}")

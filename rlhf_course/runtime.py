@@ -1,0 +1,50 @@
+"""Where and how code runs: the one place that decides device, dtype, seeds and progress bars.
+
+CPU runs in float32. CUDA runs with bfloat16 autocast (weights and optimizer state stay float32, the
+matrix multiplies run in bf16), which is what the mixed-precision recipes of TRL and accelerate do.
+Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+def device() -> torch.device:
+    wanted = os.environ.get("RLHF_COURSE_DEVICE")
+    if wanted:
+        return torch.device(wanted)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(dev: torch.device) -> torch.dtype | None:
+    """bf16 on CUDA devices that support it; None (plain float32) elsewhere."""
+    if dev.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def autocast(dev: torch.device):
+    dtype = autocast_dtype(dev)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a CPU generator for sampling and shuffling."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def progress(iterable=None, **kwargs):
+    """``tqdm.auto`` that honours RLHF_COURSE_PROGRESS (TQDM_DISABLE does not hide widget bars)."""
+    show = os.environ.get("RLHF_COURSE_PROGRESS", "1") not in ("0", "false", "no")
+    return tqdm(iterable, disable=not show, **kwargs)

@@ -1,0 +1,133 @@
+"""Instruction tuning (SFT): teach the base model to answer in the chat format.
+
+A demonstration is the chat template applied to the prompt messages and the assistant's reply. The
+model is trained with the ordinary next-token loss, but only on the reply: the prompt and the padding
+get the label -100, which the loss skips. Batches group sequences of similar length, so little compute
+goes to padding.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_course import runtime
+from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch
+from rlhf_course.registry import expect_tensor, replaceable
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_examples: int | None = None  # cap on training examples, for quick demos and tests
+
+
+def encode(tokenizer, prompt: list[dict], completion: list[dict] | None = None) -> tuple[list[int], int]:
+    """Token ids of the chat-formatted conversation and the length of its prompt part.
+
+    With no completion, the ids end with the generation prompt ``<|assistant|>``.
+    """
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+    if completion is None:
+        return list(prompt_ids), len(prompt_ids)
+    reply = "".join(m["content"] for m in completion)
+    reply_ids = tokenizer(reply, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return list(prompt_ids) + reply_ids, len(prompt_ids)
+
+
+def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
+    expect_tensor(out, shape=input_ids.shape, dtype=torch.long, device=input_ids.device, what="labels")
+
+
+@replaceable("sft_labels", _validate_labels)
+def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Labels for response-only training: input_ids, with the prompt and the padding set to -100.
+
+    input_ids, attention_mask: (batch, seq), right-padded; prompt_lengths: (batch,). The response,
+    including its closing EOS token, keeps its ids so the model learns both the answer and to stop.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
+    in_prompt = positions.unsqueeze(0) < prompt_lengths.unsqueeze(1)  # (batch, seq)
+    keep = (attention_mask == 1) & ~in_prompt
+    return input_ids.masked_fill(~keep, IGNORE_INDEX)
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded training batch from ``(ids, prompt_length)`` pairs."""
+    input_ids, attention_mask = pad_batch([ids for ids, _ in encoded], pad_id, side="right")
+    prompt_lengths = torch.tensor([n for _, n in encoded], dtype=torch.long)
+    labels = sft_labels(input_ids, attention_mask, prompt_lengths)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of indices whose sequences have similar lengths (as HF's group_by_length)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 16
+    batches = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+@dataclass
+class SFTResult:
+    losses: list[float]
+    steps: int
+    seconds: float
+
+
+def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None) -> SFTResult:
+    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(step, loss)`` sees each step."""
+    start = time.time()
+    runtime.seed_everything(config.seed)
+    rng = random.Random(config.seed)
+    rows = list(dataset)
+    if config.max_examples is not None:
+        rows = rng.sample(rows, min(config.max_examples, len(rows)))
+    encoded = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
+    limit = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
+    if too_long:
+        raise ValueError(f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
+                         f"(first: row {too_long[0]}, {len(encoded[too_long[0]][0])} tokens)")
+    schedule = [length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)
+                for _ in range(config.epochs)]
+    total = sum(len(s) for s in schedule)
+    dev = next(model.parameters()).device
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / total))
+    losses = []
+    model.train()
+    bar = runtime.progress(total=total, desc="sft")
+    for batches in schedule:
+        for indices in batches:
+            batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id).items()}
+            with runtime.autocast(dev):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = next_token_loss(logits, batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if on_step is not None:
+                on_step(len(losses) - 1, losses[-1])
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    return SFTResult(losses, total, time.time() - start)

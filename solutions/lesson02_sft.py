@@ -1,0 +1,62 @@
+"""Lesson 02 exercises: batching, response-only labels and the next-token loss.
+
+Write each function body, then check it from the lesson or with ``rlhf-course check ID``
+(IDs: pad_batch, sft_labels, next_token_loss). Functions that pass are plugged into the real
+SFT training loop by ``rlhf_course.exercises.plug_in_passing()``.
+"""
+import torch
+
+IGNORE_INDEX = -100
+
+
+def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right"):
+    """Stack token lists of different lengths into a batch.
+
+    Return ``(input_ids, attention_mask)``, two torch.long tensors of shape (batch, longest).
+    ``input_ids`` holds the tokens and ``pad_id`` elsewhere; ``attention_mask`` is 1 on real tokens
+    and 0 on padding. ``side="right"`` puts the padding after the tokens (for training);
+    ``side="left"`` puts it before them (for generation, so every prompt ends in the last column).
+    """
+    ### BEGIN SOLUTION
+    width = max(len(seq) for seq in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        start = 0 if side == "right" else width - len(seq)
+        input_ids[row, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, start:start + len(seq)] = 1
+    return input_ids, attention_mask
+    ### END SOLUTION
+
+
+def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Labels for training on the response only.
+
+    input_ids, attention_mask: (batch, seq), right-padded; prompt_lengths: (batch,), the number of
+    prompt tokens at the start of each row. Return a new (batch, seq) long tensor equal to input_ids
+    except that prompt positions and padding positions hold IGNORE_INDEX (-100). Do not shift: the
+    loss pairs the logits at position t with the label at t+1. Do not modify input_ids.
+    """
+    ### BEGIN SOLUTION
+    labels = input_ids.clone()
+    seq_len = input_ids.shape[1]
+    is_prompt = torch.arange(seq_len).unsqueeze(0) < prompt_lengths.unsqueeze(1)  # (batch, seq)
+    labels[is_prompt] = IGNORE_INDEX
+    labels[attention_mask == 0] = IGNORE_INDEX
+    return labels
+    ### END SOLUTION
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean negative log-likelihood of the next token, over positions whose label is not -100.
+
+    logits: (batch, seq, vocab); labels: (batch, seq). The logits at position t predict the label at
+    position t+1. Average over all counted tokens of the batch (a token mean, not a mean of
+    per-sequence means). Return a scalar tensor that keeps its gradient.
+    """
+    ### BEGIN SOLUTION
+    pred = logits[:, :-1, :]  # (batch, seq-1, vocab)
+    target = labels[:, 1:]  # (batch, seq-1)
+    return torch.nn.functional.cross_entropy(
+        pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX)
+    ### END SOLUTION
