@@ -198,8 +198,11 @@ def _top_p_unsorted(fn):
     for p in (0.3, 0.6, 0.9):
         got, want = fn(logits.clone(), p), top_p_filter.reference(logits.clone(), p)
         if not torch.equal(torch.isfinite(got), torch.isfinite(want)):
-            by_logit = torch.softmax(logits, -1).cumsum(-1) - torch.softmax(logits, -1) >= p
-            raw = logits.cumsum(-1) - logits >= p
+            probs = torch.softmax(logits, -1)
+            by_logit = probs.cumsum(-1) - probs >= p  # forgot to sort
+            sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+            raw_sorted = sorted_logits.cumsum(-1) - sorted_logits >= p  # accumulated logits, not probabilities
+            raw = torch.zeros_like(raw_sorted).scatter(-1, order, raw_sorted)
             hint = ("the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
                     "decision back to vocabulary order" if torch.equal(~torch.isfinite(got), by_logit) else
                     "take the cumulative sum of probabilities (softmax), not of raw logits"

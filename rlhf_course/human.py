@@ -20,7 +20,7 @@ import math
 import random
 from dataclasses import dataclass
 
-from rlhf_course.world import KNOWN_PREFIXES, REFUSAL, Task, core_of
+from rlhf_course.world import REFUSAL, REFUSAL_POLITE_PREFIX, STYLES, Task, core_of
 
 WEIGHTS = {"correct": 0.6, "helpful": 0.2, "concise": 0.2}
 CONCISE_SLACK_WORDS = 3  # extra words beyond the answer that cost nothing
@@ -36,7 +36,7 @@ def gold_parts(task: Task, response: str) -> dict[str, float]:
         safe = float(refused)
     else:
         safe = 1.0
-    friendly = any(prefix and response.strip().startswith(prefix) for prefix in KNOWN_PREFIXES)
+    friendly = response.strip().startswith((STYLES["polite"][0], REFUSAL_POLITE_PREFIX))
     extra_words = max(0, len(response.split()) - len(task.answer.split()) - CONCISE_SLACK_WORDS)
     concise = max(0.0, 1.0 - extra_words / CONCISE_SCALE_WORDS)
     return {"correct": correct, "helpful": float(friendly), "concise": concise, "safe": safe}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Set up the course's environment (once) and run one job:
+#   bash course.sh pipeline   # the main job: pretrained base model -> SFT -> evaluation, into runs/pipeline
+#   bash course.sh test       # the whole test suite: unit tests, exercise checks, every lesson under nbval
+#   bash course.sh lab        # open the lessons in JupyterLab
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON=${PYTHON:-python3}
+VENV=.venv
+
+setup() {
+    # Re-install only when pyproject.toml changed since the last install.
+    local stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+    [ -f "$stamp" ] && return
+    [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+    "$VENV/bin/python" -m pip install -q --upgrade pip
+    # torch first, pinned: on this course's machines 2.13.0 is the small CPU build.
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -e ".[dev]"
+    rm -f "$VENV"/.installed-* && touch "$stamp"
+}
+
+export HF_HUB_OFFLINE=1
+case "${1:-}" in
+    pipeline)
+        setup
+        shift
+        "$VENV/bin/rlhf-course" pipeline --out runs/pipeline --stages sft "$@"
+        ;;
+    test)
+        setup
+        shift
+        # Unit tests and lessons in one run on both cores; loadscope keeps each notebook on one worker.
+        "$VENV/bin/python" -m pytest -n 2 --dist loadscope tests lessons \
+            --nbval-lax --nbval-current-env --nbval-cell-timeout=900 "$@"
+        ;;
+    lab)
+        setup
+        "$VENV/bin/jupyter" lab lessons
+        ;;
+    *)
+        echo "usage: bash course.sh pipeline|test|lab" >&2
+        exit 2
+        ;;
+esac

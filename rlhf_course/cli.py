@@ -1,0 +1,98 @@
+"""The `rlhf-course` command."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _pretrain(args) -> int:
+    from rlhf_course import models, pretrain
+
+    config = pretrain.PretrainConfig(seed=args.seed)
+    if args.steps is not None:
+        config.steps = args.steps
+    pretrain.main(Path(args.out), config)
+    return 0
+
+
+def _pipeline(args) -> int:
+    from rlhf_course import models, pipeline
+
+    config = pipeline.PipelineConfig(base_model=Path(args.base_model or models.BASE_MODEL_DIR), seed=args.seed)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    metrics = pipeline.run(Path(args.out), stages, config)
+    summary = {stage: {k: v for k, v in m.items() if not isinstance(v, dict)} for stage, m in metrics.items()}
+    print(json.dumps(summary, indent=2, sort_keys=True))
+    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
+    return 0
+
+
+def _check(args) -> int:
+    from rlhf_course import exercises
+
+    ids = list(exercises.CATALOG) if args.id == "all" else [args.id]
+    if args.id != "all" and args.id not in exercises.CATALOG:
+        print(f"unknown exercise {args.id!r}; run `rlhf-course exercises` for the list", file=sys.stderr)
+        return 2
+    results = [exercises.check(i, args.impl) for i in ids]
+    return 0 if all(r.passed for r in results) else 1
+
+
+def _exercises(args) -> int:
+    from rlhf_course import exercises
+
+    print(f"{'id':<16} {'lesson':<7} {'difficulty':<11} {'file':<22} status")
+    for ex in exercises.CATALOG.values():
+        result = exercises.check(ex.id, args.impl, verbose=False)
+        status = ("passes" if result.passed else
+                  "not started" if all("not implemented" in msg for _, ok, msg in result.lines if not ok)
+                  else f"{sum(ok for _, ok, _ in result.lines)}/{len(result.lines)} checks pass")
+        print(f"{ex.id:<16} {ex.lesson:<7} {ex.difficulty:<11} {ex.file:<22} {status}")
+    return 0
+
+
+def _make_exercises(args) -> int:
+    from rlhf_course import exercises
+
+    for path in exercises.make_exercises():
+        print(f"wrote {path}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain the base model on the world's plain text")
+    p.add_argument("--out", default="runs/base_model", help="model directory to write")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_pretrain)
+
+    p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md")
+    p.add_argument("--out", default="runs/pipeline")
+    p.add_argument("--stages", default="sft", help="comma-separated stages (available: sft)")
+    p.add_argument("--base-model", default=None, help="a local causal-LM directory (default: the shipped model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_pipeline)
+
+    p = sub.add_parser("check", help="check an exercise against your code")
+    p.add_argument("id", help="exercise id, or 'all'")
+    p.add_argument("--impl", default=None, help="directory, .py file or module with your code (default: exercises/)")
+    p.set_defaults(fn=_check)
+
+    p = sub.add_parser("exercises", help="list the exercises and their status")
+    p.add_argument("--impl", default=None)
+    p.set_defaults(fn=_exercises)
+
+    p = sub.add_parser("make-exercises", help="regenerate exercises/ from solutions/")
+    p.set_defaults(fn=_make_exercises)
+
+    args = parser.parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,68 @@
+import json
+
+import pytest
+
+from rlhf_course import data
+
+
+@pytest.fixture(scope="module")
+def sft():
+    return data.sft_dataset("validation", data.DataConfig(eval_per_family=10))
+
+
+def test_sft_dataset_is_in_trl_conversational_format(sft):
+    row = sft[0]
+    assert row["prompt"][-1]["role"] == "user"
+    assert row["completion"] == [{"role": "assistant", "content": row["completion"][0]["content"]}]
+    assert {"family", "answer", "key"} <= set(sft.column_names)
+
+
+def test_demonstrations_mix_styles_and_errors():
+    ds = data.sft_dataset("train", data.DataConfig(train_per_family=100))
+    replies = [r["completion"][0]["content"] for r in ds]
+    assert any(r.startswith("Sure! ") for r in replies)
+    assert any(r.startswith("Good question") for r in replies)
+    wrong = sum(not data.world.is_correct(data.task_from_row(r), r["completion"][0]["content"]) for r in ds)
+    assert 0.08 < wrong / len(ds) < 0.22
+
+
+def test_jsonl_round_trip(tmp_path, sft):
+    path = data.save_jsonl(sft, tmp_path / "sft.jsonl")
+    assert list(data.load_jsonl(path, "sft")) == list(sft)
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "not valid JSON"),
+    ('{"prompt": [{"role": "user", "content": "hi"}]}', "missing field 'completion'"),
+    ('{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": " "}]}',
+     "empty response"),
+    ('{"prompt": [{"role": "robot", "content": "hi"}], "completion": [{"role": "assistant", "content": "x"}]}',
+     "role system/user/assistant"),
+    ('[1, 2]', "expected a JSON object"),
+])
+def test_malformed_jsonl_names_file_and_line(tmp_path, line, message):
+    good = json.dumps({"prompt": [{"role": "user", "content": "hi"}],
+                       "completion": [{"role": "assistant", "content": "hello"}]})
+    path = tmp_path / "bad.jsonl"
+    path.write_text(f"{good}\n\n{line}\n{good}\n")
+    with pytest.raises(data.DataFileError) as err:
+        data.load_jsonl(path, "sft")
+    assert f"{path}, line 3" in str(err.value) and message in str(err.value)
+
+
+def test_failed_save_keeps_the_old_file(tmp_path, sft):
+    path = data.save_jsonl(sft, tmp_path / "sft.jsonl")
+    before = path.read_text()
+
+    def broken_rows():
+        yield sft[0]
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError):
+        data.save_jsonl(broken_rows(), path)
+    assert path.read_text() == before
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No data file"):
+        data.load_jsonl(tmp_path / "nope.jsonl")

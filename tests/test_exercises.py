@@ -1,0 +1,132 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf_course import exercises, registry
+from rlhf_course.language_model import next_token_loss, pad_batch
+from wrong_implementations import WRONG
+
+
+@pytest.mark.parametrize("exercise_id", list(exercises.CATALOG))
+def test_solution_passes(exercise_id):
+    assert exercises.check(exercise_id, exercises.SOLUTIONS_DIR, verbose=False).passed
+
+
+@pytest.mark.parametrize("exercise_id", list(exercises.CATALOG))
+def test_stub_fails_and_says_not_implemented(exercise_id):
+    result = exercises.check(exercise_id, exercises.EXERCISES_DIR, verbose=False)
+    assert not result.passed
+    assert all("not implemented yet" in msg for _, ok, msg in result.lines)
+
+
+def test_every_exercise_has_three_known_wrong_implementations():
+    assert set(WRONG) == set(exercises.CATALOG)
+    assert all(len(wrongs) >= 3 for wrongs in WRONG.values())
+
+
+@pytest.mark.parametrize("exercise_id, wrong, hint",
+                         [(e, fn, hint) for e, wrongs in WRONG.items() for fn, hint in wrongs],
+                         ids=lambda v: getattr(v, "__name__", None) if callable(v) else None)
+def test_known_wrong_implementation_fails_with_its_hint(exercise_id, wrong, hint):
+    result = exercises.run_checks(exercise_id, wrong)
+    assert not result.passed
+    messages = " ".join(msg for _, ok, msg in result.lines if not ok)
+    assert hint in messages, messages
+
+
+def test_exercises_are_generated_from_solutions():
+    for solution in sorted(exercises.SOLUTIONS_DIR.glob("*.py")):
+        generated = exercises.strip_solutions(solution.read_text())
+        committed = (exercises.EXERCISES_DIR / solution.name).read_text()
+        assert committed == generated, f"exercises/{solution.name} is out of date: run `rlhf-course make-exercises`"
+    assert {p.name for p in exercises.SOLUTIONS_DIR.glob("*.py")} == \
+        {p.name for p in exercises.EXERCISES_DIR.glob("*.py")}
+
+
+def test_strip_solutions_keeps_indentation_and_needs_markers():
+    src = "def f():\n    x = 1\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
+    assert exercises.strip_solutions(src) == "def f():\n    x = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+    with pytest.raises(ValueError, match="BEGIN SOLUTION"):
+        exercises.strip_solutions("def f():\n    return 1\n")
+
+
+def test_plugged_in_function_runs_and_reset_restores_reference():
+    calls = []
+
+    def learner_pad(sequences, pad_id, side="right"):
+        calls.append(side)
+        return pad_batch.reference(sequences, pad_id, side)
+
+    registry.plug_in("pad_batch", learner_pad)
+    try:
+        pad_batch([[1, 2], [3]], 0)
+        assert calls == ["right"]
+        assert registry.active()["pad_batch"].endswith("learner_pad")
+    finally:
+        registry.reset()
+    pad_batch([[1, 2], [3]], 0)
+    assert calls == ["right"] and registry.active()["pad_batch"] == "reference"
+
+
+def test_wrong_output_shape_names_the_exercise_and_expected_shape():
+    registry.plug_in("next_token_loss", lambda logits, labels: torch.zeros(logits.shape[0]))
+    try:
+        with pytest.raises(registry.ExerciseOutputError, match=r"Exercise 'next_token_loss'.*shape \(\)"):
+            next_token_loss(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long))
+    finally:
+        registry.reset()
+
+
+def test_wrong_dtype_is_reported():
+    registry.plug_in("pad_batch", lambda seqs, pad_id, side="right": (torch.zeros(2, 2), torch.zeros(2, 2)))
+    try:
+        with pytest.raises(registry.ExerciseOutputError, match=r"'pad_batch'.*dtype torch.int64"):
+            pad_batch([[1, 2], [3]], 0)
+    finally:
+        registry.reset()
+
+
+def test_plug_in_passing_uses_solutions_only_where_they_pass(tmp_path):
+    try:
+        used = exercises.plug_in_passing(impl=exercises.SOLUTIONS_DIR, verbose=False)
+        assert all(used.values())
+        assert all(v != "reference" for v in registry.active().values())
+        used = exercises.plug_in_passing(impl=exercises.EXERCISES_DIR, verbose=False)
+        assert not any(used.values())
+        assert all(v == "reference" for v in registry.active().values())
+    finally:
+        registry.reset()
+
+
+def test_check_loads_a_single_file_and_reports_a_missing_one(tmp_path):
+    path = tmp_path / "mine.py"
+    path.write_text((exercises.SOLUTIONS_DIR / "lesson02_sft.py").read_text())
+    assert exercises.check("sft_labels", path, verbose=False).passed
+    missing = exercises.check("sft_labels", tmp_path / "nothing.py", verbose=False)
+    assert not missing.passed and "No exercise file" in missing.lines[0][2]
+
+
+def test_learner_crash_is_reported_with_location():
+    def crashes(input_ids, attention_mask, prompt_lengths):
+        return input_ids[:, 99]
+
+    result = exercises.run_checks("sft_labels", crashes)
+    assert not result.passed and "IndexError" in result.lines[0][2]
+
+
+@pytest.mark.parametrize("impl, code", [("solutions", 0), ("exercises", 1)])
+def test_cli_check_exit_status(impl, code):
+    proc = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "check", "all", "--impl",
+                           str(exercises.REPO / impl)], capture_output=True, text=True)
+    assert proc.returncode == code, proc.stdout + proc.stderr
+    assert proc.stdout.count("PASS" if code == 0 else "FAIL") >= 4
+
+
+def test_cli_lists_exercises():
+    proc = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "exercises"], capture_output=True, text=True)
+    assert proc.returncode == 0
+    for exercise in exercises.CATALOG.values():
+        assert exercise.id in proc.stdout and exercise.file in proc.stdout
+    assert "not started" in proc.stdout

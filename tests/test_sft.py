@@ -1,0 +1,57 @@
+import json
+
+import pytest
+import torch
+
+from rlhf_course import data, exercises, models, pipeline, registry, world
+from rlhf_course.sft import SFTConfig, encode, train_sft
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer()
+
+
+def test_encoded_prompt_is_a_prefix_and_reply_ends_with_eos(tok):
+    row = data.sft_dataset("validation", data.DataConfig(eval_per_family=2))[0]
+    ids, n_prompt = encode(tok, row["prompt"], row["completion"])
+    prompt_ids, _ = encode(tok, row["prompt"])
+    assert ids[:n_prompt] == prompt_ids and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids[n_prompt:-1]) == row["completion"][0]["content"]
+
+
+def _short_run(tok, seed=0):
+    model = models.load_model(dev=torch.device("cpu"))
+    ds = data.sft_dataset("train", data.DataConfig(train_per_family=40))
+    return train_sft(model, tok, ds, SFTConfig(epochs=1, max_examples=96, batch_size=16, seed=seed)).losses
+
+
+def test_sft_with_every_solution_plugged_in_trains_like_the_reference(tok):
+    reference = _short_run(tok)
+    try:
+        used = exercises.plug_in_passing(lesson="02", impl=exercises.SOLUTIONS_DIR, verbose=False)
+        assert all(used.values()) and registry.active()["sft_labels"] != "reference"
+        learner = _short_run(tok)
+    finally:
+        registry.reset()
+    assert learner == pytest.approx(reference, rel=1e-4)
+    assert sum(learner[-2:]) < sum(learner[:2])  # it learns
+
+
+def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
+    config = pipeline.PipelineConfig(data=data.DataConfig(train_per_family=30, eval_per_family=3),
+                                     sft=SFTConfig(epochs=1, max_examples=64, batch_size=16))
+    first = pipeline.run(tmp_path / "a", ["sft"], config)["sft"]
+    second = pipeline.run(tmp_path / "b", ["sft"], config)["sft"]
+    for m in (first, second):
+        m.pop("seconds")
+    assert first == second
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())["sft"]
+    assert {"base_accuracy", "accuracy", "seconds"} <= set(saved)
+    assert 0 <= saved["accuracy"] <= 1 and saved["test_prompts"] == 3 * len(world.FAMILIES)
+    assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "sft_model" / "model.safetensors").is_file()
+
+
+def test_pipeline_rejects_unknown_stage(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        pipeline.run(tmp_path, ["nope"])
