@@ -2,7 +2,8 @@
 
 CPU runs in float32. CUDA runs with bfloat16 autocast (weights and optimizer state stay float32, the
 matrix multiplies run in bf16), which is what the mixed-precision recipes of TRL and accelerate do.
-Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars.
+Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, ``RLHF_COURSE_AUTOCAST=fp32`` to run CUDA in plain
+float32, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars.
 """
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def device() -> torch.device:
 
 
 def autocast_dtype(dev: torch.device) -> torch.dtype | None:
-    """bf16 on CUDA devices that support it; None (plain float32) elsewhere."""
+    """bf16 on CUDA devices that support it; None (plain float32) elsewhere or when asked."""
+    if os.environ.get("RLHF_COURSE_AUTOCAST", "bf16") == "fp32":
+        return None
     if dev.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None

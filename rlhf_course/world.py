@@ -293,6 +293,16 @@ def core_of(response: str) -> str:
     return text.strip()
 
 
+def style_of(response: str) -> str:
+    """Which demonstration style a response is written in ('curt' when it has no known wrapper)."""
+    text = response.strip()
+    if text.startswith(STYLES["rambling"][0].strip()):
+        return "rambling"
+    if text.startswith((STYLES["polite"][0].strip(), REFUSAL_POLITE_PREFIX.strip())):
+        return "polite"
+    return "curt"
+
+
 def is_correct(task: Task, response: str) -> bool:
     """Exact match of the response's core against the task's answer."""
     return core_of(response) == task.answer
@@ -358,12 +368,18 @@ def pretraining_sentences(rng: random.Random) -> str:
         adj = rng.choice(POSITIVE if positive else NEGATIVE)
         return f"The {rng.choice(FOODS)} was {adj}. That is a {'positive' if positive else 'negative'} review."
     if kind == 5:
-        name, city = rng.choice(NAMES), rng.choice(CITIES)
-        return rng.choice(["{n} lives in {c}.", "{n} moved to {c} last year.", "{n} has a house in {c}."]).format(
-            n=name, c=city)
+        people, cities = rng.sample(NAMES, 3), rng.sample(CITIES, 3)
+        i = rng.randrange(3)
+        facts = " ".join(f"{p} lives in {c}." for p, c in zip(people, cities))
+        return facts + rng.choice([" So {n} is in {c}.", " The city of {n} is {c}.", " {n} is from {c}."]).format(
+            n=people[i], c=cities[i])
     if kind == 6:
-        words = rng.sample(WORDS, 3)
-        return f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}. The first is {words[0]}."
+        words = rng.sample(WORDS, rng.randint(3, 4))
+        return rng.choice([
+            f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}.",
+            f"In the list {' '.join(words)} the first word is {words[0]} and the last is {words[-1]}.",
+            f"{words[0].capitalize()} three times is {' '.join(words[:1] * 3)}.",
+        ])
     if kind == 7:
         name, color, food = rng.choice(NAMES), rng.choice(COLORS), rng.choice(FOODS)
         return f"{name} likes {food}. The favorite color of {name} is {color}."

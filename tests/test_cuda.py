@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from rlhf_course import data, evaluation, models, runtime, world
+from rlhf_course.language_model import generate
 from rlhf_course.sft import SFTConfig, train_sft
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -26,10 +27,26 @@ def test_sft_losses_on_cuda_bf16_track_the_cpu():
     assert gpu == pytest.approx(cpu, rel=0.05)
 
 
-def test_greedy_generation_on_cuda_agrees_with_the_cpu():
+def test_greedy_generation_on_cuda_in_fp32_reproduces_the_cpu(monkeypatch):
+    """Same cache, positions and masks on both devices: outputs identical without bf16 rounding."""
+    monkeypatch.setenv("RLHF_COURSE_AUTOCAST", "fp32")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     tok = models.load_tokenizer()
     tasks = world.generate_tasks("test", 8)
-    cpu = evaluation.respond(models.load_model(dev=torch.device("cpu")), tok, tasks)
-    gpu = evaluation.respond(models.load_model(dev=torch.device("cuda")), tok, tasks)
+    cpu = evaluation.respond(models.load_model(dev=torch.device("cpu")), tok, tasks, max_new_tokens=12)
+    gpu = evaluation.respond(models.load_model(dev=torch.device("cuda")), tok, tasks, max_new_tokens=12)
     same = sum(a == b for a, b in zip(cpu, gpu)) / len(tasks)
-    assert same > 0.9, same
+    assert same > 0.95, same
+
+
+def test_bf16_first_tokens_agree_with_the_cpu():
+    """bf16 rounding may flip near-ties, so long greedy texts drift apart; the first token rarely flips."""
+    tok = models.load_tokenizer()
+    tasks = world.generate_tasks("test", 8)
+    prompts = [tok.apply_chat_template(t.prompt, add_generation_prompt=True, return_dict=False) for t in tasks]
+    firsts = []
+    for dev in ("cpu", "cuda"):
+        model = models.load_model(dev=torch.device(dev))
+        seqs, mask = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=1)
+        firsts.append(seqs[:, -1].cpu())
+    assert (firsts[0] == firsts[1]).float().mean() > 0.95

@@ -95,3 +95,9 @@ def test_ratings_and_thumbs(splits):
     assert sum(good) / len(good) > sum(bad) / len(bad) + 1.5
     assert sum(human.CAREFUL.thumbs_up(t, world.render(t, "polite"), rng) for t in tasks) > 0.9 * len(tasks)
     assert sum(human.CAREFUL.thumbs_up(t, world.render(t, "curt", t.wrong), rng) for t in tasks) < 0.1 * len(tasks)
+
+
+def test_style_of_recognises_each_style(splits):
+    for task in splits["test"]:
+        for style in world.STYLES:
+            assert world.style_of(world.render(task, style)) == style
