@@ -12,8 +12,13 @@ from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
 
 from rlhf_course import runtime
+
+# Loading or saving a few-MB model takes milliseconds; its progress bars would only add noise (and
+# changing timings) to every lesson's output. The course's own bars show what is slow.
+hf_logging.disable_progress_bar()
 
 ARTIFACTS = Path(__file__).parent / "artifacts"
 BASE_MODEL_DIR = ARTIFACTS / "base_model"

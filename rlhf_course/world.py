@@ -3,7 +3,7 @@
 Real RLHF starts from a pretrained model, instruction data and human judges. None of those can be
 downloaded on a laptop without internet, so the course generates a small world of its own:
 
-* eight instruction *families* (arithmetic, string edits, look-ups, translation into a miniature
+* eight instruction *families* (arithmetic, string edits, look-ups of facts, translation into a miniature
   language, summarization, sentiment, dialogue, and unsafe requests that should be refused);
 * every task has a *content key* (the combination of numbers, words and names it is built from);
   the split is decided by a hash of that key, so test prompts are combinations never seen in training;
@@ -70,6 +70,10 @@ ZORBISH = {
     "sleeps": "dorma", "runs": "kura", "eats": "manja", "sings": "kanta", "jumps": "salta",
     "swims": "nata", "waits": "spera", "dances": "bala", "reads": "lega", "cries": "plora",
 }
+# Where everyone lives: fixed facts, stated in the pretraining text and asked about by the look-up
+# family (closed-book, like arithmetic: SFT teaches the format, the knowledge comes from pretraining).
+HOMES = dict(zip(NAMES, random.Random("homes").choices(CITIES, k=len(NAMES))))
+
 Z_NOUNS = "cat dog bird fish horse child farmer king cow wolf frog bear".split()
 Z_ADJS = "red big small old happy sad green black white fast".split()
 Z_VERBS = "sleeps runs eats sings jumps swims waits dances reads cries".split()
@@ -154,13 +158,10 @@ def _string_edit(rng: random.Random) -> Task:
 
 
 def _lookup(rng: random.Random) -> Task:
-    people = rng.sample(NAMES, 3)
-    cities = rng.sample(CITIES, 3)
-    facts = " ".join(f"{p} lives in {c}." for p, c in zip(people, cities))
-    i = rng.randrange(3)
-    question = rng.choice(["Where does {p} live?", "Which city is {p} in?"]).format(p=people[i])
-    return Task("lookup", _user(f"{facts} {question}"), cities[i],
-                "|".join(f"{p}:{c}" for p, c in zip(people, cities)) + f"?{i}", cities[(i + 1) % 3])
+    name = rng.choice(NAMES)
+    question = rng.choice(["Where does {p} live?", "Which city does {p} live in?",
+                           "In which city is the home of {p}?"]).format(p=name)
+    return Task("lookup", _user(question), HOMES[name], name, _pick_other(rng, CITIES, HOMES[name]))
 
 
 def translate_to_zorbish(adj: str, noun: str, verb: str) -> str:
@@ -368,11 +369,9 @@ def pretraining_sentences(rng: random.Random) -> str:
         adj = rng.choice(POSITIVE if positive else NEGATIVE)
         return f"The {rng.choice(FOODS)} was {adj}. That is a {'positive' if positive else 'negative'} review."
     if kind == 5:
-        people, cities = rng.sample(NAMES, 3), rng.sample(CITIES, 3)
-        i = rng.randrange(3)
-        facts = " ".join(f"{p} lives in {c}." for p, c in zip(people, cities))
-        return facts + rng.choice([" So {n} is in {c}.", " The city of {n} is {c}.", " {n} is from {c}."]).format(
-            n=people[i], c=cities[i])
+        name = rng.choice(NAMES)
+        return rng.choice(["{n} lives in {c}.", "{n} has a house in {c}.", "The home of {n} is in {c}.",
+                           "{n} walked home through {c}."]).format(n=name, c=HOMES[name])
     if kind == 6:
         words = rng.sample(WORDS, rng.randint(3, 4))
         return rng.choice([

@@ -1,0 +1,70 @@
+import json
+
+import pytest
+
+from rlhf_course import world
+from rlhf_course.data import DataFileError
+from rlhf_course.widgets import LabelingSession, labeling_widget, pairs_for_labeling
+
+
+@pytest.fixture
+def pairs():
+    tasks = world.generate_tasks("validation", 3)
+    candidates = [[world.render(t, "polite"), world.render(t, "rambling", t.wrong), world.render(t, "curt")]
+                  for t in tasks]
+    return pairs_for_labeling(tasks, candidates, n=12)
+
+
+def _buttons(widget):
+    return {b.description: b for b in widget.children[2].children}
+
+
+def test_session_killed_halfway_resumes_and_keeps_every_judgment_once(tmp_path, pairs):
+    path = tmp_path / "judgments.jsonl"
+    widget = labeling_widget(LabelingSession(pairs, path))
+    buttons = _buttons(widget)
+    for description in ["A is better", "B is better", "Tie", "Skip", "A is better", "B is better"]:
+        buttons[description].click()
+    del widget, buttons  # the tab is closed or the kernel dies
+
+    resumed = LabelingSession(pairs, path)
+    assert len(resumed.judgments) == 6 and resumed.current() == pairs[6]
+    widget = labeling_widget(resumed)
+    assert "6 / 12 judged" in widget.children[4].value
+    while resumed.current() is not None:
+        _buttons(widget)["A is better"].click()
+    assert all(b.disabled for b in _buttons(widget).values())
+
+    ids = [json.loads(line)["pair_id"] for line in path.read_text().splitlines()]
+    assert sorted(ids) == sorted(p["pair_id"] for p in pairs)  # each pair on disk exactly once
+
+
+def test_agreement_and_preferences(tmp_path, pairs):
+    session = LabelingSession(pairs, tmp_path / "j.jsonl")
+    for pair in pairs[:5]:
+        session.record(session.reference_choice(pair) if session.reference_choice(pair) != "tie" else "a")
+    session.record("skip")
+    assert session.agreement() >= 0.8
+    rows = session.preferences()
+    assert len(rows) == 5 and all({"prompt", "chosen", "rejected"} <= set(r) for r in rows)
+
+
+def test_torn_last_line_is_dropped_but_a_broken_middle_line_is_an_error(tmp_path, pairs):
+    path = tmp_path / "j.jsonl"
+    session = LabelingSession(pairs, path)
+    session.record("a")
+    session.record("b")
+    good = path.read_text()
+    path.write_text(good + '{"pair_id": "x", "cho')  # crash while writing the third judgment
+    assert len(LabelingSession(pairs, path).judgments) == 2
+    path.write_text('{"oops": 1}\n' + good)
+    with pytest.raises(DataFileError, match=r"j.jsonl, line 1"):
+        LabelingSession(pairs, path)
+
+
+def test_bad_choice_is_refused_and_nothing_written(tmp_path, pairs):
+    path = tmp_path / "j.jsonl"
+    session = LabelingSession(pairs, path)
+    with pytest.raises(ValueError, match="choice must be one of"):
+        session.record("left")
+    assert not path.exists()
