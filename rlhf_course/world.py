@@ -10,7 +10,7 @@ downloaded on a laptop without internet, so the course generates a small world o
 * demonstrations come in several styles (curt, polite, rambling) and some are wrong, as real
   contractor data is;
 * plain declarative text for pretraining carries the world's knowledge (addition facts, the Zorbish
-  dictionary) but never a test combination.
+  dictionary, who lives where) but never a test combination.
 
 Everything is a pure function of a seed.
 """

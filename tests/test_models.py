@@ -29,7 +29,8 @@ def test_missing_model_directory_says_what_to_do(tmp_path):
 
 def test_weights_other_than_safetensors_are_refused(tmp_path):
     model = GPT2LMHeadModel(GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=1))
-    model.save_pretrained(tmp_path, safe_serialization=False)
+    model.config.save_pretrained(tmp_path)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickle: never loaded
     with pytest.raises(FileNotFoundError, match="safetensors"):
         models.load_model(tmp_path)
 
