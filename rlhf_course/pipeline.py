@@ -7,6 +7,7 @@ and the plots.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from rlhf_course.sft import SFTConfig, train_sft
 
 @dataclass
 class PipelineConfig:
+    """``seed`` seeds every stage's training (the task world keeps ``data.seed``, so runs share test prompts)."""
+
     base_model: Path = models.BASE_MODEL_DIR
     seed: int = 0
     data: data.DataConfig = field(default_factory=data.DataConfig)
@@ -38,7 +41,7 @@ def stage_sft(out: Path, config: PipelineConfig) -> dict:
     model = models.load_model(config.base_model)
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
-    result = train_sft(model, tok, data.sft_dataset("train", config.data), config.sft)
+    result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed))
     after = evaluation.evaluate(model, tok, tasks)
     models.save(model, tok, out / "sft_model")
     plots.loss_curve(result.losses, "SFT loss (response tokens)").savefig(out / "sft_loss.png", dpi=100)

@@ -52,6 +52,16 @@ def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
     assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "sft_model" / "model.safetensors").is_file()
 
 
+def test_pipeline_seed_reaches_training(tmp_path):
+    config = pipeline.PipelineConfig(data=data.DataConfig(train_per_family=30, eval_per_family=2),
+                                     sft=SFTConfig(epochs=1, max_examples=32, batch_size=16))
+    losses = []
+    for seed in (0, 1):
+        config.seed = seed
+        losses.append(pipeline.run(tmp_path / str(seed), ["sft"], config)["sft"]["final_loss"])
+    assert losses[0] != losses[1]
+
+
 def test_pipeline_rejects_unknown_stage(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         pipeline.run(tmp_path, ["nope"])
