@@ -1,0 +1,38 @@
+"""Lesson 03 exercises: reading the reward, the Bradley-Terry loss, and pairwise accuracy.
+
+Write each function body, then check it from the lesson or with ``rlhf-course check ID``
+(IDs: last_token_rewards, bradley_terry_loss, pairwise_accuracy).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def last_token_rewards(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The reward of each sequence: the value at its last real token.
+
+    values: (batch, seq), the scalar head's output at every position; attention_mask: (batch, seq),
+    right-padded (1 on real tokens, then 0 on padding). Return a (batch,) tensor that keeps the
+    gradient. The last real token is the closing <|end|>, which has attended to the whole conversation.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Negative log-likelihood of the labels under the Bradley-Terry model, averaged over the batch.
+
+    chosen, rejected: (batch,) rewards of the preferred and the other response; margin: (batch,) or None,
+    how much the chosen one must win by. Loss = mean(-log sigmoid(chosen - rejected - margin)).
+    Compute it in a way that stays finite when the difference is large.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Fraction of pairs in which the chosen response gets the higher reward, a tie counting as half.
+
+    chosen, rejected: (batch,). Return a 0-d float tensor.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()

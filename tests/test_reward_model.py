@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from rlhf_course import data, feedback, models, reward_model as rm, world
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return world.generate_tasks("validation", 6)
+
+
+def test_reward_is_the_hugging_face_classifier_output_at_the_last_real_token(tok, tasks):
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    replies = [world.render(t, "rambling" if i % 2 else "curt") for i, t in enumerate(tasks[:8])]
+    ids, mask = rm.encode_conversations(tok, [t.prompt for t in tasks[:8]], replies, 128)
+    assert (mask == 0).any()  # the batch really is padded
+    with torch.no_grad():
+        ours = rm.raw_rewards(model, ids, mask)
+        theirs = model(input_ids=ids, attention_mask=mask).logits.squeeze(-1)
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+def test_head_init_and_save_load_keep_the_normalisation(tok, tasks, tmp_path):
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    d = model.config.hidden_size
+    assert abs(model.score.weight.std().item() - (d + 1) ** -0.5) < 0.2 * (d + 1) ** -0.5
+    prompts = [t.prompt for t in tasks]
+    replies = [world.render(t, "polite") for t in tasks]
+    rm.normalise(model, tok, prompts, replies)
+    scores = rm.score(model, tok, prompts, replies)
+    assert abs(scores.mean().item()) < 1e-4 and abs(scores.std().item() - 1) < 1e-4
+    model.save_pretrained(tmp_path)
+    again = rm.load(tmp_path, dev=torch.device("cpu"))
+    assert torch.allclose(rm.score(again, tok, prompts, replies), scores, atol=1e-5)
+
+
+def test_too_long_conversation_is_refused_not_truncated(tok, tasks):
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    with pytest.raises(ValueError, match="more than the reward model's context of 128"):
+        rm.score(model, tok, [tasks[0].prompt], ["word " * 200])
+
+
+def test_losses_for_ratings_and_thumbs():
+    rewards = torch.tensor([2.0, -2.0])
+    assert rm.rating_loss(rewards, torch.tensor([5, 1])) == 0
+    assert rm.thumbs_loss(rewards, torch.tensor([1, 0])) < rm.thumbs_loss(rewards, torch.tensor([0, 1]))
+
+
+def test_training_learns_a_simple_preference(tok, tasks):
+    """Prefer the polite answer to the rambling wrong one: a few dozen steps should learn it."""
+    train = world.generate_tasks("train", 8)
+    rows = feedback.correctness_pairs(train)
+    for row, task in zip(rows, train):
+        row["chosen"] = [{"role": "assistant", "content": world.render(task, "polite")}]
+        row["rejected"] = [{"role": "assistant", "content": world.render(task, "rambling", task.wrong)}]
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    held_out = [{**r, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+                 "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}]}
+                for r, t in zip(feedback.correctness_pairs(tasks), tasks)]
+    before = rm.comparison_accuracy(model, tok, held_out)
+    result = rm.train_on_comparisons(model, tok, rows, held_out[:16], rm.RewardConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, eval_every=10))
+    assert rm.comparison_accuracy(model, tok, held_out) > max(0.9, before)
+    assert result.val_accuracy and result.losses[-1] < result.losses[0]
+
+
+def test_feedback_rows_are_trl_preferences_and_round_trip(tmp_path, tasks):
+    candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] +
+                  [world.render(t, "curt", t.wrong)] for t in tasks]
+    raw = feedback.judge_pairs(tasks, candidates, double_share=1.0)
+    rows = feedback.to_preferences(raw)
+    for i, row in enumerate(rows):
+        data.validate_row(row, "preference", f"row {i}")
+    assert list(data.load_jsonl(data.save_jsonl(rows, tmp_path / "p.jsonl"), "preference")) == rows
+    assert 0.6 < feedback.noise_ceiling(rows) <= 1.0
+    agreement = feedback.agreement_by_labeler(raw)
+    assert agreement["expert"] > agreement["careless"]
+
+
+def test_reliability_is_estimated_from_agreement_alone(tasks):
+    many = world.generate_tasks("train", 60)
+    candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] +
+                  [world.render(t, "polite", t.wrong)] for t in many]
+    raw = feedback.judge_pairs(many, candidates, double_share=1.0)
+    estimate = feedback.reliability_from_agreement(raw)
+    truth = feedback.agreement_by_labeler(raw)
+    assert estimate["expert"] > estimate["hasty"] > estimate["careless"]
+    assert abs(estimate["careless"] - truth["careless"]) < 0.15
