@@ -145,25 +145,19 @@ def correctness_pairs(tasks: list[world.Task], seed: int = 0) -> list[dict]:
     return rows
 
 
-def ratings(tasks: list[world.Task], candidates: list[list[str]], team=TEAM, seed: int = 0) -> list[dict]:
-    """Raw 1-5 ratings, one per distinct candidate, each by a random labeler."""
-    rng = random.Random(f"rate:{seed}")
+def single_judgments(tasks: list[world.Task], candidates: list[list[str]], kind: str, team=TEAM,
+                     seed: int = 0) -> list[dict]:
+    """Raw judgments of single responses, one per distinct candidate, each by a random labeler.
+
+    ``kind`` is ``"rating"`` (1-5) or ``"thumbs_up"`` (True/False).
+    """
+    judge_one = {"rating": lambda j, t, r, rng: j.rate(t, r, rng),
+                 "thumbs_up": lambda j, t, r, rng: j.thumbs_up(t, r, rng)}[kind]
+    rng = random.Random(f"{kind}:{seed}")
     out = []
     for task, replies in zip(tasks, candidates):
         for reply in dict.fromkeys(replies):
             judge = rng.choice(team)
             out.append({"task": task_record(task), "completion": reply, "labeler": judge.name,
-                        "rating": judge.rate(task, reply, rng)})
-    return out
-
-
-def thumbs(tasks: list[world.Task], candidates: list[list[str]], team=TEAM, seed: int = 0) -> list[dict]:
-    """Raw thumbs up/down, one per distinct candidate, each by a random labeler."""
-    rng = random.Random(f"thumbs:{seed}")
-    out = []
-    for task, replies in zip(tasks, candidates):
-        for reply in dict.fromkeys(replies):
-            judge = rng.choice(team)
-            out.append({"task": task_record(task), "completion": reply, "labeler": judge.name,
-                        "thumbs_up": judge.thumbs_up(task, reply, rng)})
+                        kind: judge_one(judge, task, reply, rng)})
     return out

@@ -90,3 +90,17 @@ def test_reliability_is_estimated_from_agreement_alone(tasks):
     truth = feedback.agreement_by_labeler(raw)
     assert estimate["expert"] > estimate["hasty"] > estimate["careless"]
     assert abs(estimate["careless"] - truth["careless"]) < 0.15
+
+
+def test_ratings_and_thumbs_judge_each_distinct_response_once(tasks):
+    candidates = [[world.render(t, "polite"), world.render(t, "polite"), world.render(t, "curt", t.wrong)]
+                  for t in tasks]
+    for kind, values in (("rating", {1, 2, 3, 4, 5}), ("thumbs_up", {True, False})):
+        raw = feedback.single_judgments(tasks, candidates, kind)
+        assert len(raw) == 2 * len(tasks) and {r[kind] for r in raw} <= values
+        right = [world.is_correct(feedback.task_of(r["task"]), r["completion"]) for r in raw]
+        good = [r[kind] for r, ok in zip(raw, right) if ok]
+        bad = [r[kind] for r, ok in zip(raw, right) if not ok]
+        assert sum(good) / len(good) > sum(bad) / len(bad)
+    with pytest.raises(KeyError):
+        feedback.single_judgments(tasks, candidates, "stars")
