@@ -52,7 +52,7 @@ class ModelConfig:
         return GPT2LMHeadModel(config)
 
 
-def _check_model_dir(path: Path) -> Path:
+def check_model_dir(path: Path) -> Path:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
@@ -64,7 +64,7 @@ def _check_model_dir(path: Path) -> Path:
 
 
 def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast:
-    tok = AutoTokenizer.from_pretrained(_check_model_dir(path), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(check_model_dir(path), local_files_only=True)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(
             f"The tokenizer at {path} needs a pad token distinct from its EOS token; otherwise masking "
@@ -75,7 +75,7 @@ def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast
 
 def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = None):
     """Any local causal LM directory, loaded from safetensors onto ``dev`` (default: runtime.device())."""
-    path = _check_model_dir(path)
+    path = check_model_dir(path)
     if not any(path.glob("*.safetensors")):
         raise FileNotFoundError(f"{path} has no .safetensors weights; the course loads safetensors only.")
     model = AutoModelForCausalLM.from_pretrained(
@@ -90,6 +90,12 @@ def save(model, tokenizer, path: str | Path) -> Path:
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
     return path
+
+
+def context_length(model) -> int:
+    """How many tokens the model can attend to (GPT-2 calls it n_positions, most others max_position_embeddings)."""
+    config = model.config
+    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 def count_parameters(model) -> int:

@@ -67,28 +67,24 @@ def thumbs_loss(rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(rewards, up.float())
 
 
-def build(backbone_dir: str | Path, dev: torch.device | None = None):
-    """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head."""
-    path = models._check_model_dir(Path(backbone_dir))
+def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0):
+    """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head, seeded."""
+    path = models.check_model_dir(Path(backbone_dir))
     model = AutoModelForSequenceClassification.from_pretrained(
         path, num_labels=1, local_files_only=True, use_safetensors=True, trust_remote_code=False,
         dtype=torch.float32)
     head = model.score
-    torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1))
+    torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1),
+                          generator=torch.Generator().manual_seed(seed))
     model.config.reward_mean, model.config.reward_std = 0.0, 1.0
     return model.to(dev or runtime.device())
 
 
 def load(path: str | Path, dev: torch.device | None = None):
-    path = models._check_model_dir(Path(path))
+    path = models.check_model_dir(Path(path))
     model = AutoModelForSequenceClassification.from_pretrained(
         path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
     return model.to(dev or runtime.device())
-
-
-def context_limit(model) -> int:
-    config = model.config
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
 
 
 def encode_conversations(tokenizer, prompts: list[list[dict]], responses: list[str], limit: int):
@@ -119,7 +115,7 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], bat
     out = []
     for start in range(0, len(prompts), batch_size):
         ids, mask = encode_conversations(tokenizer, prompts[start:start + batch_size],
-                                         responses[start:start + batch_size], context_limit(model))
+                                         responses[start:start + batch_size], models.context_length(model))
         out.append(raw_rewards(model, ids, mask).cpu())
     rewards = torch.cat(out)
     return (rewards - model.config.reward_mean) / model.config.reward_std
@@ -163,7 +159,7 @@ def train_on_comparisons(model, tokenizer, train_rows: list[dict], val_rows: lis
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     dev = next(model.parameters()).device
-    limit = context_limit(model)
+    limit = models.context_length(model)
     order = [i for _ in range(config.epochs) for i in rng.sample(range(len(train_rows)), len(train_rows))]
     batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import runtime
+from rlhf_course import models, runtime
 from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 
@@ -97,7 +97,7 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     if config.max_examples is not None:
         rows = rng.sample(rows, min(config.max_examples, len(rows)))
     encoded = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
-    limit = model.config.n_positions if hasattr(model.config, "n_positions") else model.config.max_position_embeddings
+    limit = models.context_length(model)
     too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
     if too_long:
         raise ValueError(f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "

@@ -37,11 +37,12 @@ class LabelingSession:
         done = {}
         if not self.path.is_file():
             return done
-        lines = self.path.read_text().split("\n")
+        text = self.path.read_text()
+        lines = text.split("\n")
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
-            torn_last = number == len(lines) and not self.path.read_text().endswith("\n")
+            torn_last = number == len(lines) and not text.endswith("\n")
             try:
                 row = json.loads(line)
                 if row.get("choice") not in CHOICES or "pair_id" not in row:

@@ -104,3 +104,12 @@ def test_ratings_and_thumbs_judge_each_distinct_response_once(tasks):
         assert sum(good) / len(good) > sum(bad) / len(bad)
     with pytest.raises(KeyError):
         feedback.single_judgments(tasks, candidates, "stars")
+
+
+def test_head_init_depends_on_its_seed_only():
+    torch.manual_seed(1)
+    a = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu")).score.weight
+    torch.manual_seed(2)
+    b = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu")).score.weight
+    c = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"), seed=1).score.weight
+    assert torch.equal(a, b) and not torch.equal(a, c)
