@@ -21,9 +21,9 @@ def _pipeline(args) -> int:
     from rlhf_course import models, pipeline
 
     config = pipeline.PipelineConfig(base_model=Path(args.base_model or models.BASE_MODEL_DIR), seed=args.seed)
-    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    stages = list(pipeline.STAGES) if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
     metrics = pipeline.run(Path(args.out), stages, config)
-    summary = {stage: {k: v for k, v in m.items() if not isinstance(v, dict)} for stage, m in metrics.items()}
+    summary = {stage: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for stage, m in metrics.items()}
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
     return 0
@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md")
     p.add_argument("--out", default="runs/pipeline")
-    p.add_argument("--stages", default="sft", help="comma-separated stages (available: sft)")
+    p.add_argument("--stages", help="comma-separated stages, e.g. sft,reward (default: every stage)")
     p.add_argument("--base-model", default=None, help="a local causal-LM directory (default: the shipped model)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_pipeline)

@@ -48,13 +48,20 @@ def sft_dataset(split: str, config: DataConfig = DataConfig()) -> Dataset:
 
 
 # --- JSONL ------------------------------------------------------------------------------------
+CHOICES = ("a", "b", "tie", "skip")  # what a labeler can answer when shown responses a and b
+
+# field -> what it must hold: "messages" (a non-empty list of chat messages), "text" (a non-empty
+# string), "task" (a task record) or a tuple of the allowed values
 SCHEMAS = {
-    "sft": {"prompt": list, "completion": list},
-    "preference": {"prompt": list, "chosen": list, "rejected": list},
+    "sft": {"prompt": "messages", "completion": "messages"},
+    "preference": {"prompt": "messages", "chosen": "messages", "rejected": "messages"},
+    "judgment": {"task": "task", "a": "text", "b": "text", "labeler": "text", "choice": CHOICES},
 }
 
 
 def _check_messages(messages, field, where):
+    if not isinstance(messages, list) or not messages:
+        raise DataFileError(f"{where}: field {field!r} should be a non-empty list of messages")
     for m in messages:
         if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
                 and isinstance(m.get("content"), str)):
@@ -70,9 +77,15 @@ def validate_row(row, schema: str, where: str) -> None:
     for name, kind in SCHEMAS[schema].items():
         if name not in row:
             raise DataFileError(f"{where}: missing field {name!r} (a {schema} row needs {sorted(SCHEMAS[schema])})")
-        if not isinstance(row[name], kind) or not row[name]:
-            raise DataFileError(f"{where}: field {name!r} should be a non-empty {kind.__name__}")
-        _check_messages(row[name], name, where)
+        value = row[name]
+        if kind == "messages":
+            _check_messages(value, name, where)
+        elif kind == "text" and not (isinstance(value, str) and value.strip()):
+            raise DataFileError(f"{where}: field {name!r} should be a non-empty string, got {value!r}")
+        elif kind == "task" and not (isinstance(value, dict) and {"family", "prompt", "answer", "key"} <= set(value)):
+            raise DataFileError(f"{where}: field {name!r} should be a task record with family, prompt, answer, key")
+        elif isinstance(kind, tuple) and value not in kind:
+            raise DataFileError(f"{where}: unknown label {value!r} in field {name!r}; expected one of {kind}")
 
 
 def save_jsonl(dataset: Dataset | list[dict], path: str | Path) -> Path:
@@ -88,7 +101,7 @@ def save_jsonl(dataset: Dataset | list[dict], path: str | Path) -> Path:
 
 
 def load_jsonl(path: str | Path, schema: str | None = None) -> Dataset:
-    """Read a JSONL file into a Dataset, validating each line against ``schema`` ('sft', 'preference')."""
+    """Read a JSONL file into a Dataset, validating each line against ``schema`` (a key of ``SCHEMAS``)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No data file at {path}")

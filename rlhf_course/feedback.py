@@ -38,22 +38,40 @@ def sample_candidates(model, tokenizer, tasks: list[world.Task], n: int = 4, tem
 
 def judge_pairs(tasks: list[world.Task], candidates: list[list[str]], team=TEAM, seed: int = 0,
                 double_share: float = 0.2) -> list[dict]:
-    """Raw comparisons: distinct candidates of each task paired up, each pair judged by a random labeler.
+    """Raw comparisons: every pair of distinct candidates of a task, each judged by a random labeler.
 
-    A share of the pairs (``double_share``) is judged by a second labeler too, to measure agreement.
+    As in InstructGPT, all K(K-1)/2 pairs of a prompt's K responses are compared. A share of the pairs
+    (``double_share``) is judged by a second labeler too, to measure agreement.
     """
     rng = random.Random(f"judge:{seed}")
     raw = []
     for task, replies in zip(tasks, candidates):
-        distinct = list(dict.fromkeys(replies))
-        rng.shuffle(distinct)
-        for a, b in zip(distinct[0::2], distinct[1::2]):
+        for a, b in itertools.combinations(dict.fromkeys(replies), 2):
+            if rng.random() < 0.5:  # no position bias: which response is shown first is random
+                a, b = b, a
             judges = rng.sample(team, 2 if rng.random() < double_share else 1)
             for judge in judges:
                 first = judge.prefers_first(task, a, b, rng)
                 raw.append({"task": task_record(task), "a": a, "b": b, "labeler": judge.name,
                             "choice": "a" if first else "b", "pair_id": f"{task.key}|{a}|{b}"})
     return raw
+
+
+def automatic_comparisons(tasks: list[world.Task], seed: int = 0) -> list[dict]:
+    """Comparisons that cost no labeler: a verified answer against the same reply with a wrong answer.
+
+    This is preference-model pretraining (Askell et al. 2021): cheap, automatically built comparisons
+    teach the reward model to read the content of a reply before the scarce human comparisons teach
+    it what people prefer. Both replies share one style, so only the answer tells them apart.
+    """
+    rng = random.Random(f"automatic:{seed}")
+    rows = []
+    for task in tasks:
+        style = rng.choice(list(world.STYLES))
+        rows.append({"prompt": task.prompt, **task_record(task),
+                     "chosen": [{"role": "assistant", "content": world.render(task, style)}],
+                     "rejected": [{"role": "assistant", "content": world.render(task, style, task.wrong)}]})
+    return rows
 
 
 def task_record(task: world.Task) -> dict:
@@ -135,14 +153,7 @@ def reliability_from_agreement(raw: list[dict]) -> dict[str, float]:
 
 def correctness_pairs(tasks: list[world.Task], seed: int = 0) -> list[dict]:
     """Held-out pairs that differ only in correctness: the same style around a right and a wrong answer."""
-    rng = random.Random(f"correctness:{seed}")
-    rows = []
-    for task in tasks:
-        style = rng.choice(list(world.STYLES))
-        rows.append({"prompt": task.prompt, **task_record(task),
-                     "chosen": [{"role": "assistant", "content": world.render(task, style)}],
-                     "rejected": [{"role": "assistant", "content": world.render(task, style, task.wrong)}]})
-    return rows
+    return automatic_comparisons(tasks, seed=seed + 1_000_003)
 
 
 def single_judgments(tasks: list[world.Task], candidates: list[list[str]], kind: str, team=TEAM,
@@ -161,3 +172,17 @@ def single_judgments(tasks: list[world.Task], candidates: list[list[str]], kind:
             out.append({"task": task_record(task), "completion": reply, "labeler": judge.name,
                         kind: judge_one(judge, task, reply, rng)})
     return out
+
+
+def to_single_rows(raw: list[dict]) -> list[dict]:
+    """Training rows from single judgments: ``{"prompt", "completion", "rating"}`` for ratings, and
+    TRL's unpaired preference format ``{"prompt", "completion", "label"}`` for thumbs."""
+    rows = []
+    for j in raw:
+        row = {"prompt": j["task"]["prompt"], "completion": [{"role": "assistant", "content": j["completion"]}]}
+        if "rating" in j:
+            row["rating"] = j["rating"]
+        else:
+            row["label"] = j["thumbs_up"]
+        rows.append(row)
+    return rows

@@ -15,8 +15,21 @@ from pathlib import Path
 
 import matplotlib
 
-from rlhf_course import data, evaluation, models, plots, runtime, world
+from rlhf_course import data, evaluation, feedback, models, plots, reward_evaluation, reward_model, runtime, world
+from rlhf_course.reward_model import RewardConfig
 from rlhf_course.sft import SFTConfig, train_sft
+
+
+@dataclass
+class FeedbackConfig:
+    """What the reward stage collects: K samples per prompt, all K(K-1)/2 pairs judged by the team."""
+
+    prompts_per_family: int = 100
+    samples_per_prompt: int = 8
+    temperature: float = 1.0
+    test_samples_per_prompt: int = 4
+    automatic_per_family: int = 1000  # automatic comparisons for preference-model pretraining; 0 skips it
+    replay_per_family: int = 300  # fresh automatic comparisons mixed into the human ones, so correctness is not forgotten
 
 
 @dataclass
@@ -27,6 +40,8 @@ class PipelineConfig:
     seed: int = 0
     data: data.DataConfig = field(default_factory=data.DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
 
 
 def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Task]:
@@ -62,7 +77,73 @@ def stage_sft(out: Path, config: PipelineConfig) -> dict:
     }
 
 
-STAGES = {"sft": stage_sft}
+def require(path: Path, stage: str) -> Path:
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing: run the {stage!r} stage first "
+                                f"(rlhf-course pipeline --out {path.parent} --stages {stage})")
+    return path
+
+
+def stage_reward(out: Path, config: PipelineConfig) -> dict:
+    """Collect comparisons of SFT samples, train the reward model on them, evaluate it on held-out prompts."""
+    start = time.time()
+    sft_dir = require(out / "sft_model", "sft")
+    tok, policy = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
+    fb = config.feedback
+    train_tasks = world.generate_tasks("train", fb.prompts_per_family, config.data.seed)
+    test_tasks = held_out_tasks(config)
+    samples = feedback.sample_candidates(policy, tok, train_tasks, fb.samples_per_prompt, fb.temperature, config.seed)
+    test_samples = feedback.sample_candidates(policy, tok, test_tasks, fb.test_samples_per_prompt, fb.temperature,
+                                              config.seed + 1)
+    raw = feedback.judge_pairs(train_tasks, samples, seed=config.seed)
+    test_raw = feedback.judge_pairs(test_tasks, test_samples, seed=config.seed + 1, double_share=0.0)
+    rows = feedback.to_preferences(raw)
+    files = out / "feedback"
+    data.save_jsonl(raw, files / "comparisons_raw.jsonl")
+    data.save_jsonl(rows, files / "preferences.jsonl")
+    data.save_jsonl(test_raw, files / "test_comparisons_raw.jsonl")
+    for kind in ("rating", "thumbs_up"):
+        data.save_jsonl(feedback.single_judgments(train_tasks, samples, kind, seed=config.seed), files / f"{kind}s_raw.jsonl")
+    sampled_seconds = time.time() - start
+
+    reward_config = dataclasses.replace(config.reward, seed=config.seed)
+    model = reward_model.build(sft_dir, seed=config.seed)
+    automatic = feedback.automatic_comparisons(
+        world.generate_tasks("train", fb.automatic_per_family, config.data.seed + 1), seed=config.seed)
+    if automatic:
+        reward_model.train(model, tok, automatic, None, dataclasses.replace(reward_config, epochs=1))
+    model.save_pretrained(out / "reward_model_pretrained")  # before any human comparison, for experiments
+    replay = feedback.automatic_comparisons(
+        world.generate_tasks("train", fb.replay_per_family, config.data.seed + 2), seed=config.seed + 1)
+    val_rows = feedback.to_preferences(test_raw[: len(test_raw) // 4])
+    result = reward_model.train(model, tok, rows + replay, val_rows, reward_config)
+    every = max(1, fb.samples_per_prompt * len(train_tasks) // 2048)  # about 2,000 samples pin mean and std
+    reward_model.normalise(model, tok, [t.prompt for t, s in zip(train_tasks, samples) for _ in s][::every],
+                           [r for s in samples for r in s][::every])
+    model.save_pretrained(out / "reward_model")
+    tok.save_pretrained(out / "reward_model")
+
+    metrics = reward_evaluation.evaluate(model, tok, test_raw, test_tasks, test_samples)
+    plots.validation_curve(result.val_accuracy, metrics["noise_ceiling"]).savefig(out / "reward_validation.png", dpi=100)
+    plots.calibration(reward_evaluation.calibration(model, tok, test_raw)).savefig(out / "reward_calibration.png", dpi=100)
+    return {
+        **metrics,
+        "train_comparisons": len(rows),
+        "automatic_comparisons": len(automatic),
+        "replayed_automatic_comparisons": len(replay),
+        "train_noise_ceiling": feedback.noise_ceiling(rows),
+        "labeler_gold_agreement": feedback.agreement_by_labeler(raw),
+        "labeler_reliability_estimate": feedback.reliability_from_agreement(raw),
+        "sample_correct_share": sum(world.is_correct(t, r) for t, s in zip(train_tasks, samples) for r in s)
+                                / sum(map(len, samples)),
+        "sampling_seconds": sampled_seconds,
+        "final_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
+        "validation_curve": result.val_accuracy,
+        "seconds": time.time() - start,
+    }
+
+
+STAGES = {"sft": stage_sft, "reward": stage_reward}
 
 
 def write_report(out: Path, metrics: dict) -> Path:
@@ -77,6 +158,18 @@ def write_report(out: Path, metrics: dict) -> Path:
         lines += ["", f"Translation BLEU: {m['base_bleu']:.1f} -> {m['bleu']:.1f}. "
                       f"Mean gold score: {m['base_gold']:.3f} -> {m['gold']:.3f}.", "",
                   "![SFT loss](sft_loss.png)", "", "![accuracy by family](sft_accuracy.png)", ""]
+    if "reward" in metrics:
+        m = metrics["reward"]
+        lines += ["## Reward model", "",
+                  f"{m['train_comparisons']} labeled comparisons (after {m['automatic_comparisons']} automatic ones), "
+                  f"{m['seconds']:.0f} s. On {m['test_comparisons']} held-out comparisons:", "",
+                  "| measure | value |", "|---|---|",
+                  f"| accuracy against the labels | {m['accuracy']:.3f} |",
+                  f"| noise ceiling (labels against gold) | {m['noise_ceiling']:.3f} |",
+                  f"| accuracy against the gold ordering | {m['gold_accuracy']:.3f} |",
+                  f"| accuracy on pairs differing only in correctness | {m['correctness_accuracy']:.3f} |",
+                  f"| Spearman correlation with the gold score | {m['gold_spearman']:.3f} |", "",
+                  "![validation accuracy](reward_validation.png)", "", "![calibration](reward_calibration.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -37,3 +37,33 @@ def accuracy_by_family(before: dict[str, float], after: dict[str, float], labels
     ax.legend(frameon=False, loc="upper left", ncol=2)
     fig.tight_layout()
     return fig
+
+
+def validation_curve(points: list[tuple[int, float]], ceiling: float | None = None):
+    """Held-out comparison accuracy during reward-model training, with the labels' noise ceiling."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.plot([s for s, _ in points], [a for _, a in points], "o-", color="C0", label="held-out accuracy")
+    if ceiling is not None:
+        ax.axhline(ceiling, color="C3", ls="--", label=f"noise ceiling {ceiling:.2f}")
+    ax.axhline(0.5, color="0.6", ls=":", label="chance")
+    ax.set_xlabel("step")
+    ax.set_ylabel("pairwise accuracy")
+    ax.set_ylim(0.4, 1.0)
+    ax.legend(frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def calibration(bins: list[tuple[float, float, int]]):
+    """Predicted P(a preferred) against how often labelers preferred a; the diagonal is perfect."""
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], color="0.6", ls=":", label="perfectly calibrated")
+    ax.scatter([p for p, _, _ in bins], [o for _, o, _ in bins], s=[10 + n / 4 for _, _, n in bins], color="C0",
+               label="held-out pairs (size = count)")
+    ax.set_xlabel("predicted P(a preferred)")
+    ax.set_ylabel("observed share preferring a")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(frameon=False, loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
+from transformers.utils import logging as hf_logging
 
 from rlhf_course import models, runtime
 from rlhf_course.language_model import pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
-from rlhf_course.sft import encode
+from rlhf_course.sft import encode, length_grouped_batches
 
 
 def _validate_last(out, values, attention_mask):
@@ -70,9 +71,14 @@ def thumbs_loss(rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0):
     """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head, seeded."""
     path = models.check_model_dir(Path(backbone_dir))
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-        dtype=torch.float32)
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the new score head is "missing" from the checkpoint by design
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, local_files_only=True, use_safetensors=True, trust_remote_code=False,
+            dtype=torch.float32)
+    finally:
+        hf_logging.set_verbosity(previous)
     head = model.score
     torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1),
                           generator=torch.Generator().manual_seed(seed))
@@ -131,13 +137,14 @@ def normalise(model, tokenizer, prompts, responses) -> None:
 
 @dataclass
 class RewardConfig:
-    epochs: int = 2
+    feedback: str = "comparisons"  # which loss: "comparisons" (Bradley-Terry), "ratings" or "thumbs"
+    epochs: int = 1
     batch_size: int = 32
     lr: float = 2e-4
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
-    eval_every: int = 50
+    eval_every: int = 100
     seed: int = 0
 
 
@@ -148,38 +155,65 @@ class RewardResult:
     seconds: float
 
 
-def train_on_comparisons(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
-                         config: RewardConfig = RewardConfig(), weights: list[float] | None = None,
-                         on_step=None) -> RewardResult:
-    """Bradley-Terry training on rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format).
+def _reply(message_list: list[dict]) -> str:
+    return message_list[-1]["content"]
 
-    ``weights`` (one per row) scale each comparison's loss, e.g. by the reliability of its labeler.
+
+def _comparison_loss(model, tokenizer, rows, weights, limit):
+    """Rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format): Bradley-Terry, optionally weighted."""
+    ids, mask = encode_conversations(tokenizer, [r["prompt"] for r in rows] * 2,
+                                     [_reply(r["chosen"]) for r in rows] + [_reply(r["rejected"]) for r in rows], limit)
+    rewards = raw_rewards(model, ids, mask)  # (2 * batch,): chosen first, then rejected
+    chosen, rejected = rewards[:len(rows)], rewards[len(rows):]
+    margin = torch.tensor([r.get("margin") or 0.0 for r in rows], device=rewards.device)
+    if weights is None:
+        return bradley_terry_loss(chosen, rejected, margin)
+    # weighted Bradley-Terry: the same loss, each comparison counted by its weight
+    return (-F.logsigmoid(chosen - rejected - margin) * weights).sum() / weights.sum().clamp(min=1e-8)
+
+
+def _single_loss(field, loss_fn):
+    """Rows ``{"prompt", "completion", field}``: one judged response each."""
+    def loss(model, tokenizer, rows, weights, limit):
+        ids, mask = encode_conversations(tokenizer, [r["prompt"] for r in rows], [_reply(r["completion"]) for r in rows], limit)
+        rewards = raw_rewards(model, ids, mask)  # (batch,)
+        return loss_fn(rewards, torch.tensor([float(r[field]) for r in rows], device=rewards.device))
+    return loss
+
+
+LOSSES = {"comparisons": _comparison_loss,
+          "ratings": _single_loss("rating", rating_loss),
+          "thumbs": _single_loss("label", thumbs_loss)}
+
+
+def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
+          config: RewardConfig = RewardConfig(), weights: list[float] | None = None, on_step=None) -> RewardResult:
+    """Train on one kind of feedback (``config.feedback``); ``val_rows`` are comparisons for the curve.
+
+    ``weights`` (one per row, comparisons only) scale each comparison's loss, e.g. by the
+    reliability of its labeler.
     """
+    if config.feedback not in LOSSES:
+        raise ValueError(f"unknown feedback {config.feedback!r}; expected one of {list(LOSSES)}")
+    if weights is not None and (config.feedback != "comparisons" or len(weights) != len(train_rows)):
+        raise ValueError("weights need comparisons and one weight per training row")
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     dev = next(model.parameters()).device
     limit = models.context_length(model)
-    order = [i for _ in range(config.epochs) for i in rng.sample(range(len(train_rows)), len(train_rows))]
-    batches = [order[i:i + config.batch_size] for i in range(0, len(order), config.batch_size)]
+    # rows of similar length share a batch, so little compute goes to padding (characters stand in for tokens)
+    lengths = [sum(len(m["content"]) for key in ("prompt", "chosen", "rejected", "completion") for m in row.get(key, []))
+               for row in train_rows]
+    batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / len(batches)))
     losses, val_curve = [], []
-    for step, indices in enumerate(runtime.progress(batches, desc="reward model")):
+    for step, indices in enumerate(runtime.progress(batches, desc=f"reward model ({config.feedback})")):
         model.train()
-        rows = [train_rows[i] for i in indices]
-        prompts = [r["prompt"] for r in rows] * 2
-        replies = [r["chosen"][-1]["content"] for r in rows] + [r["rejected"][-1]["content"] for r in rows]
-        ids, mask = encode_conversations(tokenizer, prompts, replies, limit)
-        rewards = raw_rewards(model, ids, mask)  # (2 * batch,): chosen first, then rejected
-        chosen, rejected = rewards[:len(rows)], rewards[len(rows):]
-        margin = torch.tensor([r.get("margin") or 0.0 for r in rows], device=dev)
-        if weights is None:
-            loss = bradley_terry_loss(chosen, rejected, margin)
-        else:  # weighted Bradley-Terry: the same loss, each comparison counted by its weight
-            w = torch.tensor([weights[i] for i in indices], device=dev)
-            loss = (-F.logsigmoid(chosen - rejected - margin) * w).sum() / w.sum().clamp(min=1e-8)
+        w = None if weights is None else torch.tensor([weights[i] for i in indices], device=dev)
+        loss = LOSSES[config.feedback](model, tokenizer, [train_rows[i] for i in indices], w, limit)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
@@ -206,6 +240,37 @@ def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Ten
 
 def comparison_accuracy(model, tokenizer, rows: list[dict]) -> float:
     prompts = [r["prompt"] for r in rows]
-    chosen = score(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in rows])
-    rejected = score(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in rows])
+    chosen = score(model, tokenizer, prompts, [_reply(r["chosen"]) for r in rows])
+    rejected = score(model, tokenizer, prompts, [_reply(r["rejected"]) for r in rows])
     return pairwise_accuracy(chosen, rejected).item()
+
+
+# --- A head on frozen features: the same reward model in seconds, for experiments -------------------
+@torch.no_grad()
+def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], batch_size: int = 128) -> torch.Tensor:
+    """The backbone's hidden state at the last real token of each conversation: (n, hidden), on the CPU."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        ids, mask = encode_conversations(tokenizer, prompts[start:start + batch_size],
+                                         responses[start:start + batch_size], models.context_length(model))
+        hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+        last = (mask.sum(dim=1) - 1).to(dev)  # (batch,)
+        out.append(hidden[torch.arange(len(last), device=dev), last].float().cpu())
+    return torch.cat(out)
+
+
+def fit_head(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None,
+             steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-3) -> torch.Tensor:
+    """A linear reward ``r = features @ w`` fitted by (weighted) Bradley-Terry. chosen, rejected: (n, d) -> (d,)."""
+    diff = chosen - rejected  # (n, d): r_chosen - r_rejected is linear in it
+    weights = torch.ones(len(diff)) if weights is None else weights
+    w = torch.zeros(diff.shape[1], requires_grad=True)
+    optimizer = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = (-F.logsigmoid(diff @ w) * weights).sum() / weights.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return w.detach()

@@ -12,9 +12,7 @@ import random
 from pathlib import Path
 
 from rlhf_course import feedback, human
-from rlhf_course.data import DataFileError
-
-CHOICES = ("a", "b", "tie", "skip")
+from rlhf_course.data import CHOICES, DataFileError
 
 
 class LabelingSession:

@@ -66,3 +66,31 @@ def test_failed_save_keeps_the_old_file(tmp_path, sft):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="No data file"):
         data.load_jsonl(tmp_path / "nope.jsonl")
+
+
+JUDGMENT = {"task": {"family": "arithmetic", "prompt": [{"role": "user", "content": "1+1?"}], "answer": "2",
+                     "key": "1+1"}, "a": "2", "b": "3", "labeler": "expert", "choice": "a"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"choice": "maybe"}, "unknown label 'maybe'"),
+    ({"b": ""}, "field 'b' should be a non-empty string"),
+    ({"task": {"family": "arithmetic"}}, "should be a task record"),
+    ({"chosen": None}, None),  # an extra field is allowed
+])
+def test_judgment_files_are_checked_line_by_line(tmp_path, change, message):
+    path = tmp_path / "judgments.jsonl"
+    path.write_text(json.dumps(JUDGMENT) + "\n" + json.dumps({**JUDGMENT, **change}) + "\n")
+    if message is None:
+        assert len(data.load_jsonl(path, "judgment")) == 2
+        return
+    with pytest.raises(data.DataFileError) as err:
+        data.load_jsonl(path, "judgment")
+    assert f"{path}, line 2" in str(err.value) and message in str(err.value)
+
+
+def test_missing_judgment_field_is_named(tmp_path):
+    path = tmp_path / "judgments.jsonl"
+    path.write_text(json.dumps({k: v for k, v in JUDGMENT.items() if k != "labeler"}) + "\n")
+    with pytest.raises(data.DataFileError, match="line 1: missing field 'labeler'"):
+        data.load_jsonl(path, "judgment")

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_course import data, feedback, models, reward_model as rm, world
+from rlhf_course import data, feedback, human, models, reward_model as rm, world
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_training_learns_a_simple_preference(tok, tasks):
                  "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}]}
                 for r, t in zip(feedback.correctness_pairs(tasks), tasks)]
     before = rm.comparison_accuracy(model, tok, held_out)
-    result = rm.train_on_comparisons(model, tok, rows, held_out[:16], rm.RewardConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, eval_every=10))
+    result = rm.train(model, tok, rows, held_out[:16], rm.RewardConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, eval_every=10))
     assert rm.comparison_accuracy(model, tok, held_out) > max(0.9, before)
     assert result.val_accuracy and result.losses[-1] < result.losses[0]
 
@@ -113,3 +113,38 @@ def test_head_init_depends_on_its_seed_only():
     b = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu")).score.weight
     c = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"), seed=1).score.weight
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("kind", ["rating", "thumbs_up"])
+def test_training_on_ratings_or_thumbs_learns_a_simple_preference(tok, tasks, kind):
+    train = world.generate_tasks("train", 10)
+    candidates = [[world.render(t, "polite"), world.render(t, "rambling", t.wrong)] for t in train]
+    rows = feedback.to_single_rows(feedback.single_judgments(train, candidates, kind, team=(human.SimulatedHuman("reliable", temperature=0.02, noise=0.0),)))
+    assert ("rating" in rows[0]) == (kind == "rating") and ("label" in rows[0]) == (kind == "thumbs_up")
+    held_out = [{**r, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+                 "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}]}
+                for r, t in zip(feedback.correctness_pairs(tasks), tasks)]
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    config = rm.RewardConfig(feedback={"rating": "ratings", "thumbs_up": "thumbs"}[kind], epochs=4, batch_size=8,
+                             lr=1e-3, warmup_steps=5)
+    result = rm.train(model, tok, rows, None, config)
+    assert sum(result.losses[-5:]) < sum(result.losses[:5])
+    assert rm.comparison_accuracy(model, tok, held_out) > 0.9
+
+
+def test_training_refuses_unknown_feedback_and_misfit_weights(tok):
+    model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
+    rows = feedback.correctness_pairs(world.generate_tasks("train", 1))
+    with pytest.raises(ValueError, match="unknown feedback 'stars'"):
+        rm.train(model, tok, rows, config=rm.RewardConfig(feedback="stars"))
+    with pytest.raises(ValueError, match="one weight per training row"):
+        rm.train(model, tok, rows, weights=[1.0])
+
+
+def test_linear_head_on_frozen_features_learns_a_feature_direction():
+    torch.manual_seed(0)
+    chosen, rejected = torch.randn(200, 8), torch.randn(200, 8)
+    chosen[:, 3] += 2.0  # the chosen responses are higher along one direction
+    w = rm.fit_head(chosen, rejected)
+    assert w[3] > 0 and w[3].abs() == w.abs().max()
+    assert ((chosen - rejected) @ w > 0).float().mean() > 0.85

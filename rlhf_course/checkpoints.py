@@ -1,0 +1,61 @@
+"""Each lesson starts where the previous one ended: the pipeline's outputs, built once and cached.
+
+Lesson 03 needs the SFT model, lesson 04 the reward model too. ``prepared(stages)`` returns a
+directory that holds those stages' outputs, running the pipeline for whatever is missing. The
+directory name carries a fingerprint of the package's code and of the configuration, so a changed
+trainer never reuses a stale model, and a file lock lets several lessons (nbval workers, two open
+notebooks) share one build instead of racing.
+
+The cache lives in ``$RLHF_COURSE_CACHE`` (default ``~/.cache/rlhf_course``); deleting it is always safe.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from rlhf_course import pipeline
+
+PACKAGE_DIR = Path(__file__).parent
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RLHF_COURSE_CACHE", Path.home() / ".cache" / "rlhf_course"))
+
+
+def fingerprint(config: pipeline.PipelineConfig) -> str:
+    """Hash of the package's code, its shipped artifacts and the configuration."""
+    h = hashlib.sha256(repr(config).encode())
+    for path in sorted(PACKAGE_DIR.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".json", ".safetensors"):
+            h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, even if the build fails
+        yield
+
+
+def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.PipelineConfig()) -> Path:
+    """A directory with the outputs of ``stages`` and every stage before them, built if missing."""
+    order = list(pipeline.STAGES)
+    unknown = [s for s in stages if s not in order]
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; available: {order}")
+    out = cache_root() / f"pipeline-{fingerprint(config)}"
+    with _locked(out.with_suffix(".lock")):
+        metrics_path = out / "metrics.json"
+        done = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        needed = [s for s in order[:1 + max(order.index(s) for s in stages)] if s not in done]
+        if needed:
+            print(f"Building {needed} once into {out} (later lessons reuse it) ...")
+            pipeline.run(out, needed, config)
+    return out

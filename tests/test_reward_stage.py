@@ -1,0 +1,92 @@
+"""The reward stage end to end on a tiny configuration, its evaluation helpers, and the lesson cache."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from rlhf_course import checkpoints, data, feedback, models, pipeline, reward_evaluation, reward_model as rm, world
+
+TINY = pipeline.PipelineConfig(
+    data=data.DataConfig(train_per_family=10, eval_per_family=3),
+    feedback=pipeline.FeedbackConfig(prompts_per_family=3, samples_per_prompt=3, test_samples_per_prompt=3,
+                                     automatic_per_family=4, replay_per_family=2),
+    reward=rm.RewardConfig(epochs=1, batch_size=8, eval_every=2))
+
+
+@pytest.fixture(scope="module")
+def stage_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    shutil.copytree(models.BASE_MODEL_DIR, out / "sft_model")  # stands in for an SFT model: same format
+    pipeline.run(out, ["reward"], TINY)
+    return out
+
+
+def test_reward_stage_writes_the_promised_metrics_and_files(stage_dir):
+    m = json.loads((stage_dir / "metrics.json").read_text())["reward"]
+    for key in ("accuracy", "gold_accuracy", "noise_ceiling", "correctness_accuracy", "gold_spearman", "seconds"):
+        assert isinstance(m[key], float), key
+    assert 0 <= m["gold_accuracy"] <= 1 and -1 <= m["gold_spearman"] <= 1
+    assert m["train_comparisons"] == len(data.load_jsonl(stage_dir / "feedback" / "preferences.jsonl", "preference"))
+    raw = data.load_jsonl(stage_dir / "feedback" / "comparisons_raw.jsonl", "judgment")
+    assert len(raw) >= m["train_comparisons"]  # double-judged pairs appear twice in the raw file
+    model = rm.load(stage_dir / "reward_model", dev=torch.device("cpu"))
+    assert model.config.num_labels == 1 and model.config.reward_std > 0
+    assert (stage_dir / "reward_calibration.png").is_file() and "Reward model" in (stage_dir / "report.md").read_text()
+
+
+def test_reward_stage_without_sft_model_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the 'sft' stage first"):
+        pipeline.run(tmp_path, ["reward"], TINY)
+
+
+def test_spearman_on_a_hand_example():
+    assert reward_evaluation.spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    assert reward_evaluation.spearman([1, 2, 3], [30, 20, 10]) == pytest.approx(-1.0)
+    # ties share their average rank: ranks (1.5, 1.5, 3) against (1, 2, 3)
+    assert reward_evaluation.spearman([5, 5, 7], [1, 2, 3]) == pytest.approx(0.8660254, abs=1e-6)
+
+
+def test_calibration_and_disagreements_on_a_model_that_prefers_long_replies():
+    class LengthReward(torch.nn.Module):  # reward = number of tokens: the longer reply always wins
+        def __init__(self):
+            super().__init__()
+            self.config = type("C", (), {"reward_mean": 0.0, "reward_std": 1.0, "n_positions": 128})()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+    tasks = world.generate_tasks("validation", 4)
+    candidates = [[world.render(t, "curt"), world.render(t, "rambling"), world.render(t, "curt", t.wrong)] for t in tasks]
+    raw = feedback.judge_pairs(tasks, candidates, double_share=0.0)
+    tok = models.load_tokenizer()
+    original = rm.raw_rewards
+    rm.raw_rewards = lambda model, ids, mask: mask.sum(dim=1).float()
+    try:
+        bins = reward_evaluation.calibration(LengthReward(), tok, raw)
+        worst = reward_evaluation.disagreements(LengthReward(), tok, raw, k=100)
+    finally:
+        rm.raw_rewards = original
+    assert sum(n for _, _, n in bins) == len(raw)
+    assert worst and all((w["gold_a"] - w["gold_b"]) * (w["reward_a"] - w["reward_b"]) < 0 for w in worst)
+    assert any("let me think" in w["a"] + w["b"] for w in worst)  # it rewards rambling the gold score dislikes
+
+
+def test_prepared_builds_missing_stages_once_and_reuses_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_run(out, stages, config):
+        calls.append(list(stages))
+        out.mkdir(parents=True, exist_ok=True)
+        metrics_path = out / "metrics.json"
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        metrics.update({s: {} for s in stages})
+        metrics_path.write_text(json.dumps(metrics))
+
+    monkeypatch.setattr(pipeline, "run", fake_run)
+    first = checkpoints.prepared(["sft"], TINY)
+    again = checkpoints.prepared(["reward"], TINY)
+    checkpoints.prepared(["sft", "reward"], TINY)
+    assert first == again and calls == [["sft"], ["reward"]]
+    assert checkpoints.prepared(["sft"], pipeline.PipelineConfig()) != first  # another config, another build
+    with pytest.raises(ValueError, match="unknown stage"):
+        checkpoints.prepared(["nope"], TINY)
