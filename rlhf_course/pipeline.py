@@ -125,7 +125,7 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
 
     metrics = reward_evaluation.evaluate(model, tok, test_raw, test_tasks, test_samples)
     plots.validation_curve(result.val_accuracy, metrics["noise_ceiling"]).savefig(out / "reward_validation.png", dpi=100)
-    plots.calibration(reward_evaluation.calibration(model, tok, test_raw)).savefig(out / "reward_calibration.png", dpi=100)
+    plots.calibration(metrics["calibration"]).savefig(out / "reward_calibration.png", dpi=100)
     return {
         **metrics,
         "train_comparisons": len(rows),

@@ -46,16 +46,6 @@ def gold_oriented(rows: list[dict]) -> list[dict]:
     return out
 
 
-def sampled_correctness_pairs(rows: list[dict]) -> list[dict]:
-    """Gold-oriented sampled pairs in the same style where exactly one answer is right."""
-    out = []
-    for row in gold_oriented(rows):
-        task, a, b = feedback.task_of(row), row["chosen"][-1]["content"], row["rejected"][-1]["content"]
-        if world.style_of(a) == world.style_of(b) and world.is_correct(task, a) != world.is_correct(task, b):
-            out.append(row)
-    return out
-
-
 def pair_scores(model, tokenizer, raw: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised rewards of responses ``a`` and ``b`` of raw judgments: two (pairs,) tensors."""
     prompts = [j["task"]["prompt"] for j in raw]
@@ -63,15 +53,25 @@ def pair_scores(model, tokenizer, raw: list[dict]) -> tuple[torch.Tensor, torch.
             reward_model.score(model, tokenizer, prompts, [j["b"] for j in raw]))
 
 
-def calibration(model, tokenizer, raw: list[dict], bins: int = 10) -> list[tuple[float, float, int]]:
+def agreement(reward_diff: torch.Tensor, truth_diff: torch.Tensor) -> float:
+    """Share of pairs where the reward orders a and b as the truth does; a reward tie counts half."""
+    return ((reward_diff * truth_diff > 0).float() + 0.5 * (reward_diff == 0).float()).mean().item()
+
+
+def calibration_bins(r_a: torch.Tensor, r_b: torch.Tensor, chose_a: torch.Tensor, reward_std: float,
+                     bins: int = 10) -> list[tuple[float, float, int]]:
     """(mean predicted P(a preferred), observed share of labels for a, pairs) per non-empty bin."""
-    r_a, r_b = pair_scores(model, tokenizer, raw)
     # Bradley-Terry works on the raw scale; the normalisation divided it by reward_std
-    predicted = torch.sigmoid((r_a - r_b) * model.config.reward_std)  # (pairs,)
-    observed = torch.tensor([j["choice"] == "a" for j in raw], dtype=torch.float32)
+    predicted = torch.sigmoid((r_a - r_b) * reward_std)  # (pairs,)
     which = (predicted * bins).long().clamp(max=bins - 1)
-    return [(predicted[which == k].mean().item(), observed[which == k].mean().item(), int((which == k).sum()))
+    return [(predicted[which == k].mean().item(), chose_a[which == k].float().mean().item(), int((which == k).sum()))
             for k in range(bins) if (which == k).any()]
+
+
+def calibration(model, tokenizer, raw: list[dict], bins: int = 10) -> list[tuple[float, float, int]]:
+    r_a, r_b = pair_scores(model, tokenizer, raw)
+    chose_a = torch.tensor([j["choice"] == "a" for j in raw])
+    return calibration_bins(r_a, r_b, chose_a, model.config.reward_std, bins)
 
 
 def disagreements(model, tokenizer, raw: list[dict], k: int = 8) -> list[dict]:
@@ -90,30 +90,39 @@ def disagreements(model, tokenizer, raw: list[dict], k: int = 8) -> list[dict]:
 
 def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task],
              test_candidates: list[list[str]]) -> dict:
-    """Every number of the reward stage on held-out prompts (see the module docstring)."""
-    rows = feedback.to_preferences(test_raw)
-    correctness = feedback.correctness_pairs(test_tasks)
-    sampled = sampled_correctness_pairs(rows)
+    """Every number of the reward stage on held-out prompts (see the module docstring).
 
-    def wins(rows) -> torch.Tensor:  # (pairs,): 1 where the chosen reply scores higher, 0.5 on a tie
-        prompts = [r["prompt"] for r in rows]
-        chosen = reward_model.score(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in rows])
-        rejected = reward_model.score(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in rows])
-        return (chosen > rejected).float() + 0.5 * (chosen == rejected).float()
+    Each held-out pair is scored once; labels, gold scores and correctness are compared with that.
+    """
+    r_a, r_b = pair_scores(model, tokenizer, test_raw)  # (pairs,) each
+    tasks = [feedback.task_of(j["task"]) for j in test_raw]
+    chose_a = torch.tensor([j["choice"] == "a" for j in test_raw])
+    label_diff = chose_a.float() * 2 - 1  # +1 where the label prefers a
+    gold_diff = torch.tensor([human.gold_score(t, j["a"]) - human.gold_score(t, j["b"]) for t, j in zip(tasks, test_raw)])
+    decided = gold_diff.abs() > 1e-9
+    right = torch.tensor([[world.is_correct(t, j["a"]), world.is_correct(t, j["b"])] for t, j in zip(tasks, test_raw)])
+    same_style = torch.tensor([world.style_of(j["a"]) == world.style_of(j["b"]) for j in test_raw])
+    only_correctness = decided & same_style & (right[:, 0] != right[:, 1])
 
-    correct_wins = wins(correctness)
+    correctness = feedback.correctness_pairs(test_tasks)  # chosen = right answer, in the same style
+    prompts = [r["prompt"] for r in correctness]
+    correct_diff = (reward_model.score(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in correctness])
+                    - reward_model.score(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in correctness]))
     families = [r["family"] for r in correctness]
+    by_family = {f: agreement(correct_diff[[g == f for g in families]], torch.ones(families.count(f)))
+                 for f in sorted(set(families))}
+
     pairs = [(t, r) for t, replies in zip(test_tasks, test_candidates) for r in dict.fromkeys(replies)]
     rewards = reward_model.score(model, tokenizer, [t.prompt for t, _ in pairs], [r for _, r in pairs])
     return {
-        "accuracy": wins(rows).mean().item(),
-        "noise_ceiling": feedback.noise_ceiling(rows),
-        "gold_accuracy": wins(gold_oriented(rows)).mean().item(),
-        "correctness_accuracy": correct_wins.mean().item(),
-        "correctness_by_family": {f: correct_wins[[g == f for g in families]].mean().item()
-                                  for f in sorted(set(families))},
-        "sampled_correctness_accuracy": wins(sampled).mean().item() if sampled else None,
-        "sampled_correctness_pairs": len(sampled),
+        "accuracy": agreement(r_a - r_b, label_diff),
+        "noise_ceiling": (label_diff[decided] * gold_diff[decided] > 0).float().mean().item(),
+        "gold_accuracy": agreement((r_a - r_b)[decided], gold_diff[decided]),
+        "correctness_accuracy": agreement(correct_diff, torch.ones(len(correct_diff))),
+        "correctness_by_family": by_family,
+        "sampled_correctness_accuracy": agreement((r_a - r_b)[only_correctness], gold_diff[only_correctness]),
+        "sampled_correctness_pairs": int(only_correctness.sum()),
         "gold_spearman": spearman(rewards, [human.gold_score(t, r) for t, r in pairs]),
-        "test_comparisons": len(rows),
+        "calibration": calibration_bins(r_a, r_b, chose_a, model.config.reward_std),
+        "test_comparisons": len(test_raw),
     }

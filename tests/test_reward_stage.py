@@ -90,3 +90,20 @@ def test_prepared_builds_missing_stages_once_and_reuses_them(tmp_path, monkeypat
     assert checkpoints.prepared(["sft"], pipeline.PipelineConfig()) != first  # another config, another build
     with pytest.raises(ValueError, match="unknown stage"):
         checkpoints.prepared(["nope"], TINY)
+
+
+def test_report_card_agrees_with_row_by_row_accuracy(stage_dir):
+    """evaluate() scores each pair once; the same numbers must come from the preference rows."""
+    tok = models.load_tokenizer(stage_dir / "sft_model")
+    model = rm.load(stage_dir / "reward_model", dev=torch.device("cpu"))
+    test_raw = list(data.load_jsonl(stage_dir / "feedback" / "test_comparisons_raw.jsonl", "judgment"))
+    tasks = [feedback.task_of(j["task"]) for j in test_raw]
+    card = reward_evaluation.evaluate(model, tok, test_raw, tasks, [[j["a"], j["b"]] for j in test_raw])
+    rows = feedback.to_preferences(test_raw)
+    assert card["accuracy"] == pytest.approx(rm.comparison_accuracy(model, tok, rows), abs=1e-6)
+    assert card["noise_ceiling"] == pytest.approx(feedback.noise_ceiling(rows), abs=1e-6)
+    gold = reward_evaluation.gold_oriented(rows)
+    assert card["gold_accuracy"] == pytest.approx(rm.comparison_accuracy(model, tok, gold), abs=1e-6)
+    correctness = feedback.correctness_pairs(tasks)
+    assert card["correctness_accuracy"] == pytest.approx(rm.comparison_accuracy(model, tok, correctness), abs=1e-6)
+    assert sum(n for _, _, n in card["calibration"]) == len(test_raw)
