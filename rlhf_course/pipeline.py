@@ -59,8 +59,8 @@ def stage_sft(out: Path, config: PipelineConfig) -> dict:
     result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed))
     after = evaluation.evaluate(model, tok, tasks)
     models.save(model, tok, out / "sft_model")
-    plots.loss_curve(result.losses, "SFT loss (response tokens)").savefig(out / "sft_loss.png", dpi=100)
-    plots.accuracy_by_family(before.by_family, after.by_family).savefig(out / "sft_accuracy.png", dpi=100)
+    plots.save(plots.loss_curve(result.losses, "SFT loss (response tokens)"), out / "sft_loss.png")
+    plots.save(plots.accuracy_by_family(before.by_family, after.by_family), out / "sft_accuracy.png")
     return {
         "base_accuracy": before.accuracy,
         "accuracy": after.accuracy,
@@ -104,7 +104,7 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
     data.save_jsonl(test_raw, files / "test_comparisons_raw.jsonl")
     for kind in ("rating", "thumbs_up"):
         data.save_jsonl(feedback.single_judgments(train_tasks, samples, kind, seed=config.seed), files / f"{kind}s_raw.jsonl")
-    sampled_seconds = time.time() - start
+    feedback_seconds = time.time() - start
 
     reward_config = dataclasses.replace(config.reward, seed=config.seed)
     model = reward_model.build(sft_dir, seed=config.seed)
@@ -122,10 +122,11 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
                            [r for s in samples for r in s][::every])
     model.save_pretrained(out / "reward_model")
     tok.save_pretrained(out / "reward_model")
+    training_seconds = time.time() - start - feedback_seconds
 
     metrics = reward_evaluation.evaluate(model, tok, test_raw, test_tasks, test_samples)
-    plots.validation_curve(result.val_accuracy, metrics["noise_ceiling"]).savefig(out / "reward_validation.png", dpi=100)
-    plots.calibration(metrics["calibration"]).savefig(out / "reward_calibration.png", dpi=100)
+    plots.save(plots.validation_curve(result.val_accuracy, metrics["noise_ceiling"]), out / "reward_validation.png")
+    plots.save(plots.calibration(metrics["calibration"]), out / "reward_calibration.png")
     return {
         **metrics,
         "train_comparisons": len(rows),
@@ -136,7 +137,8 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
         "labeler_reliability_estimate": feedback.reliability_from_agreement(raw),
         "sample_correct_share": sum(world.is_correct(t, r) for t, s in zip(train_tasks, samples) for r in s)
                                 / sum(map(len, samples)),
-        "sampling_seconds": sampled_seconds,
+        "feedback_seconds": feedback_seconds,  # sampling and judging
+        "training_seconds": training_seconds,  # both phases and the normalisation
         "final_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
         "validation_curve": result.val_accuracy,
         "seconds": time.time() - start,

@@ -5,6 +5,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 
+def save(fig, path) -> None:
+    """Write a figure and close it, so a notebook that runs a pipeline stage does not show it twice."""
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def smooth(values, window: int = 20) -> np.ndarray:
     """Trailing moving average (the first points average what exists so far)."""
     values = np.asarray(values, dtype=float)

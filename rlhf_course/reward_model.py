@@ -31,7 +31,7 @@ from transformers.utils import logging as hf_logging
 from rlhf_course import models, runtime
 from rlhf_course.language_model import pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
-from rlhf_course.sft import encode, length_grouped_batches
+from rlhf_course.sft import encode_many, length_grouped_batches
 
 
 def _validate_last(out, values, attention_mask):
@@ -95,7 +95,7 @@ def load(path: str | Path, dev: torch.device | None = None):
 
 def encode_conversations(tokenizer, prompts: list[list[dict]], responses: list[str], limit: int):
     """Right-padded (input_ids, attention_mask) of prompt + response; refuses sequences over ``limit``."""
-    encoded = [encode(tokenizer, p, [{"role": "assistant", "content": r}])[0] for p, r in zip(prompts, responses)]
+    encoded = encode_many(tokenizer, prompts, responses)
     longest = max(len(ids) for ids in encoded)
     if longest > limit:
         row = max(range(len(encoded)), key=lambda i: len(encoded[i]))

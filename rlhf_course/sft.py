@@ -43,6 +43,20 @@ def encode(tokenizer, prompt: list[dict], completion: list[dict] | None = None) 
     return list(prompt_ids) + reply_ids, len(prompt_ids)
 
 
+def encode_many(tokenizer, prompts: list[list[dict]], replies: list[str]) -> list[list[int]]:
+    """``encode(prompt, reply)`` ids for many conversations: each distinct prompt is templated once and
+    the replies are tokenized in one batched call (pairs and groups of samples share their prompt)."""
+    templated = {}
+    for prompt in prompts:
+        key = tuple((m["role"], m["content"]) for m in prompt)
+        if key not in templated:
+            templated[key] = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
+                                                                return_dict=False))
+    reply_ids = tokenizer(list(replies), add_special_tokens=False)["input_ids"] if replies else []
+    return [templated[tuple((m["role"], m["content"]) for m in prompt)] + ids + [tokenizer.eos_token_id]
+            for prompt, ids in zip(prompts, reply_ids)]
+
+
 def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
     expect_tensor(out, shape=input_ids.shape, dtype=torch.long, device=input_ids.device, what="labels")
 

@@ -235,6 +235,9 @@ GENERATORS = {
 }
 
 
+MAX_MISSES = 5000
+
+
 def generate_tasks(split: str, per_family: int, seed: int = 0, families=FAMILIES) -> list[Task]:
     """``per_family`` distinct tasks of each family whose content key falls in ``split``.
 
@@ -246,13 +249,15 @@ def generate_tasks(split: str, per_family: int, seed: int = 0, families=FAMILIES
     tasks = []
     for family in families:
         rng = random.Random(f"{seed}:{family}:{split}")
-        seen, found, attempts = set(), [], 0
-        while len(found) < per_family and attempts < per_family * 200:
-            attempts += 1
+        seen, found, misses = set(), [], 0
+        # a family whose split is exhausted stops after a long run of misses instead of trying on
+        while len(found) < per_family and misses < MAX_MISSES:
             task = GENERATORS[family](rng)
             prompt_text = " ".join(m["content"] for m in task.messages)
             if split_of(task.key) != split or prompt_text in seen:
+                misses += 1
                 continue
+            misses = 0
             seen.add(prompt_text)
             found.append(task)
         tasks.extend(found)

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from rlhf_course import data, exercises, models, pipeline, registry, world
+from rlhf_course import data, exercises, models, pipeline, registry, sft, world
 from rlhf_course.sft import SFTConfig, encode, train_sft
 
 
@@ -65,3 +65,11 @@ def test_pipeline_seed_reaches_training(tmp_path):
 def test_pipeline_rejects_unknown_stage(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         pipeline.run(tmp_path, ["nope"])
+
+
+def test_encode_many_matches_encode_one_by_one(tok):
+    tasks = world.generate_tasks("validation", 3)
+    prompts = [t.prompt for t in tasks] * 2  # repeated prompts, as in comparison pairs
+    replies = [world.render(t, style) for style in ("curt", "rambling") for t in tasks]
+    one_by_one = [sft.encode(tok, p, [{"role": "assistant", "content": r}])[0] for p, r in zip(prompts, replies)]
+    assert sft.encode_many(tok, prompts, replies) == one_by_one
