@@ -32,7 +32,7 @@ case "${1:-}" in
         shift
         # Unit tests and lessons in one run on both cores; loadscope keeps each notebook on one worker.
         "$VENV/bin/python" -m pytest -n 2 --dist loadscope tests lessons \
-            --nbval-lax --nbval-current-env --nbval-cell-timeout=900 "$@"
+            --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=12 "$@"
         ;;
     lab)
         setup

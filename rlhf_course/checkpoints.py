@@ -27,8 +27,8 @@ def cache_root() -> Path:
 
 
 def fingerprint(config: pipeline.PipelineConfig) -> str:
-    """Hash of the package's code, its shipped artifacts and the configuration."""
-    h = hashlib.sha256(repr(config).encode())
+    """Hash of the package's code, its shipped artifacts and the configuration (not where it is checked out)."""
+    h = hashlib.sha256(repr(config).replace(str(PACKAGE_DIR), "<package>").encode())
     for path in sorted(PACKAGE_DIR.rglob("*")):
         if path.is_file() and path.suffix in (".py", ".json", ".safetensors"):
             h.update(str(path.relative_to(PACKAGE_DIR)).encode())

@@ -107,3 +107,15 @@ def test_report_card_agrees_with_row_by_row_accuracy(stage_dir):
     correctness = feedback.correctness_pairs(tasks)
     assert card["correctness_accuracy"] == pytest.approx(rm.comparison_accuracy(model, tok, correctness), abs=1e-6)
     assert sum(n for _, _, n in card["calibration"]) == len(test_raw)
+
+
+def test_fingerprint_does_not_depend_on_where_the_course_is_checked_out(monkeypatch, tmp_path):
+    prints = []
+    for checkout in ("a", "b"):  # the same (here: empty) package in two places
+        package = tmp_path / checkout / "rlhf_course"
+        package.mkdir(parents=True)
+        monkeypatch.setattr(checkpoints, "PACKAGE_DIR", package)
+        prints.append(checkpoints.fingerprint(pipeline.PipelineConfig(base_model=package / "artifacts" / "base_model")))
+    assert prints[0] == prints[1]
+    other = checkpoints.fingerprint(pipeline.PipelineConfig(base_model=tmp_path / "elsewhere"))
+    assert other != prints[1]
