@@ -8,7 +8,7 @@ from pathlib import Path
 
 
 def _pretrain(args) -> int:
-    from rlhf_course import models, pretrain
+    from rlhf_course import pretrain
 
     config = pretrain.PretrainConfig(seed=args.seed)
     if args.steps is not None:

@@ -21,8 +21,8 @@ from typing import Callable
 import torch
 
 from rlhf_course import registry
-from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch, top_p_filter
-from rlhf_course.reward_model import bradley_terry_loss, last_token_rewards, pairwise_accuracy
+from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, top_p_filter
+from rlhf_course.reward_model import bradley_terry_loss, last_token_rewards
 from rlhf_course.sft import sft_labels
 
 REPO = Path(__file__).resolve().parent.parent

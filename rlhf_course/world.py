@@ -138,7 +138,6 @@ def _arithmetic(rng: random.Random) -> Task:
 
 def _string_edit(rng: random.Random) -> Task:
     words = rng.sample(WORDS, rng.randint(3, 4))
-    listed = " ".join(words)
     op = rng.choice(["reverse", "first", "last", "repeat"])
     if op == "reverse":
         text = rng.choice(["Reverse the order of these words: {w}", "Write these words backwards: {w}"])
