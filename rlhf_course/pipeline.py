@@ -170,7 +170,8 @@ def write_report(out: Path, metrics: dict) -> Path:
                   f"| noise ceiling (labels against gold) | {m['noise_ceiling']:.3f} |",
                   f"| accuracy against the gold ordering | {m['gold_accuracy']:.3f} |",
                   f"| accuracy on pairs differing only in correctness | {m['correctness_accuracy']:.3f} |",
-                  f"| Spearman correlation with the gold score | {m['gold_spearman']:.3f} |", "",
+                  f"| Spearman correlation with the gold score (pooled) | {m['gold_spearman']:.3f} |",
+                  f"| the same within each prompt's samples | {m['gold_spearman_within_prompt']:.3f} |", "",
                   "![validation accuracy](reward_validation.png)", "", "![calibration](reward_calibration.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

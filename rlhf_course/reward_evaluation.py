@@ -7,7 +7,8 @@ Held-out comparisons give four numbers, each next to what bounds it:
 * **gold accuracy**: agreement with the gold ordering, which only a simulated world can measure;
 * **correctness accuracy**: gold accuracy on pairs that differ only in whether the answer is right.
   A reward model that learns only style teaches the policy only style;
-* **Spearman correlation** between reward and gold score over all sampled responses.
+* **Spearman correlation** between reward and gold score over all sampled responses, and its mean
+  within each prompt's samples (what comparisons actually train).
 
 The calibration curve compares the Bradley-Terry probability ``sigmoid(r_a - r_b)`` with how often
 labelers actually preferred ``a``; the disagreement table lists the pairs the model gets most
@@ -114,6 +115,14 @@ def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task
 
     pairs = [(t, r) for t, replies in zip(test_tasks, test_candidates) for r in dict.fromkeys(replies)]
     rewards = reward_model.score(model, tokenizer, [t.prompt for t, _ in pairs], [r for _, r in pairs])
+    gold = [human.gold_score(t, r) for t, r in pairs]
+    # Comparisons only ever contrast replies to the same prompt, so Bradley-Terry leaves each prompt's
+    # reward level free; the pooled correlation depends on those levels, the within-prompt one does not.
+    groups = {}
+    for i, (t, _) in enumerate(pairs):
+        groups.setdefault(t.key, []).append(i)
+    within = [spearman(rewards[g], [gold[i] for i in g]) for g in groups.values()
+              if len(g) >= 3 and len({gold[i] for i in g}) > 1]
     return {
         "accuracy": agreement(r_a - r_b, label_diff),
         "noise_ceiling": (label_diff[decided] * gold_diff[decided] > 0).float().mean().item(),
@@ -122,7 +131,8 @@ def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task
         "correctness_by_family": by_family,
         "sampled_correctness_accuracy": agreement((r_a - r_b)[only_correctness], gold_diff[only_correctness]),
         "sampled_correctness_pairs": int(only_correctness.sum()),
-        "gold_spearman": spearman(rewards, [human.gold_score(t, r) for t, r in pairs]),
+        "gold_spearman": spearman(rewards, gold),
+        "gold_spearman_within_prompt": sum(within) / max(1, len(within)),
         "calibration": calibration_bins(r_a, r_b, chose_a, model.config.reward_std),
         "test_comparisons": len(test_raw),
     }

@@ -24,7 +24,8 @@ def stage_dir(tmp_path_factory):
 
 def test_reward_stage_writes_the_promised_metrics_and_files(stage_dir):
     m = json.loads((stage_dir / "metrics.json").read_text())["reward"]
-    for key in ("accuracy", "gold_accuracy", "noise_ceiling", "correctness_accuracy", "gold_spearman", "seconds"):
+    for key in ("accuracy", "gold_accuracy", "noise_ceiling", "correctness_accuracy", "gold_spearman",
+                "gold_spearman_within_prompt", "seconds"):
         assert isinstance(m[key], float), key
     assert 0 <= m["gold_accuracy"] <= 1 and -1 <= m["gold_spearman"] <= 1
     assert m["train_comparisons"] == len(data.load_jsonl(stage_dir / "feedback" / "preferences.jsonl", "preference"))
