@@ -14,6 +14,7 @@ import sacrebleu
 
 from rlhf_course import human, world
 from rlhf_course.language_model import decode_responses, generate
+from rlhf_course.rollouts import collect
 from rlhf_course.sft import encode
 
 
@@ -62,3 +63,23 @@ def score(tasks: list[world.Task], replies: list[str]) -> Report:
 
 def evaluate(model, tokenizer, tasks: list[world.Task], **kwargs) -> Report:
     return score(tasks, respond(model, tokenizer, tasks, **kwargs))
+
+
+def evaluate_policy(policy, reference, tokenizer, tasks: list[world.Task], scorer, *, samples_per_prompt: int = 4,
+                    temperature: float = 1.0, batch_size: int = 128, seed: int = 0) -> dict:
+    """A policy as RL sees it: ``samples_per_prompt`` samples at ``temperature`` for each held-out task.
+
+    Returns the mean gold score, exact-match accuracy, the reward ``scorer``'s mean (the proxy), and the
+    mean KL to ``reference`` (sum over response tokens of log pi - log pi_ref), plus accuracy by family.
+    """
+    repeated = [task for task in tasks for _ in range(samples_per_prompt)]
+    replies, kls, scores = [], [], []
+    for start in range(0, len(repeated), batch_size):
+        rollout = collect(policy, reference, scorer, tokenizer, repeated[start:start + batch_size],
+                          temperature=temperature, no_eos_penalty=None, seed=seed + start)
+        replies += rollout.responses
+        kls += rollout.kl.tolist()
+        scores += rollout.scores.tolist()
+    report = score(repeated, replies)
+    return {"gold": report.gold, "accuracy": report.accuracy, "by_family": report.by_family,
+            "proxy_reward": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "samples": len(replies)}

@@ -22,7 +22,10 @@ import torch
 
 from rlhf_course import registry
 from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, top_p_filter
+from rlhf_course.policy_gradient import reinforce_loss
+from rlhf_course.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
 from rlhf_course.reward_model import bradley_terry_loss, last_token_rewards
+from rlhf_course.rollouts import kl_penalized_rewards, token_logprobs
 from rlhf_course.sft import sft_labels
 
 REPO = Path(__file__).resolve().parent.parent
@@ -403,6 +406,311 @@ def _acc_dtype(fn):
         raise Fail(f"the accuracy should be a float tensor, got {got.dtype}: integer division would give 0")
 
 
+# --- token_logprobs ------------------------------------------------------------------------------
+def _tl_inputs():
+    gen = torch.Generator().manual_seed(4)
+    return torch.randn(2, 4, 6, generator=gen), torch.randint(6, (2, 4), generator=gen)
+
+
+def _tl_shape(fn):
+    logits, tokens = _tl_inputs()
+    out = fn(logits, tokens, 1.0)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 4):
+        raise Fail(f"expected one log-probability per token, shape (2, 4), got {getattr(out, 'shape', type(out).__name__)}; "
+                   "the logits are already aligned with the tokens (no shift needed here): gather along the vocabulary")
+
+
+def _tl_value(fn):
+    logits, tokens = _tl_inputs()
+    got, want = fn(logits, tokens, 1.0), token_logprobs.reference(logits, tokens, 1.0)
+    if _close(got, want):
+        return
+    picked = lambda x: x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    mistakes = {"you returned probabilities: take log_softmax": picked(torch.softmax(logits, -1)),
+                "you returned raw logits: normalise with log_softmax over the vocabulary": picked(logits),
+                "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)":
+                    picked(torch.log_softmax(logits, 1))}
+    raise Fail(f"expected {want[0].tolist()}, got {got[0].tolist()}: " +
+               _diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]"))
+
+
+def _tl_temperature(fn):
+    logits, tokens = _tl_inputs()
+    got, want = fn(logits, tokens, 0.7), token_logprobs.reference(logits, tokens, 0.7)
+    if _close(got, want):
+        return
+    mistakes = {"the temperature was ignored: the samples came from softmax(logits / temperature), so the "
+                "log-probabilities must too": token_logprobs.reference(logits, tokens, 1.0),
+                "you multiplied by the temperature: divide the logits by it": token_logprobs.reference(logits * 0.7, tokens, 1.0)}
+    raise Fail(_diagnose(got, mistakes, "with temperature 0.7 the result differs from log_softmax(logits / 0.7)"))
+
+
+def _tl_gradient(fn):
+    logits, tokens = _tl_inputs()
+    logits.requires_grad_(True)
+    if not fn(logits, tokens, 1.0).requires_grad:
+        raise Fail("the log-probabilities have no gradient: the policy is trained through them")
+
+
+# --- kl_penalized_rewards ----------------------------------------------------------------------
+def _klr_inputs():
+    gen = torch.Generator().manual_seed(5)
+    logprobs, ref = -torch.rand(3, 5, generator=gen), -torch.rand(3, 5, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    return torch.tensor([2.0, -1.0, 0.5]), logprobs, ref, mask
+
+
+def _klr_value(fn):
+    scores, logprobs, ref, mask = _klr_inputs()
+    got = fn(scores, logprobs, ref, mask, 0.1)
+    want = kl_penalized_rewards.reference(scores, logprobs, ref, mask, 0.1)
+    if _close(got, want):
+        return
+    kl = -0.1 * (logprobs - ref)
+    rows = torch.arange(3)
+
+    def with_score_at(columns, base):
+        out = base.clone()
+        out[rows, columns] += scores
+        return out
+
+    mistakes = {
+        "the score went on the last column, which is padding for shorter responses: put it on each response's last "
+        "real token": with_score_at(torch.tensor([4, 4, 4]), kl * mask),
+        "the score went on the first padding position (old TRL PPO did this): the last real token is at "
+        "(number of response tokens) - 1": with_score_at(torch.tensor([4, 3, 1]), kl * mask),
+        "the KL penalty has the wrong sign: it is -kl_coef * (log pi - log pi_ref)": with_score_at(
+            torch.tensor([4, 2, 0]), -kl * mask),
+        "the padding got a KL penalty: multiply it by the response mask": with_score_at(torch.tensor([4, 2, 0]), kl),
+        "the score was added to every token: only the last token gets it": kl * mask + scores.unsqueeze(1) * mask,
+        "the KL penalty is missing": with_score_at(torch.tensor([4, 2, 0]), torch.zeros_like(kl)),
+    }
+    raise Fail(f"row 1 expected {[round(v, 3) for v in want[1].tolist()]}, got "
+               f"{[round(v, 3) for v in got[1].tolist()]}: " +
+               _diagnose(got, mistakes, "rewards = -kl_coef * (logprobs - ref_logprobs) * mask, plus the score at the last real token"))
+
+
+def _klr_not_in_place(fn):
+    scores, logprobs, ref, mask = _klr_inputs()
+    before = logprobs.clone()
+    fn(scores, logprobs, ref, mask, 0.1)
+    if not torch.equal(logprobs, before):
+        raise Fail("logprobs were modified in place: the PPO ratio needs them unchanged")
+
+
+# --- reinforce_loss --------------------------------------------------------------------------------
+def _rl_inputs():
+    gen = torch.Generator().manual_seed(6)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    return -torch.rand(3, 4, generator=gen), torch.randn(3, 4, generator=gen), mask
+
+
+def _rl_value(fn):
+    logprobs, adv, mask = _rl_inputs()
+    got, want = fn(logprobs, adv, mask), reinforce_loss.reference(logprobs, adv, mask)
+    if _close(got, want):
+        return
+    per_token = logprobs * adv
+    mistakes = {"wrong sign: minimising the loss must *raise* the log-probability of tokens with positive advantage":
+                    (per_token * mask).sum(1).mean(),
+                "averaged over tokens: sum each response's terms, then average over responses "
+                "(the policy gradient is a sum over the steps of an episode)": -(per_token * mask).sum() / mask.sum(),
+                "padding was included: multiply by the mask": -per_token.sum(1).mean(),
+                "summed over the batch: average over responses": -(per_token * mask).sum()}
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               _diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t"))
+
+
+def _rl_detached(fn):
+    logprobs, adv, mask = _rl_inputs()
+    logprobs.requires_grad_(True)
+    adv.requires_grad_(True)
+    fn(logprobs, adv, mask).backward()
+    if logprobs.grad is None or logprobs.grad.abs().sum() == 0:
+        raise Fail("no gradient reached the log-probabilities")
+    if adv.grad is not None and adv.grad.abs().sum() > 0:
+        raise Fail("gradient flowed into the advantages: they are weights, not something to optimise; use .detach()")
+
+
+# --- whiten ------------------------------------------------------------------------------------------
+def _wh_inputs():
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 100.0, -50.0]])
+    return x, torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+
+
+def _wh_value(fn):
+    x, mask = _wh_inputs()
+    got, want = fn(x, mask), whiten.reference(x, mask)
+    if _close(got, want, 1e-4):
+        return
+    m = mask.float()
+    n = m.sum()
+    mean = (x * m).sum() / n
+    unbiased = (x - mean) / (((x - mean) ** 2 * m).sum() / (n - 1)).sqrt() * m
+    mistakes = {"the padding entered the mean and variance: compute them over masked positions only":
+                    (x - x.mean()) / x.std(unbiased=False) * m,
+                "padding positions should come back as 0: multiply by the mask": (x - mean) * torch.rsqrt(
+                    ((x - mean) ** 2 * m).sum() / n + 1e-8),
+                "divide the squared deviations by the number of positions (the population variance), not n - 1": unbiased}
+    raise Fail(f"expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: " +
+               _diagnose(got, mistakes, "(x - masked mean) / sqrt(masked variance + 1e-8), 0 on padding"))
+
+
+def _wh_shift(fn):
+    x, mask = _wh_inputs()
+    got, want = fn(x, mask, shift_mean=False), whiten.reference(x, mask, shift_mean=False)
+    if _close(got, want, 1e-4):
+        return
+    if _close(got, whiten.reference(x, mask), 1e-4):
+        raise Fail("shift_mean=False was ignored: scale to unit variance but add the mean back "
+                   "(rewards keep their sign that way)")
+    raise Fail(f"with shift_mean=False expected {want[0].tolist()}, got {got[0].tolist()}")
+
+
+# --- gae ------------------------------------------------------------------------------------------------
+def _gae_inputs():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 0.0], [0.5, -1.0, 0.0, 0.0]])
+    values = torch.tensor([[0.2, 0.4, 0.6, 9.0], [0.1, -0.3, 9.0, 9.0]])  # 9.0 sits on padding: never used
+    return rewards, values, torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+
+
+def _gae_step_by_step(rewards, values, mask, gamma, lam, bootstrap_padding=False):
+    """GAE written as the textbook backward recursion, one step at a time."""
+    adv = torch.zeros_like(rewards)
+    for b in range(rewards.shape[0]):
+        running = 0.0
+        for t in reversed(range(rewards.shape[1])):
+            if not mask[b, t]:
+                continue
+            last = t + 1 >= rewards.shape[1] or not mask[b, t + 1]
+            next_value = values[b, t + 1] if t + 1 < rewards.shape[1] and (bootstrap_padding or not last) else 0.0
+            delta = rewards[b, t] + gamma * next_value - values[b, t]
+            running = delta + gamma * lam * running
+            adv[b, t] = running
+    return adv
+
+
+def _gae_call(fn, *args):
+    out = fn(*args)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise Fail("return a tuple (advantages, returns)")
+    return out
+
+
+def _gae_advantages(fn):
+    rewards, values, mask = _gae_inputs()
+    got, _ = _gae_call(fn, rewards, values, mask, 0.9, 0.8)
+    want, _ = gae.reference(rewards, values, mask, 0.9, 0.8)
+    if _close(got * mask, want):
+        return
+    mistakes = {"lambda was ignored: A_t = delta_t + gamma * lam * A_(t+1)":
+                    _gae_step_by_step(rewards, values, mask, 0.9, 1.0),
+                "you bootstrapped from the value on a padding position: after the last token V = 0":
+                    _gae_step_by_step(rewards, values, mask, 0.9, 0.8, bootstrap_padding=True),
+                "gamma was left out of delta: delta_t = r_t + gamma * V_(t+1) - V_t":
+                    _gae_step_by_step(rewards, values, mask, 1.0, 0.72),
+                "no bootstrapping: delta_t needs + gamma * V_(t+1)":
+                    _gae_step_by_step(rewards, values * 0, mask, 0.9, 0.8) - values * mask}
+    raise Fail(f"row 0 expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: " +
+               _diagnose(got * mask, mistakes, "accumulate backwards from the last response token: "
+                                               "A_t = delta_t + gamma * lam * A_(t+1)"))
+
+
+def _gae_returns(fn):
+    rewards, values, mask = _gae_inputs()
+    adv, got = _gae_call(fn, rewards, values, mask, 0.9, 0.8)
+    want = gae.reference(rewards, values, mask, 0.9, 0.8)[1]
+    if _close(got * mask, want):
+        return
+    if _close(got * mask, adv * mask):
+        raise Fail("the returns equal the advantages: returns = advantages + values (the value loss's target)")
+    raise Fail(f"returns: expected {want[0].tolist()}, got {got[0].tolist()}")
+
+
+def _gae_padding(fn):
+    rewards, values, mask = _gae_inputs()
+    adv, ret = _gae_call(fn, rewards, values, mask, 0.9, 0.8)
+    if (adv * (1 - mask)).abs().sum() > 0 or (ret * (1 - mask)).abs().sum() > 0:
+        raise Fail("padding positions should hold 0 in both advantages and returns")
+
+
+# --- ppo_policy_loss ---------------------------------------------------------------------------------
+def _pl_inputs():
+    old = torch.zeros(2, 4)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.9], [1.5, 0.5, 1.0, 3.0]]))  # ratios inside and outside the clip
+    adv = torch.tensor([[1.0, -1.0, 2.0, -2.0], [-1.0, 1.0, 0.5, 7.0]])
+    return new, old, adv, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def _pl_value(fn):
+    new, old, adv, mask = _pl_inputs()
+    got, want = fn(new, old, adv, mask, 0.2), ppo_policy_loss.reference(new, old, adv, mask, 0.2)
+    if _close(got, want):
+        return
+    ratio, m = torch.exp(new - old), mask.float()
+    clipped = ratio.clamp(0.8, 1.2)
+    mean = lambda x: (x * m).sum() / m.sum()  # noqa: E731
+    mistakes = {"min where the loss needs max: the objective takes the *pessimistic* (smaller) of the two terms, "
+                "so the loss (its negative) takes the larger": mean(torch.minimum(-adv * ratio, -adv * clipped)),
+                "no clipping: the clipped term keeps the new policy near the one that collected the data":
+                    mean(-adv * ratio),
+                "the ratio is inverted: ratio = exp(logprobs - old_logprobs), new over old": mean(torch.maximum(
+                    -adv / ratio, -adv * (1 / ratio).clamp(0.8, 1.2))),
+                "wrong sign: minimising the loss must raise the probability of tokens with positive advantage":
+                    mean(torch.minimum(adv * ratio, adv * clipped)),
+                "padding was included: average over masked tokens only":
+                    torch.maximum(-adv * ratio, -adv * clipped).mean()}
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               _diagnose(got, mistakes, "loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))"))
+
+
+def _pl_gradient(fn):
+    new, old, adv, mask = _pl_inputs()
+    new.requires_grad_(True)
+    fn(new, old, adv, mask, 0.2).backward()
+    grad = new.grad
+    if grad is None:
+        raise Fail("no gradient reached the new log-probabilities")
+    # ratio 1.5 with A > 0 is past the clip: the clipped term is flat there, so that token's gradient is 0
+    if grad[0, 0].abs() > 1e-8 or grad[0, 2].abs() < 1e-8:
+        raise Fail("tokens whose ratio is clipped (ratio 1.5, advantage > 0) must get no gradient, and tokens "
+                   "inside the range must: check that the clipped term uses clamp on the ratio")
+
+
+# --- ppo_value_loss -------------------------------------------------------------------------------------
+def _vl_inputs():
+    values = torch.tensor([[0.5, 1.0, -0.4, 2.0], [0.0, 0.9, 0.3, 5.0]])
+    old = torch.tensor([[0.0, 0.95, 0.0, 0.0], [0.1, 0.0, 0.2, 0.0]])
+    returns = torch.tensor([[1.0, 0.0, 0.5, 1.0], [0.3, 1.0, -1.0, 0.0]])
+    return values, old, returns, torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def _vl_value(fn):
+    values, old, returns, mask = _vl_inputs()
+    got, want = fn(values, old, returns, mask, 0.2), ppo_value_loss.reference(values, old, returns, mask, 0.2)
+    if _close(got, want):
+        return
+    m = mask.float()
+    mean = lambda x: (x * m).sum() / m.sum()  # noqa: E731
+    clipped = old + (values - old).clamp(-0.2, 0.2)
+    plain, clip = (values - returns) ** 2, (clipped - returns) ** 2
+    mistakes = {"no clipping: clip the new value to within clip_range of the rollout's value and take the larger "
+                "of the two squared errors": 0.5 * mean(plain),
+                "min where it needs max: the clipped value loss takes the larger squared error": 0.5 * mean(torch.minimum(plain, clip)),
+                "the 0.5 in front is missing": mean(torch.maximum(plain, clip)),
+                "padding was included: average over masked tokens only": 0.5 * torch.maximum(plain, clip).mean()}
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               _diagnose(got, mistakes, "0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2)"))
+
+
+def _vl_gradient(fn):
+    values, old, returns, mask = _vl_inputs()
+    values.requires_grad_(True)
+    fn(values, old, returns, mask, 0.2).backward()
+    if values.grad is None or values.grad.abs().sum() == 0:
+        raise Fail("no gradient reached the values")
+
+
 CATALOG: dict[str, Exercise] = {e.id: e for e in [
     Exercise("top_p_filter", "01", "lesson01_sampling.py", "**", "nucleus (top-p) filtering of logits", [
         Check("keeps the most likely token", _top_p_keeps_top),
@@ -435,6 +743,30 @@ CATALOG: dict[str, Exercise] = {e.id: e for e in [
     Exercise("pairwise_accuracy", "03", "lesson03_reward.py", "*", "how often the chosen response wins", [
         Check("counts wins, ties and losses", _acc_value),
         Check("returns a float", _acc_dtype)]),
+    Exercise("token_logprobs", "04", "lesson04_policy_gradient.py", "*", "log-probabilities of the sampled tokens", [
+        Check("returns one value per token", _tl_shape),
+        Check("matches the reference at temperature 1", _tl_value),
+        Check("divides the logits by the temperature", _tl_temperature),
+        Check("keeps the gradient", _tl_gradient)]),
+    Exercise("kl_penalized_rewards", "04", "lesson04_policy_gradient.py", "**", "per-token KL penalty plus the score", [
+        Check("matches the reference", _klr_value),
+        Check("leaves its inputs unchanged", _klr_not_in_place)]),
+    Exercise("reinforce_loss", "04", "lesson04_policy_gradient.py", "*", "the REINFORCE loss with a mask", [
+        Check("matches the reference", _rl_value),
+        Check("trains the log-probabilities, not the advantages", _rl_detached)]),
+    Exercise("whiten", "05", "lesson05_ppo.py", "*", "masked whitening of advantages or rewards", [
+        Check("uses masked statistics", _wh_value),
+        Check("keeps the mean when asked", _wh_shift)]),
+    Exercise("gae", "05", "lesson05_ppo.py", "***", "generalised advantage estimation", [
+        Check("advantages match a step-by-step computation", _gae_advantages),
+        Check("returns are advantages plus values", _gae_returns),
+        Check("padding holds zeros", _gae_padding)]),
+    Exercise("ppo_policy_loss", "05", "lesson05_ppo.py", "**", "the clipped surrogate loss", [
+        Check("matches the reference", _pl_value),
+        Check("clipped tokens get no gradient", _pl_gradient)]),
+    Exercise("ppo_value_loss", "05", "lesson05_ppo.py", "**", "the clipped value loss", [
+        Check("matches the reference", _vl_value),
+        Check("trains the values", _vl_gradient)]),
 ]}
 
 

@@ -15,7 +15,10 @@ from pathlib import Path
 
 import matplotlib
 
-from rlhf_course import data, evaluation, feedback, models, plots, reward_evaluation, reward_model, runtime, world
+from rlhf_course import (data, evaluation, feedback, models, plots, reward_evaluation, reward_model, rollouts, runtime,
+                         world)
+from rlhf_course.policy_gradient import PGConfig, train_pg
+from rlhf_course.ppo import PolicyWithValue, PPOConfig, train_ppo
 from rlhf_course.reward_model import RewardConfig
 from rlhf_course.sft import SFTConfig, train_sft
 
@@ -42,6 +45,10 @@ class PipelineConfig:
     sft: SFTConfig = field(default_factory=SFTConfig)
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    rl_prompts_per_family: int = 200  # training prompts the policy-gradient stages draw from
+    eval_samples_per_prompt: int = 4  # samples per held-out prompt when a policy is evaluated
+    pg: PGConfig = field(default_factory=PGConfig)
+    ppo: PPOConfig = field(default_factory=PPOConfig)
 
 
 def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Task]:
@@ -145,7 +152,58 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
     }
 
 
-STAGES = {"sft": stage_sft, "reward": stage_reward}
+def _rl_stage(out: Path, config: PipelineConfig, name: str) -> dict:
+    """Shared frame of the ``pg`` and ``ppo`` stages: load, evaluate the SFT policy, train, evaluate again.
+
+    Evaluation samples ``eval_samples_per_prompt`` replies per held-out prompt at the training
+    temperature (the policy that RL optimises), and also decodes greedily.
+    """
+    start = time.time()
+    sft_dir = require(out / "sft_model", "sft")
+    tok, reference = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
+    scorer = rollouts.reward_model_scorer(reward_model.load(require(out / "reward_model", "reward")), tok)
+    tasks = world.generate_tasks("train", config.rl_prompts_per_family, config.data.seed)
+    test = held_out_tasks(config)
+    rl_config = dataclasses.replace(getattr(config, name), seed=config.seed)
+
+    def measure(model) -> dict:
+        sampled = evaluation.evaluate_policy(model, reference, tok, test, scorer, temperature=rl_config.temperature,
+                                             samples_per_prompt=config.eval_samples_per_prompt, seed=10_007)
+        greedy = evaluation.evaluate(model, tok, test)
+        return {**sampled, "greedy_gold": greedy.gold, "greedy_accuracy": greedy.accuracy}
+
+    before = measure(reference)
+    runtime.seed_everything(config.seed)
+    if name == "ppo":
+        policy = PolicyWithValue(models.load_model(sft_dir))
+        result = train_ppo(policy, reference, scorer, tok, tasks, rl_config)
+        model = policy.lm
+        policy.save(tok, out / "ppo_model")
+    else:
+        model = models.load_model(sft_dir)
+        result = train_pg(model, reference, scorer, tok, tasks, rl_config)
+        models.save(model, tok, out / "pg_model")
+    train_seconds = result.seconds
+    after = measure(model)
+    plots.save(plots.rl_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
+    metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
+               for key in ("gold", "accuracy", "greedy_gold", "greedy_accuracy", "proxy_reward", "by_family")}
+    return {**metrics, "kl": after["kl"], "test_samples": after["samples"], "history": result.history,
+            "samples": getattr(result, "samples", [])[-1:], "train_seconds": train_seconds,
+            "seconds": time.time() - start}
+
+
+def stage_pg(out: Path, config: PipelineConfig) -> dict:
+    """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
+    return _rl_stage(out, config, "pg")
+
+
+def stage_ppo(out: Path, config: PipelineConfig) -> dict:
+    """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
+    return _rl_stage(out, config, "ppo")
+
+
+STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage_ppo}
 
 
 def write_report(out: Path, metrics: dict) -> Path:
@@ -173,6 +231,17 @@ def write_report(out: Path, metrics: dict) -> Path:
                   f"| Spearman correlation with the gold score (pooled) | {m['gold_spearman']:.3f} |",
                   f"| the same within each prompt's samples | {m['gold_spearman_within_prompt']:.3f} |", "",
                   "![validation accuracy](reward_validation.png)", "", "![calibration](reward_calibration.png)", ""]
+    for name, title in (("pg", "Policy gradient (REINFORCE)"), ("ppo", "PPO")):
+        if name in metrics:
+            m = metrics[name]
+            lines += [f"## {title}", "",
+                      f"{m['test_samples']} sampled replies to held-out prompts, before and after ({m['seconds']:.0f} s):", "",
+                      "| measure | SFT | after |", "|---|---|---|"]
+            lines += [f"| {label} | {m[key + '_before']:.3f} | {m[key + '_after']:.3f} |" for key, label in (
+                ("gold", "mean gold score (sampled)"), ("accuracy", "exact match (sampled)"),
+                ("proxy_reward", "reward-model score (the proxy)"), ("greedy_gold", "mean gold score (greedy)"),
+                ("greedy_accuracy", "exact match (greedy)"))]
+            lines += ["", f"KL to the SFT model: {m['kl']:.2f} nats per reply.", "", f"![{name} curves]({name}_curves.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

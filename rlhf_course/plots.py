@@ -73,3 +73,18 @@ def calibration(bins: list[tuple[float, float, int]]):
     ax.legend(frameon=False, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def rl_curves(history: list[dict], title: str = "RL", window: int = 5):
+    """Proxy reward, gold score and KL to the reference over the updates of a policy-gradient run."""
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
+    for ax, key, label in zip(axes, ("score", "gold", "kl"),
+                              ("reward-model score (proxy)", "gold score (hidden)", "KL to reference (nats)")):
+        values = [row[key] for row in history]
+        ax.plot(values, color="0.8", lw=0.8)
+        ax.plot(smooth(values, window), color="C0", lw=1.8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("update")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -222,6 +222,196 @@ def acc_integer(chosen, rejected):
     return (chosen > rejected).long().sum() // len(chosen)
 
 
+# --- token_logprobs -------------------------------------------------------------------------
+def tl_probs_not_log(logits, tokens, temperature=1.0):
+    return torch.softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_ignores_temperature(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_times_temperature(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits * temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_shifts_again(logits, tokens, temperature=1.0):
+    """Shifts as for the next-token loss, though the logits are already aligned."""
+    lp = torch.log_softmax(logits[:, :-1] / temperature, -1)
+    return lp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def tl_wrong_dim(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits / temperature, 1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# --- kl_penalized_rewards -------------------------------------------------------------------
+def klr_last_column(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
+    rewards[:, -1] += scores
+    return rewards
+
+
+def klr_first_pad(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
+    index = response_mask.sum(1).clamp(max=rewards.shape[1] - 1)
+    rewards[torch.arange(len(scores)), index] += scores
+    return rewards
+
+
+def klr_sign(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = kl_coef * (logprobs - ref_logprobs) * response_mask
+    rewards[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return rewards
+
+
+def klr_no_mask(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs)
+    rewards[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return rewards
+
+
+def klr_score_everywhere(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    return (-kl_coef * (logprobs - ref_logprobs) + scores[:, None]) * response_mask
+
+
+def klr_in_place(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    logprobs -= ref_logprobs
+    logprobs *= -kl_coef * response_mask
+    logprobs[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return logprobs
+
+
+# --- reinforce_loss -------------------------------------------------------------------------
+def rl_wrong_sign(logprobs, advantages, mask):
+    return (logprobs * advantages.detach() * mask).sum(1).mean()
+
+
+def rl_token_mean(logprobs, advantages, mask):
+    return -(logprobs * advantages.detach() * mask).sum() / mask.sum()
+
+
+def rl_no_mask(logprobs, advantages, mask):
+    return -(logprobs * advantages.detach()).sum(1).mean()
+
+
+def rl_no_detach(logprobs, advantages, mask):
+    return -(logprobs * advantages * mask).sum(1).mean()
+
+
+# --- whiten ---------------------------------------------------------------------------------
+def wh_includes_padding(x, mask, shift_mean=True):
+    out = (x - x.mean()) / x.std(unbiased=False)
+    return (out if shift_mean else out + x.mean()) * mask
+
+
+def wh_padding_kept(x, mask, shift_mean=True):
+    m = mask.float()
+    mean = (x * m).sum() / m.sum()
+    std = (((x - mean) ** 2 * m).sum() / m.sum()).sqrt()
+    return (x - mean) / std if shift_mean else (x - mean) / std + mean
+
+
+def wh_unbiased(x, mask, shift_mean=True):
+    values = x[mask.bool()]
+    out = (x - values.mean()) / values.std()
+    return (out if shift_mean else out + values.mean()) * mask
+
+
+def wh_ignores_shift(x, mask, shift_mean=True):
+    values = x[mask.bool()]
+    return (x - values.mean()) / values.std(unbiased=False) * mask
+
+
+# --- gae --------------------------------------------------------------------------------------
+def _gae_loop(rewards, values, mask, gamma, lam, use_padding=False, gamma_in_delta=True):
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        if t + 1 < rewards.shape[1]:
+            nxt = values[:, t + 1] if use_padding else values[:, t + 1] * mask[:, t + 1]
+        else:
+            nxt = torch.zeros_like(running)
+        delta = rewards[:, t] + (gamma if gamma_in_delta else 1.0) * nxt - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        adv[:, t] = running
+    return adv
+
+
+def gae_no_lambda(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, 1.0)
+    return adv, (adv + values) * mask
+
+
+def gae_bootstraps_padding(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam, use_padding=True)
+    return adv, (adv + values) * mask
+
+
+def gae_returns_are_advantages(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam)
+    return adv, adv
+
+
+def gae_gamma_missing_in_delta(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam, gamma_in_delta=False)
+    return adv, (adv + values) * mask
+
+
+def gae_padding_returns(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam)
+    return adv, adv + values
+
+
+# --- ppo_policy_loss --------------------------------------------------------------------------
+def _masked(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def pl_min_not_max(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return _masked(torch.minimum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_unclipped(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    return _masked(-advantages * (logprobs - old_logprobs).exp(), mask)
+
+
+def pl_inverted_ratio(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (old_logprobs - logprobs).exp()
+    return _masked(torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_wrong_sign(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return _masked(torch.minimum(advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_no_mask(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+
+
+# --- ppo_value_loss ---------------------------------------------------------------------------
+def vl_unclipped(values, old_values, returns, mask, clip_range=0.2):
+    return 0.5 * _masked((values - returns) ** 2, mask)
+
+
+def vl_min(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * _masked(torch.minimum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def vl_no_half(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return _masked(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def vl_no_mask(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+
+
 WRONG = {
     "top_p_filter": [
         (top_p_exclusive, "crosses the threshold"),
@@ -269,5 +459,52 @@ WRONG = {
         (acc_count, "returned a count"),
         (acc_reversed, "reversed"),
         (acc_integer, "float"),
+    ],
+    "token_logprobs": [
+        (tl_probs_not_log, "returned probabilities"),
+        (tl_ignores_temperature, "temperature was ignored"),
+        (tl_times_temperature, "multiplied by the temperature"),
+        (tl_shifts_again, "already aligned"),
+        (tl_wrong_dim, "wrong dimension"),
+    ],
+    "kl_penalized_rewards": [
+        (klr_last_column, "last column"),
+        (klr_first_pad, "first padding position"),
+        (klr_sign, "wrong sign"),
+        (klr_no_mask, "padding got a KL penalty"),
+        (klr_score_everywhere, "added to every token"),
+        (klr_in_place, "modified in place"),
+    ],
+    "reinforce_loss": [
+        (rl_wrong_sign, "wrong sign"),
+        (rl_token_mean, "averaged over tokens"),
+        (rl_no_mask, "padding was included"),
+        (rl_no_detach, "flowed into the advantages"),
+    ],
+    "whiten": [
+        (wh_includes_padding, "padding entered the mean"),
+        (wh_padding_kept, "should come back as 0"),
+        (wh_unbiased, "population variance"),
+        (wh_ignores_shift, "shift_mean=False was ignored"),
+    ],
+    "gae": [
+        (gae_no_lambda, "lambda was ignored"),
+        (gae_bootstraps_padding, "padding position"),
+        (gae_returns_are_advantages, "returns equal the advantages"),
+        (gae_gamma_missing_in_delta, "gamma was left out"),
+        (gae_padding_returns, "padding positions should hold 0"),
+    ],
+    "ppo_policy_loss": [
+        (pl_min_not_max, "min where the loss needs max"),
+        (pl_unclipped, "no clipping"),
+        (pl_inverted_ratio, "ratio is inverted"),
+        (pl_wrong_sign, "wrong sign"),
+        (pl_no_mask, "padding was included"),
+    ],
+    "ppo_value_loss": [
+        (vl_unclipped, "no clipping"),
+        (vl_min, "min where it needs max"),
+        (vl_no_half, "0.5 in front"),
+        (vl_no_mask, "padding was included"),
     ],
 }

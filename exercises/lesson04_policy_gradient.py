@@ -1,0 +1,39 @@
+"""Lesson 04 exercises: log-probabilities of sampled tokens, the KL-penalised rewards, the REINFORCE loss.
+
+Write each function body, then check it from the lesson or with ``rlhf-course check ID``
+(IDs: token_logprobs, kl_penalized_rewards, reinforce_loss).
+"""
+import torch
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of each sampled token under softmax(logits / temperature).
+
+    logits: (batch, resp, vocab), already aligned so that logits[:, t] is the distribution token t was
+    drawn from; tokens: (batch, resp) long. Return (batch, resp), keeping the gradient.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                         response_mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token rewards for RL fine-tuning.
+
+    Every response token gets -kl_coef * (logprobs - ref_logprobs); the last response token also gets
+    the reward model's score. scores: (batch,); logprobs, ref_logprobs, response_mask: (batch, resp),
+    the mask 1 on response tokens (EOS included) and 0 on the padding after them, which gets reward 0.
+    Do not modify the inputs.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The REINFORCE loss: -sum_t logprob_t * advantage_t over each response's tokens, averaged over responses.
+
+    logprobs: (batch, resp) with gradient; advantages: (batch, resp), weights that must not be trained;
+    mask: (batch, resp). Return a scalar.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
