@@ -31,8 +31,10 @@ case "${1:-}" in
         setup
         shift
         # Unit tests and lessons in one run on both cores; loadscope keeps each notebook on one worker.
+        # The cell timeout only guards against hangs: a lesson's first cell may build the cached SFT and
+        # reward models (about 6 minutes alone) while another lesson runs on the other core.
         "$VENV/bin/python" -m pytest -n 2 --dist loadscope tests lessons \
-            --nbval-lax --nbval-current-env --nbval-cell-timeout=900 --durations=12 "$@"
+            --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=12 "$@"
         ;;
     lab)
         setup
