@@ -33,6 +33,9 @@ case "${1:-}" in
         # Unit tests and lessons in one run on both cores; loadscope keeps each notebook on one worker.
         # The cell timeout only guards against hangs: a lesson's first cell may build the cached SFT and
         # reward models (about 6 minutes alone) while another lesson runs on the other core.
+        # Two workers on two cores: one torch thread each (the lessons' kernels inherit it). With the default
+        # of two threads each, the workers oversubscribe the cores and a sample of the tests ran 2x slower.
+        export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
         "$VENV/bin/python" -m pytest -n 2 --dist loadscope tests lessons \
             --nbval-lax --nbval-current-env --nbval-cell-timeout=1800 --durations=12 "$@"
         ;;

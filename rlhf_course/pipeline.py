@@ -189,7 +189,7 @@ def _rl_stage(out: Path, config: PipelineConfig, name: str) -> dict:
     metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
                for key in ("gold", "accuracy", "greedy_gold", "greedy_accuracy", "proxy_reward", "by_family")}
     return {**metrics, "kl": after["kl"], "test_samples": after["samples"], "history": result.history,
-            "samples": getattr(result, "samples", [])[-1:], "train_seconds": train_seconds,
+            "samples": result.samples[-1:] if name == "ppo" else [], "train_seconds": train_seconds,
             "seconds": time.time() - start}
 
 

@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf_course import models, runtime, world
-from rlhf_course.registry import expect_tensor, replaceable
+from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
 from rlhf_course.rollouts import Rollout, collect, forward_response, kl_penalized_rewards, token_logprobs
 
 
@@ -55,7 +55,6 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
 
 def _validate_gae(out, rewards, values, mask, gamma, lam):
     if not (isinstance(out, tuple) and len(out) == 2):
-        from rlhf_course.registry import ExerciseOutputError
         raise ExerciseOutputError("should return a tuple (advantages, returns)")
     for tensor, what in zip(out, ("advantages", "returns")):
         expect_tensor(tensor, shape=rewards.shape, device=rewards.device, what=what)
