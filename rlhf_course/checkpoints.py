@@ -1,7 +1,8 @@
 """Each lesson starts where the previous one ended: the pipeline's outputs, built once and cached.
 
-Lesson 03 needs the SFT model, lesson 04 the reward model too. ``prepared(stages)`` returns a
-directory that holds those stages' outputs, running the pipeline for whatever is missing. The
+Lesson 03 needs the SFT model, lesson 04 the reward model too, lesson 06 the PPO, DPO, GRPO and
+best-of-n results. ``prepared(stages)`` returns a directory that holds those stages' outputs, running
+the pipeline for whatever is missing. The
 directory name carries a fingerprint of the package's code and of the configuration, so a changed
 trainer never reuses a stale model, and a file lock lets several lessons (nbval workers, two open
 notebooks) share one build instead of racing.
@@ -45,7 +46,7 @@ def _locked(path: Path):
 
 
 def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.PipelineConfig()) -> Path:
-    """A directory with the outputs of ``stages`` and every stage before them, built if missing."""
+    """A directory with the outputs of ``stages`` and of the SFT and reward stages they start from, built if missing."""
     order = list(pipeline.STAGES)
     unknown = [s for s in stages if s not in order]
     if unknown:
@@ -54,7 +55,10 @@ def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.Pipel
     with _locked(out.with_suffix(".lock")):
         metrics_path = out / "metrics.json"
         done = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        needed = [s for s in order[:1 + max(order.index(s) for s in stages)] if s not in done]
+        last = max(order.index(s) for s in stages)
+        # every stage after "reward" starts from the SFT and reward models only, so those are all it needs
+        wanted = [s for i, s in enumerate(order) if s in stages or (s in ("sft", "reward") and i <= last)]
+        needed = [s for s in wanted if s not in done]
         if needed:
             print(f"Building {needed} once into {out} (later lessons reuse it) ...")
             pipeline.run(out, needed, config)

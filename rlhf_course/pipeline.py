@@ -15,8 +15,10 @@ from pathlib import Path
 
 import matplotlib
 
-from rlhf_course import (data, evaluation, feedback, models, plots, reward_evaluation, reward_model, rollouts, runtime,
-                         world)
+from rlhf_course import (best_of_n, data, evaluation, feedback, models, plots, reward_evaluation, reward_model, rollouts,
+                         runtime, world)
+from rlhf_course.dpo import DPOConfig, train_dpo
+from rlhf_course.grpo import GRPOConfig, train_grpo
 from rlhf_course.policy_gradient import PGConfig, train_pg
 from rlhf_course.ppo import PolicyWithValue, PPOConfig, train_ppo
 from rlhf_course.reward_model import RewardConfig
@@ -49,6 +51,9 @@ class PipelineConfig:
     eval_samples_per_prompt: int = 4  # samples per held-out prompt when a policy is evaluated
     pg: PGConfig = field(default_factory=PGConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    best_of_n: int = 16  # samples per held-out prompt for best-of-n; the curve covers n = 1, 2, 4, ... up to it
 
 
 def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Task]:
@@ -152,58 +157,103 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
     }
 
 
-def _rl_stage(out: Path, config: PipelineConfig, name: str) -> dict:
-    """Shared frame of the ``pg`` and ``ppo`` stages: load, evaluate the SFT policy, train, evaluate again.
+def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
+    """Shared frame of the stages that train a policy: load, evaluate the SFT policy, train, evaluate again.
 
-    Evaluation samples ``eval_samples_per_prompt`` replies per held-out prompt at the training
-    temperature (the policy that RL optimises), and also decodes greedily.
+    ``train(sft_dir, reference, tokenizer, stage_config)`` returns the trained model and its result.
+    Evaluation samples ``eval_samples_per_prompt`` replies per held-out prompt at temperature 1 (the
+    policy that RL optimises; the same prompts and seed for every method), and also decodes greedily.
     """
     start = time.time()
     sft_dir = require(out / "sft_model", "sft")
     tok, reference = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
     scorer = rollouts.reward_model_scorer(reward_model.load(require(out / "reward_model", "reward")), tok)
-    tasks = world.generate_tasks("train", config.rl_prompts_per_family, config.data.seed)
     test = held_out_tasks(config)
-    rl_config = dataclasses.replace(getattr(config, name), seed=config.seed)
+    stage_config = dataclasses.replace(getattr(config, name), seed=config.seed)
 
     def measure(model) -> dict:
-        sampled = evaluation.evaluate_policy(model, reference, tok, test, scorer, temperature=rl_config.temperature,
+        sampled = evaluation.evaluate_policy(model, reference, tok, test, scorer, temperature=1.0,
                                              samples_per_prompt=config.eval_samples_per_prompt, seed=10_007)
         greedy = evaluation.evaluate(model, tok, test)
         return {**sampled, "greedy_gold": greedy.gold, "greedy_accuracy": greedy.accuracy}
 
     before = measure(reference)
     runtime.seed_everything(config.seed)
-    if name == "ppo":
-        policy = PolicyWithValue(models.load_model(sft_dir))
-        result = train_ppo(policy, reference, scorer, tok, tasks, rl_config)
-        model = policy.lm
-        policy.save(tok, out / "ppo_model")
-    else:
-        model = models.load_model(sft_dir)
-        result = train_pg(model, reference, scorer, tok, tasks, rl_config)
-        models.save(model, tok, out / "pg_model")
-    train_seconds = result.seconds
+    model, result = train(sft_dir, reference, tok, stage_config)
     after = measure(model)
-    plots.save(plots.rl_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
+    plots.save(plots.training_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
     metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
                for key in ("gold", "accuracy", "greedy_gold", "greedy_accuracy", "proxy_reward", "by_family")}
     return {**metrics, "kl": after["kl"], "test_samples": after["samples"], "history": result.history,
-            "samples": result.samples[-1:] if name == "ppo" else [], "train_seconds": train_seconds,
+            "samples": getattr(result, "samples", [])[-1:], "train_seconds": result.seconds,
             "seconds": time.time() - start}
+
+
+def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
+    return world.generate_tasks("train", config.rl_prompts_per_family, config.data.seed)
 
 
 def stage_pg(out: Path, config: PipelineConfig) -> dict:
     """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
-    return _rl_stage(out, config, "pg")
+    def train(sft_dir, reference, tok, pg_config):
+        model = models.load_model(sft_dir)
+        scorer = rollouts.reward_model_scorer(reward_model.load(out / "reward_model"), tok)
+        result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config)
+        models.save(model, tok, out / "pg_model")
+        return model, result
+    return _policy_stage(out, config, "pg", train)
 
 
 def stage_ppo(out: Path, config: PipelineConfig) -> dict:
     """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
-    return _rl_stage(out, config, "ppo")
+    def train(sft_dir, reference, tok, ppo_config):
+        policy = PolicyWithValue(models.load_model(sft_dir))
+        scorer = rollouts.reward_model_scorer(reward_model.load(out / "reward_model"), tok)
+        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config)
+        policy.save(tok, out / "ppo_model")
+        return policy.lm, result
+    return _policy_stage(out, config, "ppo", train)
 
 
-STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage_ppo}
+def stage_dpo(out: Path, config: PipelineConfig) -> dict:
+    """DPO on the reward stage's comparisons (the same labels the reward model learned from); no reward model."""
+    def train(sft_dir, reference, tok, dpo_config):
+        rows = data.load_jsonl(require(out / "feedback" / "preferences.jsonl", "reward"), "preference").to_list()
+        model = models.load_model(sft_dir)
+        result = train_dpo(model, reference, tok, rows, dpo_config)
+        models.save(model, tok, out / "dpo_model")
+        return model, result
+    return _policy_stage(out, config, "dpo", train)
+
+
+def stage_grpo(out: Path, config: PipelineConfig) -> dict:
+    """GRPO against the task world's verifier (1 for a correct answer, 0 otherwise); no reward model."""
+    def train(sft_dir, reference, tok, grpo_config):
+        model = models.load_model(sft_dir)
+        result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config)
+        models.save(model, tok, out / "grpo_model")
+        return model, result
+    return _policy_stage(out, config, "grpo", train)
+
+
+def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
+    """Best-of-n against the reward model on the held-out prompts, for n = 1, 2, 4, ... up to ``best_of_n``."""
+    start = time.time()
+    sft_dir = require(out / "sft_model", "sft")
+    tok, policy = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
+    scorer = rollouts.reward_model_scorer(reward_model.load(require(out / "reward_model", "reward")), tok)
+    test = held_out_tasks(config)
+    responses, scores = best_of_n.sample_and_score(policy, tok, test, config.best_of_n, scorer,
+                                                   seed=config.seed * 7_919 + 20_011)
+    ks = [2 ** i for i in range(config.best_of_n.bit_length()) if 2 ** i <= config.best_of_n]
+    rows = best_of_n.curve(test, responses, scores, ks)
+    return {"n": rows[-1]["n"], "gold": rows[-1]["gold"], "gold_before": rows[0]["gold"],
+            "accuracy": rows[-1]["accuracy"], "accuracy_before": rows[0]["accuracy"], "kl": rows[-1]["kl"],
+            "proxy_reward": rows[-1]["proxy_reward"], "curve": rows, "seconds": time.time() - start}
+
+
+STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage_ppo, "dpo": stage_dpo,
+          "grpo": stage_grpo, "best_of_n": stage_best_of_n}
 
 
 def write_report(out: Path, metrics: dict) -> Path:
@@ -231,7 +281,8 @@ def write_report(out: Path, metrics: dict) -> Path:
                   f"| Spearman correlation with the gold score (pooled) | {m['gold_spearman']:.3f} |",
                   f"| the same within each prompt's samples | {m['gold_spearman_within_prompt']:.3f} |", "",
                   "![validation accuracy](reward_validation.png)", "", "![calibration](reward_calibration.png)", ""]
-    for name, title in (("pg", "Policy gradient (REINFORCE)"), ("ppo", "PPO")):
+    for name, title in (("pg", "Policy gradient (REINFORCE)"), ("ppo", "PPO"), ("dpo", "DPO (no reward model)"),
+                        ("grpo", "GRPO (verifiable reward, no reward model)")):
         if name in metrics:
             m = metrics[name]
             lines += [f"## {title}", "",
@@ -242,6 +293,16 @@ def write_report(out: Path, metrics: dict) -> Path:
                 ("proxy_reward", "reward-model score (the proxy)"), ("greedy_gold", "mean gold score (greedy)"),
                 ("greedy_accuracy", "exact match (greedy)"))]
             lines += ["", f"KL to the SFT model: {m['kl']:.2f} nats per reply.", "", f"![{name} curves]({name}_curves.png)", ""]
+    if "best_of_n" in metrics:
+        m = metrics["best_of_n"]
+        lines += ["## Best-of-n", "", f"Held-out prompts, n samples from the SFT model, the reward model's favourite kept "
+                  f"({m['seconds']:.0f} s):", "", "| n | KL (nats) | gold | exact match | proxy |", "|---|---|---|---|---|"]
+        lines += [f"| {r['n']} | {r['kl']:.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | {r['proxy_reward']:.3f} |"
+                  for r in m["curve"]]
+        lines += [""]
+    if any(name in metrics for name in ("best_of_n", "dpo", "grpo")):
+        plots.save(plots.frontier(metrics), out / "frontier.png")
+        lines += ["## Gold score against KL", "", "![frontier](frontier.png)", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

@@ -75,16 +75,44 @@ def calibration(bins: list[tuple[float, float, int]]):
     return fig
 
 
-def rl_curves(history: list[dict], title: str = "RL", window: int = 5):
-    """Proxy reward, gold score and KL to the reference over the updates of a policy-gradient run."""
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3))
-    for ax, key, label in zip(axes, ("score", "gold", "kl"),
-                              ("reward-model score (proxy)", "gold score (hidden)", "KL to reference (nats)")):
+CURVE_LABELS = {"score": "training reward", "gold": "gold score (hidden)", "kl": "KL to reference (nats)",
+                "loss": "loss", "reward_accuracy": "implicit-reward accuracy", "reward_margin": "implicit-reward margin"}
+
+
+def training_curves(history: list[dict], title: str = "RL", keys: tuple[str, ...] | None = None, window: int = 5):
+    """Raw and smoothed curves of a training history: reward, gold and KL for RL, loss and implicit
+    rewards for DPO (whichever the history has), or the ``keys`` asked for."""
+    if keys is None:
+        keys = ("score", "gold", "kl") if "score" in history[0] else ("loss", "reward_accuracy", "reward_margin")
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
         values = [row[key] for row in history]
         ax.plot(values, color="0.8", lw=0.8)
         ax.plot(smooth(values, window), color="C0", lw=1.8)
-        ax.set_title(label, fontsize=10)
-        ax.set_xlabel("update")
+        ax.set_title(CURVE_LABELS.get(key, key), fontsize=10)
+        ax.set_xlabel("step" if "step" in history[0] else "update")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def frontier(metrics: dict):
+    """Gold score against KL to the SFT model on the held-out prompts: one point per trained method, the
+    best-of-n curve, and the SFT model at KL 0 (the shape of the DPO paper's reward-KL figure)."""
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    bon = metrics.get("best_of_n")
+    if bon:
+        ax.plot([r["kl"] for r in bon["curve"]], [r["gold"] for r in bon["curve"]], "o-", color="0.5",
+                label="best-of-n (n = 1, 2, 4, ...)")
+    sft_gold = next((metrics[m]["gold_before"] for m in ("ppo", "dpo", "grpo", "pg") if m in metrics), None)
+    if sft_gold is not None:
+        ax.scatter([0], [sft_gold], color="k", marker="s", zorder=3, label="SFT")
+    for i, (name, label) in enumerate((("pg", "REINFORCE"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO"))):
+        if name in metrics:
+            ax.scatter([metrics[name]["kl"]], [metrics[name]["gold_after"]], s=60, color=f"C{i}", zorder=3,
+                       label=label)
+    ax.set_xlabel("KL to the SFT model (nats per reply)")
+    ax.set_ylabel("mean gold score (held-out, sampled)")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

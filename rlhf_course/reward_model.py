@@ -140,7 +140,7 @@ class RewardConfig:
     feedback: str = "comparisons"  # which loss: "comparisons" (Bradley-Terry), "ratings" or "thumbs"
     epochs: int = 1
     batch_size: int = 32
-    lr: float = 2e-4
+    lr: float = 4e-4  # 2e-4 left gold accuracy at 0.80 (seed 0); 4e-4 gave 0.80-0.84 over 3 seeds
     warmup_steps: int = 20
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0

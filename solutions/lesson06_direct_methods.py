@@ -1,0 +1,73 @@
+"""Lesson 06 exercises: DPO's sequence log-probabilities and loss, GRPO's group advantages and loss.
+
+Write each function body, then check it from the lesson or with ``rlhf-course check ID``
+(IDs: sequence_logprobs, dpo_loss, group_advantages, grpo_loss).
+"""
+import torch
+import torch.nn.functional as F
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log pi(response | prompt) for each row: the sum of the response tokens' log-probabilities.
+
+    logits: (batch, seq, vocab), the model's output, where logits[:, t] predicts token t + 1;
+    labels: (batch, seq), the token ids with the prompt and the padding set to -100. Return (batch,).
+    """
+    ### BEGIN SOLUTION
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    log_probs = torch.log_softmax(logits.float(), dim=-1)
+    taken = log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (taken * mask).sum(dim=1)
+    ### END SOLUTION
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
+             ref_rejected: torch.Tensor, beta: float, kind: str = "dpo") -> torch.Tensor:
+    """Mean preference loss over a batch. Inputs: (batch,) log-probabilities of the chosen and rejected
+    responses under the policy and the frozen reference.
+
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    kind "dpo": -log sigmoid(beta * margin); kind "ipo": (margin - 1 / (2 * beta)) ** 2.
+    Any other kind: raise ValueError.
+    """
+    ### BEGIN SOLUTION
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if kind == "dpo":
+        return -F.logsigmoid(beta * margin).mean()
+    if kind == "ipo":
+        return ((margin - 1 / (2 * beta)) ** 2).mean()
+    raise ValueError(f"unknown preference loss {kind!r}")
+    ### END SOLUTION
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """rewards: (groups * group_size,), each group's responses next to each other. Return the same shape:
+    (reward - group mean) / (group standard deviation + 1e-4), with the unbiased (n - 1) standard deviation."""
+    ### BEGIN SOLUTION
+    grouped = rewards.float().view(-1, group_size)
+    mean = grouped.mean(dim=1, keepdim=True)
+    std = grouped.std(dim=1, keepdim=True)
+    return ((grouped - mean) / (std + 1e-4)).view(-1)
+    ### END SOLUTION
+
+
+def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+              advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2, beta: float = 0.04) -> torch.Tensor:
+    """GRPO's loss. logprobs, old_logprobs, ref_logprobs, mask: (batch, resp); advantages: (batch,).
+
+    Per token: ratio = exp(logprobs - old_logprobs);
+    surrogate = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), A being the response's advantage;
+    kl = (exp(ref - logprobs) - (ref - logprobs) - 1) * ratio;  loss_token = -surrogate + beta * kl.
+    Average loss_token over each response's real tokens, then average over responses.
+    """
+    ### BEGIN SOLUTION
+    mask = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.unsqueeze(1)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
+    log_ref_ratio = ref_logprobs - logprobs
+    kl = (torch.exp(log_ref_ratio) - log_ref_ratio - 1) * ratio
+    per_token = -surrogate + beta * kl
+    return ((per_token * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).mean()
+    ### END SOLUTION

@@ -1,0 +1,181 @@
+"""DPO, IPO, GRPO and best-of-n: the losses against TRL's trainers and hand computations, and the stages end to end."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from datasets import Dataset
+
+from rlhf_course import best_of_n, data, dpo, grpo, human, models, pipeline, world
+from rlhf_course import reward_model as rm
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return models.load_tokenizer()
+
+
+def preference_rows(tasks):
+    return [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+             "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}]} for t in tasks]
+
+
+def perturbed_model(seed):
+    """The base model with its weights nudged, so that policy and reference differ."""
+    model = models.load_model(dev=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_dpo_loss_equals_trl_dpotrainer_on_the_same_batch(tmp_path, tok):
+    from trl import DPOConfig, DPOTrainer
+    rows = preference_rows(world.generate_tasks("train", 1))  # one per family: 8 pairs, one batch
+    policy, reference = perturbed_model(0), models.load_model(dev=torch.device("cpu"))
+    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), beta=0.1, report_to=[],
+                     use_cpu=True, max_length=None, precompute_ref_log_probs=False)
+    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
+                         processing_class=tok)
+    batch = next(iter(trainer.get_train_dataloader()))  # the whole data set, in TRL's order (the mean ignores it)
+    trl_loss = trainer.compute_loss(trainer.model, batch).item()
+    encoded = dpo.encode_pairs(tok, rows)
+    with torch.no_grad():
+        logps = dpo.batch_logprobs(policy, encoded, tok.pad_token_id)  # (2n,)
+        ref = dpo.batch_logprobs(reference, encoded, tok.pad_token_id)
+    n = len(rows)
+    ours = dpo.dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta=0.1).item()
+    assert abs(ours - trl_loss) < 1e-5, (ours, trl_loss)
+    assert abs(ours - math.log(2)) > 1e-3  # policy and reference really differ, so the check has teeth
+
+
+def test_dpo_and_ipo_losses_by_hand():
+    pc, pr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -4.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-4.0, -4.5])
+    margins = [(-3.0 + 3.5) - (-4.0 + 4.0), (-5.0 + 4.0) - (-4.0 + 4.5)]  # 0.5, -1.5
+    want_dpo = sum(-math.log(1 / (1 + math.exp(-0.5 * m))) for m in margins) / 2
+    want_ipo = sum((m - 1 / (2 * 0.5)) ** 2 for m in margins) / 2
+    assert dpo.dpo_loss(pc, pr, rc, rr, beta=0.5).item() == pytest.approx(want_dpo, abs=1e-6)
+    assert dpo.dpo_loss(pc, pr, rc, rr, beta=0.5, kind="ipo").item() == pytest.approx(want_ipo, abs=1e-6)
+    with pytest.raises(ValueError, match="expected 'dpo' or 'ipo'"):
+        dpo.dpo_loss(pc, pr, rc, rr, beta=0.5, kind="kto")
+
+
+def test_sequence_logprobs_sum_only_the_response_tokens(tok):
+    model = models.load_model(dev=torch.device("cpu"))
+    task = world.generate_tasks("train", 1)[0]
+    ids, prompt_len = dpo.encode_pairs(tok, preference_rows([task]))[0]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0]  # (seq, vocab)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    want = sum(log_probs[t - 1, ids[t]].item() for t in range(prompt_len, len(ids)))
+    with torch.no_grad():
+        got = dpo.batch_logprobs(model, [(ids, prompt_len), (ids[:prompt_len + 1], prompt_len)], tok.pad_token_id)
+    assert got[0].item() == pytest.approx(want, abs=1e-4)
+    assert got[1].item() == pytest.approx(log_probs[prompt_len - 1, ids[prompt_len]].item(), abs=1e-5)  # padding ignored
+
+
+def test_grpo_advantages_and_loss_equal_trl_grpotrainer(tmp_path, tok):
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.trainer.utils import nanstd
+    policy = models.load_model(dev=torch.device("cpu"))
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, beta=0.04,
+                      loss_type="grpo", epsilon=0.2, use_cpu=True, report_to=[], max_completion_length=8)
+    trainer = GRPOTrainer(model=policy, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
+                          train_dataset=Dataset.from_list([{"prompt": t.prompt} for t in world.generate_tasks("train", 1)]),
+                          processing_class=tok)
+    gen = torch.Generator().manual_seed(0)
+    batch, prompt_len, resp_len, group = 8, 6, 5, 4
+    prompt_ids = torch.randint(5, 100, (batch, prompt_len), generator=gen)
+    completion_ids = torch.randint(5, 100, (batch, resp_len), generator=gen)
+    prompt_mask = torch.ones(batch, prompt_len, dtype=torch.long)
+    completion_mask = (torch.arange(resp_len) < torch.randint(1, resp_len + 1, (batch, 1), generator=gen)).long()
+    rewards = torch.tensor([1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5, 0.5])  # the second group teaches nothing
+
+    # TRL's advantage, as GRPOTrainer computes it with scale_rewards="group"
+    grouped = rewards.view(-1, group)
+    mean = grouped.mean(dim=1).repeat_interleave(group)
+    trl_adv = (rewards - mean) / (nanstd(grouped, dim=1).repeat_interleave(group) + 1e-4)
+    adv = grpo.group_advantages(rewards, group)
+    assert torch.allclose(adv, trl_adv, atol=1e-6) and torch.all(adv[4:] == 0)
+
+    trainer.model.eval()
+    with torch.no_grad():
+        logps, _, _ = trainer._get_per_token_logps_and_entropies(
+            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
+            resp_len)
+    old = logps + 0.3 * torch.randn(batch, resp_len, generator=gen)  # a policy a few steps back: clipping matters
+    ref = logps + 0.3 * torch.randn(batch, resp_len, generator=gen)
+    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
+              "completion_mask": completion_mask, "advantages": trl_adv, "old_per_token_logps": old,
+              "ref_per_token_logps": ref, "num_items_in_batch": completion_mask.sum()}
+    trl_loss = trainer._compute_loss(trainer.model, inputs).item()
+    ours = grpo.grpo_loss(logps, old, ref, adv, completion_mask, clip_range=0.2, beta=0.04).item()
+    assert abs(ours - trl_loss) < 1e-5, (ours, trl_loss)
+    without_kl = grpo.grpo_loss(logps, old, ref, adv, completion_mask, clip_range=0.2, beta=0.0).item()
+    assert abs(without_kl - ours) > 1e-4  # the KL term is in the comparison
+
+
+def test_best_of_n_picks_the_highest_score_and_its_kl():
+    scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.7, 0.1, 0.8, 0.9]])
+    assert best_of_n.choose(scores, 1).tolist() == [0, 0]
+    assert best_of_n.choose(scores, 2).tolist() == [1, 0]
+    assert best_of_n.choose(scores, 4).tolist() == [1, 3]
+    assert best_of_n.analytic_kl(1) == 0 and best_of_n.analytic_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    with pytest.raises(ValueError, match="between 1 and the 4 samples"):
+        best_of_n.choose(scores, 5)
+
+
+def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
+    tasks = world.generate_tasks("test", 3)
+    responses = [[world.render(t, "curt", t.wrong), world.render(t, "polite"), world.render(t, "rambling", t.wrong),
+                  world.render(t, "curt")] for t in tasks]
+    gold = torch.tensor([[human.gold_score(t, r) for r in group] for t, group in zip(tasks, responses)])
+    rows = best_of_n.curve(tasks, responses, gold, [1, 2, 4])
+    assert rows[0]["gold"] < rows[1]["gold"] <= rows[2]["gold"]
+    assert rows[2]["gold"] == pytest.approx(gold.max(dim=1).values.mean().item())
+
+
+TINY = pipeline.PipelineConfig(
+    data=data.DataConfig(train_per_family=10, eval_per_family=2), rl_prompts_per_family=4, eval_samples_per_prompt=2,
+    dpo=dpo.DPOConfig(batch_size=4), grpo=grpo.GRPOConfig(updates=2, prompts_per_update=2, group_size=4,
+                                                           minibatch_size=4, max_new_tokens=8),
+    best_of_n=4)
+
+
+@pytest.fixture()
+def stage_dir(tmp_path):
+    shutil.copytree(models.BASE_MODEL_DIR, tmp_path / "sft_model")
+    rm.build(tmp_path / "sft_model", dev=torch.device("cpu")).save_pretrained(tmp_path / "reward_model")
+    rows = preference_rows(world.generate_tasks("train", 1))
+    data.save_jsonl(rows, tmp_path / "feedback" / "preferences.jsonl")
+    return tmp_path
+
+
+@pytest.mark.parametrize("stage", ["dpo", "grpo"])
+def test_policy_stage_writes_the_promised_metrics(stage_dir, stage):
+    pipeline.run(stage_dir, [stage], TINY)
+    metrics = json.loads((stage_dir / "metrics.json").read_text())
+    m = metrics[stage]
+    for key in ("gold_before", "gold_after", "accuracy_before", "accuracy_after", "kl", "seconds"):
+        assert isinstance(m[key], float), key
+    assert m["history"] and m["test_samples"] == 2 * 2 * len(world.FAMILIES)
+    assert (stage_dir / f"{stage}_model" / "model.safetensors").is_file()
+    assert (stage_dir / f"{stage}_curves.png").is_file() and (stage_dir / "frontier.png").is_file()
+
+
+def test_best_of_n_stage_writes_its_curve(stage_dir):
+    pipeline.run(stage_dir, ["best_of_n"], TINY)
+    m = json.loads((stage_dir / "metrics.json").read_text())["best_of_n"]
+    assert [row["n"] for row in m["curve"]] == [1, 2, 4] and m["n"] == 4
+    assert m["kl"] == pytest.approx(best_of_n.analytic_kl(4)) and isinstance(m["gold"], float)
+    assert "## Best-of-n" in (stage_dir / "report.md").read_text()
+
+
+def test_dpo_stage_without_comparisons_says_what_to_run(tmp_path):
+    shutil.copytree(models.BASE_MODEL_DIR, tmp_path / "sft_model")
+    rm.build(tmp_path / "sft_model", dev=torch.device("cpu")).save_pretrained(tmp_path / "reward_model")
+    with pytest.raises(FileNotFoundError, match="run the 'reward' stage first"):
+        pipeline.run(tmp_path, ["dpo"], TINY)
