@@ -37,6 +37,11 @@ def fingerprint(config: pipeline.PipelineConfig) -> str:
     return h.hexdigest()[:16]
 
 
+def _done(out: Path) -> dict:
+    metrics_path = out / "metrics.json"
+    return json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+
+
 @contextmanager
 def _locked(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,14 +57,16 @@ def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.Pipel
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {order}")
     out = cache_root() / f"pipeline-{fingerprint(config)}"
-    with _locked(out.with_suffix(".lock")):
-        metrics_path = out / "metrics.json"
-        done = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-        last = max(order.index(s) for s in stages)
-        # every stage after "reward" starts from the SFT and reward models only, so those are all it needs
-        wanted = [s for i, s in enumerate(order) if s in stages or (s in ("sft", "reward") and i <= last)]
-        needed = [s for s in wanted if s not in done]
-        if needed:
-            print(f"Building {needed} once into {out} (later lessons reuse it) ...")
-            pipeline.run(out, needed, config)
+    last = max(order.index(s) for s in stages)
+    # every stage after "reward" starts from the SFT and reward models only, so those are all it needs
+    wanted = [s for i, s in enumerate(order) if s in stages or (s in ("sft", "reward") and i <= last)]
+    for stage in wanted:
+        # metrics.json is replaced atomically after each stage, so reading it needs no lock; the lock is
+        # taken one stage at a time, so a lesson that needs only the SFT model does not wait for PPO
+        if stage in _done(out):
+            continue
+        with _locked(out.with_suffix(".lock")):
+            if stage not in _done(out):
+                print(f"Building {stage!r} once into {out} (later lessons reuse it) ...")
+                pipeline.run(out, [stage], config)
     return out
