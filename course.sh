@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up the course's environment (once) and run one job:
-#   bash course.sh pipeline   # the main job: base model -> SFT -> reward model -> REINFORCE and PPO, into runs/pipeline
+#   bash course.sh pipeline   # the main job: base model -> SFT -> reward model -> REINFORCE, PPO, DPO, GRPO, best-of-n, into runs/pipeline
 #   bash course.sh test       # the whole test suite: unit tests, exercise checks, every lesson under nbval
 #   bash course.sh lab        # open the lessons in JupyterLab
 set -euo pipefail
