@@ -22,7 +22,7 @@ import torch
 
 from rlhf_course import runtime, world
 from rlhf_course.registry import expect_tensor, replaceable
-from rlhf_course.rollouts import collect, response_logprobs
+from rlhf_course.rollouts import collect, freeze, response_logprobs
 
 
 def _validate_group_advantages(out, rewards, group_size):
@@ -96,9 +96,7 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
-    reference.eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
+    freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     history = []
     for update in runtime.progress(range(config.updates), desc="grpo"):

@@ -160,7 +160,8 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
 def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
     """Shared frame of the stages that train a policy: load, evaluate the SFT policy, train, evaluate again.
 
-    ``train(sft_dir, reference, tokenizer, stage_config)`` returns the trained model and its result.
+    ``train(sft_dir, reference, tokenizer, scorer, stage_config)`` returns the trained model and its result;
+    ``scorer`` is the reward model's, which the RL stages also train against.
     Evaluation samples ``eval_samples_per_prompt`` replies per held-out prompt at temperature 1 (the
     policy that RL optimises; the same prompts and seed for every method), and also decodes greedily.
     """
@@ -179,7 +180,7 @@ def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
 
     before = measure(reference)
     runtime.seed_everything(config.seed)
-    model, result = train(sft_dir, reference, tok, stage_config)
+    model, result = train(sft_dir, reference, tok, scorer, stage_config)
     after = measure(model)
     plots.save(plots.training_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
     metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
@@ -195,9 +196,8 @@ def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
 
 def stage_pg(out: Path, config: PipelineConfig) -> dict:
     """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
-    def train(sft_dir, reference, tok, pg_config):
+    def train(sft_dir, reference, tok, scorer, pg_config):
         model = models.load_model(sft_dir)
-        scorer = rollouts.reward_model_scorer(reward_model.load(out / "reward_model"), tok)
         result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config)
         models.save(model, tok, out / "pg_model")
         return model, result
@@ -206,9 +206,8 @@ def stage_pg(out: Path, config: PipelineConfig) -> dict:
 
 def stage_ppo(out: Path, config: PipelineConfig) -> dict:
     """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
-    def train(sft_dir, reference, tok, ppo_config):
+    def train(sft_dir, reference, tok, scorer, ppo_config):
         policy = PolicyWithValue(models.load_model(sft_dir))
-        scorer = rollouts.reward_model_scorer(reward_model.load(out / "reward_model"), tok)
         result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config)
         policy.save(tok, out / "ppo_model")
         return policy.lm, result
@@ -217,7 +216,7 @@ def stage_ppo(out: Path, config: PipelineConfig) -> dict:
 
 def stage_dpo(out: Path, config: PipelineConfig) -> dict:
     """DPO on the reward stage's comparisons (the same labels the reward model learned from); no reward model."""
-    def train(sft_dir, reference, tok, dpo_config):
+    def train(sft_dir, reference, tok, scorer, dpo_config):
         rows = data.load_jsonl(require(out / "feedback" / "preferences.jsonl", "reward"), "preference").to_list()
         model = models.load_model(sft_dir)
         result = train_dpo(model, reference, tok, rows, dpo_config)
@@ -228,7 +227,7 @@ def stage_dpo(out: Path, config: PipelineConfig) -> dict:
 
 def stage_grpo(out: Path, config: PipelineConfig) -> dict:
     """GRPO against the task world's verifier (1 for a correct answer, 0 otherwise); no reward model."""
-    def train(sft_dir, reference, tok, grpo_config):
+    def train(sft_dir, reference, tok, scorer, grpo_config):
         model = models.load_model(sft_dir)
         result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config)
         models.save(model, tok, out / "grpo_model")

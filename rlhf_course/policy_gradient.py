@@ -20,7 +20,7 @@ import torch
 
 from rlhf_course import runtime, world
 from rlhf_course.registry import expect_tensor, replaceable
-from rlhf_course.rollouts import Rollout, collect, kl_penalized_rewards, response_logprobs
+from rlhf_course.rollouts import Rollout, collect, freeze, kl_penalized_rewards, response_logprobs
 
 
 def returns_to_go(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -84,9 +84,7 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
-    reference.eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
+    freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     history = []
     for update in runtime.progress(range(config.updates), desc="reinforce"):

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from rlhf_course import models, runtime, world
 from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
-from rlhf_course.rollouts import Rollout, collect, forward_response, kl_penalized_rewards, token_logprobs
+from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, kl_penalized_rewards, token_logprobs
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -209,9 +209,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
-    reference.eval()
-    for p in reference.parameters():
-        p.requires_grad_(False)
+    freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples = [], []

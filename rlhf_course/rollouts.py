@@ -75,6 +75,13 @@ def response_logprobs(model, sequences, attention_mask, prompt_width: int, tempe
     return token_logprobs(logits, sequences[:, prompt_width:], temperature)
 
 
+
+def freeze(reference) -> None:
+    """The frozen reference of the KL penalty: eval mode (no dropout) and no gradients, ever."""
+    reference.eval()
+    for p in reference.parameters():
+        p.requires_grad_(False)
+
 @dataclass
 class Rollout:
     tasks: list[world.Task]
