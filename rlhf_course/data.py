@@ -51,11 +51,13 @@ def sft_dataset(split: str, config: DataConfig = DataConfig()) -> Dataset:
 CHOICES = ("a", "b", "tie", "skip")  # what a labeler can answer when shown responses a and b
 
 # field -> what it must hold: "messages" (a non-empty list of chat messages), "text" (a non-empty
-# string), "task" (a task record) or a tuple of the allowed values
+# string), "texts" (a non-empty list of strings), "numbers" (a non-empty list of numbers), "task" (a task
+# record) or a tuple of the allowed values
 SCHEMAS = {
     "sft": {"prompt": "messages", "completion": "messages"},
     "preference": {"prompt": "messages", "chosen": "messages", "rejected": "messages"},
     "judgment": {"task": "task", "a": "text", "b": "text", "labeler": "text", "choice": CHOICES},
+    "samples": {"task": "task", "responses": "texts", "scores": "numbers"},  # best-of-n's scored samples
 }
 
 
@@ -82,6 +84,11 @@ def validate_row(row, schema: str, where: str) -> None:
             _check_messages(value, name, where)
         elif kind == "text" and not (isinstance(value, str) and value.strip()):
             raise DataFileError(f"{where}: field {name!r} should be a non-empty string, got {value!r}")
+        elif kind == "texts" and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
+            raise DataFileError(f"{where}: field {name!r} should be a non-empty list of strings")
+        elif kind == "numbers" and not (isinstance(value, list) and value
+                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise DataFileError(f"{where}: field {name!r} should be a non-empty list of numbers")
         elif kind == "task" and not (isinstance(value, dict) and {"family", "prompt", "answer", "key"} <= set(value)):
             raise DataFileError(f"{where}: field {name!r} should be a task record with family, prompt, answer, key")
         elif isinstance(kind, tuple) and value not in kind:

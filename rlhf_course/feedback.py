@@ -57,6 +57,15 @@ def judge_pairs(tasks: list[world.Task], candidates: list[list[str]], team=TEAM,
     return raw
 
 
+def candidates_of(raw: list[dict]) -> tuple[list[world.Task], list[list[str]]]:
+    """The prompts and distinct responses that raw comparisons were made from, to be judged again by someone else."""
+    by_prompt: dict[str, tuple[world.Task, dict]] = {}
+    for j in raw:
+        task, seen = by_prompt.setdefault(repr(j["task"]["prompt"]), (task_of(j["task"]), {}))
+        seen.update(dict.fromkeys((j["a"], j["b"])))
+    return [task for task, _ in by_prompt.values()], [list(seen) for _, seen in by_prompt.values()]
+
+
 def automatic_comparisons(tasks: list[world.Task], seed: int = 0) -> list[dict]:
     """Comparisons that cost no labeler: a verified answer against the same reply with a wrong answer.
 

@@ -236,7 +236,10 @@ def stage_grpo(out: Path, config: PipelineConfig) -> dict:
 
 
 def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
-    """Best-of-n against the reward model on the held-out prompts, for n = 1, 2, 4, ... up to ``best_of_n``."""
+    """Best-of-n against the reward model on the held-out prompts, for n = 1, 2, 4, ... up to ``best_of_n``.
+
+    The scored samples are kept in ``best_of_n_samples.jsonl``: lesson 07 re-scores them with other reward models.
+    """
     start = time.time()
     sft_dir = require(out / "sft_model", "sft")
     tok, policy = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
@@ -244,6 +247,7 @@ def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
     test = held_out_tasks(config)
     responses, scores = best_of_n.sample_and_score(policy, tok, test, config.best_of_n, scorer,
                                                    seed=config.seed * 7_919 + 20_011)
+    best_of_n.save_samples(test, responses, scores, out / "best_of_n_samples.jsonl")  # lesson 07 reuses them
     ks = [2 ** i for i in range(config.best_of_n.bit_length()) if 2 ** i <= config.best_of_n]
     rows = best_of_n.curve(test, responses, scores, ks)
     return {"n": rows[-1]["n"], "gold": rows[-1]["gold"], "gold_before": rows[0]["gold"],

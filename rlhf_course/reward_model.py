@@ -261,6 +261,24 @@ def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], 
     return torch.cat(out)
 
 
+def pair_features(model, tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features of each preference row's chosen and rejected reply: (rows, hidden) each.
+
+    A reply that appears in many comparisons (all K(K-1)/2 pairs of a prompt's K samples) is encoded once.
+    """
+    index, prompts, replies = {}, [], []
+    for row in rows:
+        for side in ("chosen", "rejected"):
+            key = (repr(row["prompt"]), _reply(row[side]))
+            if key not in index:
+                index[key] = len(prompts)
+                prompts.append(row["prompt"])
+                replies.append(key[1])
+    feats = features(model, tokenizer, prompts, replies)
+    return tuple(feats[torch.tensor([index[(repr(row["prompt"]), _reply(row[side]))] for row in rows])]
+                 for side in ("chosen", "rejected"))
+
+
 def fit_head(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None,
              steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-3) -> torch.Tensor:
     """A linear reward ``r = features @ w`` fitted by (weighted) Bradley-Terry. chosen, rejected: (n, d) -> (d,)."""

@@ -94,3 +94,21 @@ def test_missing_judgment_field_is_named(tmp_path):
     path.write_text(json.dumps({k: v for k, v in JUDGMENT.items() if k != "labeler"}) + "\n")
     with pytest.raises(data.DataFileError, match="line 1: missing field 'labeler'"):
         data.load_jsonl(path, "judgment")
+
+
+def test_best_of_n_samples_round_trip_and_bad_rows_are_named(tmp_path):
+    from rlhf_course import best_of_n, world
+    import torch
+    tasks = world.generate_tasks("test", 1)[:2]
+    responses = [["a", "b", "c"], ["d", "e", "f"]]
+    path = best_of_n.save_samples(tasks, responses, torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, 3.0]]),
+                                  tmp_path / "samples.jsonl")
+    loaded_tasks, loaded, scores = best_of_n.load_samples(path)
+    assert loaded_tasks == tasks and loaded == responses and scores[0, 2].item() == 2.0
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    path.write_text(json.dumps(rows[0]) + "\n" + json.dumps({**rows[1], "scores": [1.0, 2.0]}) + "\n")
+    with pytest.raises(data.DataFileError, match="row 2: expected 3 responses and 3 scores, got 3 and 2"):
+        best_of_n.load_samples(path)
+    path.write_text(json.dumps({**rows[0], "scores": ["high", 1.0, 2.0]}) + "\n")
+    with pytest.raises(data.DataFileError, match="line 1: field 'scores' should be a non-empty list of numbers"):
+        best_of_n.load_samples(path)

@@ -1,4 +1,5 @@
 """DPO, IPO, GRPO and best-of-n: the losses against TRL's trainers and hand computations, and the stages end to end."""
+import itertools
 import json
 import math
 import shutil
@@ -136,6 +137,19 @@ def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
     rows = best_of_n.curve(tasks, responses, gold, [1, 2, 4])
     assert rows[0]["gold"] < rows[1]["gold"] <= rows[2]["gold"]
     assert rows[2]["gold"] == pytest.approx(gold.max(dim=1).values.mean().item())
+
+
+def test_expected_best_of_k_equals_the_average_over_every_k_subset():
+    gen = torch.Generator().manual_seed(0)
+    scores, values = torch.randn(3, 6, generator=gen), torch.randn(3, 6, generator=gen)
+    for k in range(1, 7):
+        subsets = list(itertools.combinations(range(6), k))
+        brute = torch.stack([values[torch.arange(3), torch.tensor([max(s, key=lambda i: scores[row, i].item())
+                                                                    for row in range(3)])] for s in subsets]).mean(0)
+        assert torch.allclose(best_of_n.expected_best_of_k(scores, values, k), brute.double(), atol=1e-12), k
+    assert torch.allclose(best_of_n.expected_best_of_k(scores, values, 1), values.double().mean(1))
+    with pytest.raises(ValueError, match="between 1 and the 6 samples"):
+        best_of_n.expected_best_of_k(scores, values, 7)
 
 
 TINY = pipeline.PipelineConfig(

@@ -81,6 +81,15 @@ def test_feedback_rows_are_trl_preferences_and_round_trip(tmp_path, tasks):
     assert agreement["expert"] > agreement["careless"]
 
 
+def test_candidates_of_recovers_what_was_judged_so_another_labeler_can_judge_it(tasks):
+    candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] for t in tasks]
+    raw = feedback.judge_pairs(tasks, candidates, double_share=1.0)
+    again_tasks, again = feedback.candidates_of(raw)
+    assert again_tasks == tasks and [sorted(c) for c in again] == [sorted(c) for c in candidates]
+    biased = feedback.judge_pairs(again_tasks, again, team=(human.LENGTH_BIASED,), double_share=0.0)
+    assert {j["labeler"] for j in biased} == {"length_biased"} and len(biased) == 3 * len(tasks)
+
+
 def test_reliability_is_estimated_from_agreement_alone(tasks):
     many = world.generate_tasks("train", 60)
     candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] +
