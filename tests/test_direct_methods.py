@@ -186,6 +186,9 @@ def test_best_of_n_stage_writes_its_curve(stage_dir):
     assert [row["n"] for row in m["curve"]] == [1, 2, 4] and m["n"] == 4
     assert m["kl"] == pytest.approx(best_of_n.analytic_kl(4)) and isinstance(m["gold"], float)
     assert "## Best-of-n" in (stage_dir / "report.md").read_text()
+    tasks, responses, scores = best_of_n.load_samples(stage_dir / "best_of_n_samples.jsonl")
+    assert tasks == pipeline.held_out_tasks(TINY) and scores.shape == (len(tasks), 4)
+    assert m["gold"] == pytest.approx(best_of_n.curve(tasks, responses, scores, [4])[0]["gold"])
 
 
 def test_dpo_stage_without_comparisons_says_what_to_run(tmp_path):
