@@ -52,13 +52,6 @@ def load_samples(path: str | Path) -> tuple[list[world.Task], list[list[str]], t
             torch.tensor([r["scores"] for r in rows], dtype=torch.float32))
 
 
-def choose(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Index of the best of the first ``k`` samples of each task: scores (tasks, n) -> (tasks,)."""
-    if not 1 <= k <= scores.shape[1]:
-        raise ValueError(f"k must be between 1 and the {scores.shape[1]} samples drawn, got {k}")
-    return scores[:, :k].argmax(dim=1)
-
-
 def expected_best_of_k(scores: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
     """Expected ``values`` of the sample that best-of-k picks, over all k-subsets: (tasks, n) x2 -> (tasks,)."""
     n = scores.shape[1]

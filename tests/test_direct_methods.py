@@ -121,12 +121,10 @@ def test_grpo_advantages_and_loss_equal_trl_grpotrainer(tmp_path, tok):
 
 def test_best_of_n_picks_the_highest_score_and_its_kl():
     scores = torch.tensor([[0.1, 0.9, 0.5, 0.2], [0.7, 0.1, 0.8, 0.9]])
-    assert best_of_n.choose(scores, 1).tolist() == [0, 0]
-    assert best_of_n.choose(scores, 2).tolist() == [1, 0]
-    assert best_of_n.choose(scores, 4).tolist() == [1, 3]
+    index = torch.arange(4.0).expand(2, 4)  # the value of each sample is its position
+    assert best_of_n.expected_best_of_k(scores, index, 4).tolist() == [1, 3]  # best of all four: the top score
+    assert best_of_n.expected_best_of_k(scores, index, 1).tolist() == [1.5, 1.5]  # best of one: any sample
     assert best_of_n.analytic_kl(1) == 0 and best_of_n.analytic_kl(16) == pytest.approx(math.log(16) - 15 / 16)
-    with pytest.raises(ValueError, match="between 1 and the 4 samples"):
-        best_of_n.choose(scores, 5)
 
 
 def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
