@@ -91,7 +91,7 @@ class GRPOResult:
 
 
 def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(),
-               on_update=None) -> GRPOResult:
+               on_step=None) -> GRPOResult:
     """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``)."""
     start = time.time()
     runtime.seed_everything(config.seed)
@@ -134,7 +134,7 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
                "clipfrac": sum(clipped) / len(clipped),
                "uninformative_groups": (group_std == 0).float().mean().item()}
         history.append(row)
-        if on_update is not None:
-            on_update(row)
+        if on_step is not None:
+            on_step(row)
     policy.eval()
     return GRPOResult(history, time.time() - start)

@@ -81,18 +81,33 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None):
+def sampling_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0, top_k: int = 0) -> torch.Tensor:
+    """The logits that sampling draws from: divided by the temperature, then top-k, then top-p filtered.
+
+    logits: (..., vocab), any number of leading dimensions; ``top_k`` 0 and ``top_p`` 1 switch a filter off.
+    """
+    shape = logits.shape
+    scaled = (logits / temperature).reshape(-1, shape[-1])  # (rows, vocab)
+    if 0 < top_k < shape[-1]:
+        kth = scaled.topk(top_k, dim=-1).values[:, -1:]  # (rows, 1): the k-th largest logit of each row
+        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+    if top_p < 1.0:
+        scaled = top_p_filter(scaled, top_p)
+    return scaled.reshape(shape)
+
+
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+               top_k: int = 0):
     """One token per row from logits (batch, vocab): greedy at temperature 0, else sampled."""
     if temperature == 0:
         return logits.argmax(dim=-1)
-    filtered = top_p_filter(logits / temperature, top_p) if top_p < 1.0 else logits / temperature
-    probs = torch.softmax(filtered.float(), dim=-1)
+    probs = torch.softmax(sampling_logits(logits, temperature, top_p, top_k).float(), dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 48,
-             temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0):
     """Continue left-padded prompts with the KV cache until each row emits EOS.
 
     Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
@@ -114,7 +129,7 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
             out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
                         past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = next_token(out.logits[:, -1, :].float(), temperature, top_p, generator)  # (batch,)
+        token = next_token(out.logits[:, -1, :].float(), temperature, top_p, generator, top_k)  # (batch,)
         alive = ~finished
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         new_tokens.append(token)

@@ -60,7 +60,7 @@ def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Ta
     return world.generate_tasks(split, config.data.eval_per_family, config.data.seed)
 
 
-def stage_sft(out: Path, config: PipelineConfig) -> dict:
+def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """Evaluate the base model, fine-tune it on demonstrations, evaluate again."""
     start = time.time()
     runtime.seed_everything(config.seed)
@@ -68,7 +68,8 @@ def stage_sft(out: Path, config: PipelineConfig) -> dict:
     model = models.load_model(config.base_model)
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
-    result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed))
+    result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed),
+                       on_step)
     after = evaluation.evaluate(model, tok, tasks)
     models.save(model, tok, out / "sft_model")
     plots.save(plots.loss_curve(result.losses, "SFT loss (response tokens)"), out / "sft_loss.png")
@@ -96,7 +97,7 @@ def require(path: Path, stage: str) -> Path:
     return path
 
 
-def stage_reward(out: Path, config: PipelineConfig) -> dict:
+def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """Collect comparisons of SFT samples, train the reward model on them, evaluate it on held-out prompts."""
     start = time.time()
     sft_dir = require(out / "sft_model", "sft")
@@ -128,7 +129,7 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
     replay = feedback.automatic_comparisons(
         world.generate_tasks("train", fb.replay_per_family, config.data.seed + 2), seed=config.seed + 1)
     val_rows = feedback.to_preferences(test_raw[: len(test_raw) // 4])
-    result = reward_model.train(model, tok, rows + replay, val_rows, reward_config)
+    result = reward_model.train(model, tok, rows + replay, val_rows, reward_config, on_step=on_step)
     every = max(1, fb.samples_per_prompt * len(train_tasks) // 2048)  # about 2,000 samples pin mean and std
     reward_model.normalise(model, tok, [t.prompt for t, s in zip(train_tasks, samples) for _ in s][::every],
                            [r for s in samples for r in s][::every])
@@ -160,7 +161,8 @@ def stage_reward(out: Path, config: PipelineConfig) -> dict:
 def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
     """Shared frame of the stages that train a policy: load, evaluate the SFT policy, train, evaluate again.
 
-    ``train(sft_dir, reference, tokenizer, scorer, stage_config)`` returns the trained model and its result;
+    ``train(sft_dir, reference, tokenizer, scorer, stage_config)`` returns the trained model and its result
+    (its trainer hands each step's row to the stage's ``on_step``);
     ``scorer`` is the reward model's, which the RL stages also train against.
     Evaluation samples ``eval_samples_per_prompt`` replies per held-out prompt at temperature 1 (the
     policy that RL optimises; the same prompts and seed for every method), and also decodes greedily.
@@ -194,42 +196,43 @@ def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
     return world.generate_tasks("train", config.rl_prompts_per_family, config.data.seed)
 
 
-def stage_pg(out: Path, config: PipelineConfig) -> dict:
+def stage_pg(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
     def train(sft_dir, reference, tok, scorer, pg_config):
         model = models.load_model(sft_dir)
-        result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config)
+        result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config, on_step)
         models.save(model, tok, out / "pg_model")
         return model, result
     return _policy_stage(out, config, "pg", train)
 
 
-def stage_ppo(out: Path, config: PipelineConfig) -> dict:
+def stage_ppo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
     def train(sft_dir, reference, tok, scorer, ppo_config):
         policy = PolicyWithValue(models.load_model(sft_dir))
-        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config)
+        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step)
         policy.save(tok, out / "ppo_model")
         return policy.lm, result
     return _policy_stage(out, config, "ppo", train)
 
 
-def stage_dpo(out: Path, config: PipelineConfig) -> dict:
+def stage_dpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """DPO on the reward stage's comparisons (the same labels the reward model learned from); no reward model."""
     def train(sft_dir, reference, tok, scorer, dpo_config):
         rows = data.load_jsonl(require(out / "feedback" / "preferences.jsonl", "reward"), "preference").to_list()
         model = models.load_model(sft_dir)
-        result = train_dpo(model, reference, tok, rows, dpo_config)
+        result = train_dpo(model, reference, tok, rows, dpo_config, on_step)
         models.save(model, tok, out / "dpo_model")
         return model, result
     return _policy_stage(out, config, "dpo", train)
 
 
-def stage_grpo(out: Path, config: PipelineConfig) -> dict:
+def stage_grpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """GRPO against the task world's verifier (1 for a correct answer, 0 otherwise); no reward model."""
     def train(sft_dir, reference, tok, scorer, grpo_config):
         model = models.load_model(sft_dir)
-        result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config)
+        result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config,
+                            on_step)
         models.save(model, tok, out / "grpo_model")
         return model, result
     return _policy_stage(out, config, "grpo", train)
@@ -257,6 +260,7 @@ def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
 
 STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage_ppo, "dpo": stage_dpo,
           "grpo": stage_grpo, "best_of_n": stage_best_of_n}
+TRAINING_STAGES = {"sft", "reward", "pg", "ppo", "dpo", "grpo"}  # the ones whose training steps ``on_step`` sees
 
 
 def write_report(out: Path, metrics: dict) -> Path:
@@ -311,7 +315,11 @@ def write_report(out: Path, metrics: dict) -> Path:
     return path
 
 
-def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig()) -> dict:
+def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(), on_step=None) -> dict:
+    """Run ``stages`` into ``out``, merging their metrics into ``out/metrics.json`` as each one ends.
+
+    ``on_step(row)`` sees every training step's metrics (a training dashboard, for one).
+    """
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
@@ -322,7 +330,8 @@ def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig())
     for stage in STAGES:  # always in course order, whatever order they were asked in
         if stage in stages:
             print(f"== stage {stage} ==")
-            metrics[stage] = STAGES[stage](out, config)
+            hooks = {"on_step": on_step} if stage in TRAINING_STAGES else {}
+            metrics[stage] = STAGES[stage](out, config, **hooks)
             tmp = metrics_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
             tmp.replace(metrics_path)

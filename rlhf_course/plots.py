@@ -81,14 +81,19 @@ CURVE_LABELS = {"score": "training reward", "gold": "gold score (hidden)", "kl":
 
 def training_curves(history: list[dict], title: str = "RL", keys: tuple[str, ...] | None = None, window: int = 5):
     """Raw and smoothed curves of a training history: reward, gold and KL for RL, loss and implicit
-    rewards for DPO (whichever the history has), or the ``keys`` asked for."""
+    rewards for DPO (whichever the history has), or the ``keys`` asked for. A metric that only some rows
+    have (a validation accuracy measured now and then) is drawn as points."""
     if keys is None:
         keys = ("score", "gold", "kl") if "score" in history[0] else ("loss", "reward_accuracy", "reward_margin")
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        values = [row[key] for row in history]
-        ax.plot(values, color="0.8", lw=0.8)
-        ax.plot(smooth(values, window), color="C0", lw=1.8)
+        steps = [i for i, row in enumerate(history) if key in row]
+        values = [history[i][key] for i in steps]
+        if len(steps) < len(history):
+            ax.plot(steps, values, "o-", color="C0", lw=1.8)
+        else:
+            ax.plot(values, color="0.8", lw=0.8)
+            ax.plot(smooth(values, window), color="C0", lw=1.8)
         ax.set_title(CURVE_LABELS.get(key, key), fontsize=10)
         ax.set_xlabel("step" if "step" in history[0] else "update")
     fig.suptitle(title)
@@ -114,5 +119,25 @@ def frontier(metrics: dict):
     ax.set_xlabel("KL to the SFT model (nats per reply)")
     ax.set_ylabel("mean gold score (held-out, sampled)")
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def compare_runs(runs: dict, keys: tuple[str, ...] = ("score", "gold", "kl"), window: int = 5,
+                 colors: dict | None = None):
+    """Smoothed curves of several training histories side by side, one panel per metric, one colour per run.
+
+    ``runs`` maps a label (a KL coefficient, say) to a history; ``colors`` maps labels to colours, so that a
+    run keeps its colour when others are hidden (by default the colour follows the order of ``runs``).
+    """
+    fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for i, (label, history) in enumerate(runs.items()):
+            color = (colors or {}).get(label, f"C{i}")
+            ax.plot(smooth([row[key] for row in history], window), color=color, lw=1.8, label=str(label))
+        ax.set_title(CURVE_LABELS.get(key, key), fontsize=10)
+        ax.set_xlabel("update")
+    if runs:
+        axes[0][0].legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig

@@ -80,7 +80,7 @@ def advantages_of(rollout: Rollout, kl_coef: float, baseline: bool) -> torch.Ten
 
 
 def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], config: PGConfig = PGConfig(),
-             on_update=None) -> PGResult:
+             on_step=None) -> PGResult:
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -104,8 +104,8 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
                "kl": rollout.kl.mean().item(), "length": rollout.lengths.float().mean().item(),
                "loss": loss.item(), "grad_norm": grad_norm.item()}
         history.append(row)
-        if on_update is not None:
-            on_update(row)
+        if on_step is not None:
+            on_step(row)
     policy.eval()
     return PGResult(history, time.time() - start)
 

@@ -204,8 +204,8 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list[world.Task],
-              config: PPOConfig = PPOConfig(), on_update=None) -> PPOResult:
-    """Run ``config.updates`` PPO updates on prompts drawn from ``tasks``; ``on_update(row)`` sees each row."""
+              config: PPOConfig = PPOConfig(), on_step=None) -> PPOResult:
+    """Run ``config.updates`` PPO updates on prompts drawn from ``tasks``; ``on_step(row)`` sees each row."""
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -268,7 +268,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
         history.append(row)
         samples.append([(t.prompt[-1]["content"], r, s, g) for t, r, s, g in
                         zip(rollout.tasks, rollout.responses, rollout.scores.tolist(), rollout.gold)][:config.samples_to_log])
-        if on_update is not None:
-            on_update(row)
+        if on_step is not None:
+            on_step(row)
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

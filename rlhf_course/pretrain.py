@@ -51,7 +51,7 @@ def packed_blocks(tok, n_blocks: int, block_size: int, seed: int) -> torch.Tenso
 
 
 def pretrain(config: PretrainConfig, tok=None, on_step=None):
-    """Train a fresh model; returns (model, tokenizer, losses). ``on_step(step, loss)`` sees each step."""
+    """Train a fresh model; returns (model, tokenizer, losses). ``on_step(row)`` sees each step's ``{"step", "loss"}``."""
     gen = runtime.seed_everything(config.seed)
     tok = tok or tokenizer_lib.train_tokenizer(config.vocab_size, config.seed)
     dev = runtime.device()
@@ -75,7 +75,7 @@ def pretrain(config: PretrainConfig, tok=None, on_step=None):
         optimizer.step()
         losses.append(loss.item())
         if on_step is not None:
-            on_step(step, losses[-1])
+            on_step({"step": step, "loss": losses[-1]})
     model.eval()
     return model, tok, losses
 

@@ -191,7 +191,8 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
     """Train on one kind of feedback (``config.feedback``); ``val_rows`` are comparisons for the curve.
 
     ``weights`` (one per row, comparisons only) scale each comparison's loss, e.g. by the
-    reliability of its labeler.
+    reliability of its labeler. ``on_step(row)`` sees each step's ``{"step", "loss"}``, with
+    ``"val_accuracy"`` on the steps that measure it.
     """
     if config.feedback not in LOSSES:
         raise ValueError(f"unknown feedback {config.feedback!r}; expected one of {list(LOSSES)}")
@@ -220,10 +221,12 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())
-        if on_step is not None:
-            on_step(step, losses[-1])
+        row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
             val_curve.append((step + 1, comparison_accuracy(model, tokenizer, val_rows)))
+            row["val_accuracy"] = val_curve[-1][1]
+        if on_step is not None:
+            on_step(row)
     model.eval()
     return RewardResult(losses, val_curve, time.time() - start)
 

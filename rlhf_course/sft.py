@@ -103,7 +103,7 @@ class SFTResult:
 
 
 def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None) -> SFTResult:
-    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(step, loss)`` sees each step."""
+    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``."""
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -139,7 +139,7 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
             scheduler.step()
             losses.append(loss.item())
             if on_step is not None:
-                on_step(len(losses) - 1, losses[-1])
+                on_step({"step": len(losses) - 1, "loss": losses[-1]})
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
     bar.close()

@@ -4,7 +4,7 @@ import pytest
 
 from rlhf_course import world
 from rlhf_course.data import DataFileError
-from rlhf_course.widgets import LabelingSession, labeling_widget, pairs_for_labeling
+from rlhf_course.widgets import LabelingSession, labeling_widget, pairs_for_labeling, verdict
 
 
 @pytest.fixture
@@ -30,13 +30,29 @@ def test_session_killed_halfway_resumes_and_keeps_every_judgment_once(tmp_path, 
     resumed = LabelingSession(pairs, path)
     assert len(resumed.judgments) == 6 and resumed.current() == pairs[6]
     widget = labeling_widget(resumed)
-    assert "6 / 12 judged" in widget.children[4].value
+    assert "6 / 12 judged" in widget.children[-1].value
     while resumed.current() is not None:
         _buttons(widget)["A is better"].click()
     assert all(b.disabled for b in _buttons(widget).values())
 
     ids = [json.loads(line)["pair_id"] for line in path.read_text().splitlines()]
     assert sorted(ids) == sorted(p["pair_id"] for p in pairs)  # each pair on disk exactly once
+
+
+def test_each_click_says_whether_you_agreed_with_the_careful_labeler(tmp_path, pairs):
+    session = LabelingSession(pairs, tmp_path / "j.jsonl")
+    widget = labeling_widget(session)
+    verdict_line = widget.children[3]
+    first = session.current()
+    agreeing = {"a": "A is better", "b": "B is better", "tie": "Tie"}[session.reference_choice(first)]
+    _buttons(widget)[agreeing].click()
+    assert "you agree" in verdict_line.value
+    second = session.reference_choice(session.current())
+    _buttons(widget)["B is better" if second == "a" else "A is better"].click()
+    assert "you disagree" in verdict_line.value
+    _buttons(widget)["Skip"].click()
+    assert "Skipped" in verdict_line.value
+    assert verdict(session.judgments[first["pair_id"]]).endswith("you agree.")
 
 
 def test_agreement_and_preferences(tmp_path, pairs):
