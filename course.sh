@@ -20,6 +20,17 @@ setup() {
     rm -f "$VENV"/.installed-* && touch "$stamp"
 }
 
+browser() {
+    # The browser test (tests/test_browser.py) drives Debian's chromium; Playwright's own browser download
+    # does not work offline. Installed here when this runs as root (as CI does); elsewhere the test says how.
+    command -v chromium >/dev/null && return
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        apt-get install -y -q chromium >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; } ||
+            echo "course.sh: could not install chromium; the browser test will say what is missing" >&2
+    fi
+}
+
 export HF_HUB_OFFLINE=1
 case "${1:-}" in
     pipeline)
@@ -29,6 +40,7 @@ case "${1:-}" in
         ;;
     test)
         setup
+        browser
         shift
         # Unit tests and lessons in one run on both cores; loadscope keeps each notebook on one worker.
         # The cell timeout only guards against hangs: a lesson's first cell may build the cached SFT and

@@ -76,7 +76,8 @@ def calibration(bins: list[tuple[float, float, int]]):
 
 
 CURVE_LABELS = {"score": "training reward", "gold": "gold score (hidden)", "kl": "KL to reference (nats)",
-                "loss": "loss", "reward_accuracy": "implicit-reward accuracy", "reward_margin": "implicit-reward margin"}
+                "loss": "loss", "reward_accuracy": "implicit-reward accuracy", "reward_margin": "implicit-reward margin",
+                "val_accuracy": "held-out pairwise accuracy", "kl_coef": "KL coefficient (adaptive)"}
 
 
 def training_curves(history: list[dict], title: str = "RL", keys: tuple[str, ...] | None = None, window: int = 5):

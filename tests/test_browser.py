@@ -1,7 +1,9 @@
 """The lessons in a real browser: JupyterLab on 127.0.0.1, opened in headless Chromium (Debian's package,
-driven by Playwright), every cell run with JupyterLab's own "Run All Cells". A lesson passes when every cell
-ran without an error output, every widget rendered (none shows "Error displaying widget") and it shows at
-least the plots its committed version shows.
+driven by Playwright), every cell run with JupyterLab's own "Run All Cells". Lessons run as an instructor
+presents them: a lesson with a `parameters` cell gets ``PRESENTER = True`` injected after it, as papermill
+does. A lesson passes when every cell ran without an error output (its assertions included), every widget
+rendered (none shows "Error displaying widget") and it shows at least the plots its committed version shows.
+Run with ``-s`` to see how long each lesson took.
 
 `bash course.sh test` installs Debian's chromium when it runs as root; elsewhere install it yourself
 (`sudo apt-get install chromium`). Without it these tests are skipped, except under CI, where they fail.
@@ -21,7 +23,7 @@ import pytest
 LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
 # The lessons that run in a browser here: those that finish in about a minute on one core. The others join
 # as their presenter settings (a `parameters` cell) bring them under that.
-BROWSER_LESSONS = ["00_setup_and_tour.ipynb", "01_language_models.ipynb"]
+BROWSER_LESSONS = ["00_setup_and_tour.ipynb", "01_language_models.ipynb", "02_instruction_tuning.ipynb"]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -135,6 +137,19 @@ def run_in_lab(page, url: str, name: str, timeout: float = 900) -> dict:
     return state
 
 
+def presenter_copy(source: Path, dest: Path) -> bool:
+    """Copy a lesson, with ``PRESENTER = True`` injected after its `parameters` cell; False if it has none."""
+    nb = json.loads(source.read_text())
+    tagged = [i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) <= 1, f"{source.name}: more than one cell tagged parameters"
+    if tagged:
+        nb["cells"].insert(tagged[0] + 1, {"cell_type": "code", "execution_count": None, "id": "injected-parameters",
+                                           "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
+                                           "source": ["# Injected by the browser test\n", "PRESENTER = True"]})
+    dest.write_text(json.dumps(nb))
+    return bool(tagged)
+
+
 def _committed_images(path: Path) -> int:
     cells = json.loads(path.read_text())["cells"]
     return sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c["outputs"])
@@ -143,14 +158,14 @@ def _committed_images(path: Path) -> int:
 @pytest.mark.parametrize("name", BROWSER_LESSONS)
 def test_lesson_runs_in_jupyterlab(lab, browser, name):
     url, root = lab
-    shutil.copy(LESSONS_DIR / name, root / name)
+    presenter = presenter_copy(LESSONS_DIR / name, root / name)
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     try:
         state = run_in_lab(page, url, name)
     finally:
         page.screenshot(path=str(root / f"{name}.png"))
         page.close()
-    print(f"{name}: {state['seconds']:.0f} s in the browser")
+    print(f"{name}: {state['seconds']:.0f} s in the browser{' (presenter mode)' if presenter else ''}")
     assert not state["errors"], f"{name}: {state['errors']}"
     assert all(c is not None for c in state["counts"]), f"{name}: not every cell ran"
     assert state["widgetErrors"] == 0, f"{name}: a widget shows 'Error displaying widget'"
