@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
-# The lessons that run in a browser here: those that finish in about a minute on one core. The others join
-# as their presenter settings (a `parameters` cell) bring them under that.
-BROWSER_LESSONS = ["00_setup_and_tour.ipynb", "01_language_models.ipynb", "02_instruction_tuning.ipynb"]
+# Every lesson that runs in about a minute: 00 and 01 as they are, 02-06 in presenter mode. Lesson 07 has no
+# presenter setting yet (its full run takes about 4 minutes on 2 cores).
+BROWSER_LESSONS = sorted(p.name for p in LESSONS_DIR.glob("*.ipynb") if not p.name.startswith("07_"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
                   "--disable-component-update", "--disable-sync", "--disable-quic"]
@@ -106,8 +106,11 @@ STATE = f"""() => {{
 }}"""
 
 
-def run_in_lab(page, url: str, name: str, timeout: float = 900) -> dict:
-    """Open ``name`` in JupyterLab, clear it, run all cells and wait until they finish or one fails."""
+def run_in_lab(page, url: str, name: str, timeout: float = 1800) -> dict:
+    """Open ``name`` in JupyterLab, clear it, run all cells and wait until they finish or one fails.
+
+    The deadline allows for a lesson that waits while another test process builds the cached models it needs.
+    """
     start = time.monotonic()
     page.goto(f"{url}/lab/tree/{name}?reset")  # ?reset: a fresh workspace, not the last test's open tabs
     page.wait_for_function(f"() => window.jupyterapp && {NOTEBOOK} && {NOTEBOOK}.sessionContext.session"
