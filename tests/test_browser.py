@@ -2,7 +2,7 @@
 driven by Playwright), every cell run with JupyterLab's own "Run All Cells". Lessons run as an instructor
 presents them: a lesson with a `parameters` cell gets ``PRESENTER = True`` injected after it, as papermill
 does. A lesson passes when every cell ran without an error output (its assertions included), every widget
-rendered (none shows "Error displaying widget") and it shows at least the plots its committed version shows.
+rendered (none shows "Error displaying widget") and every plot it drew shows as an image.
 Run with ``-s`` to see how long each lesson took.
 
 `bash course.sh test` installs Debian's chromium when it runs as root; elsewhere install it yourself
@@ -101,6 +101,7 @@ STATE = f"""() => {{
         widgetsRendered: document.querySelectorAll('.jp-OutputArea-output > .jupyter-widgets').length,
         widgetErrors: Array.from(document.querySelectorAll('.jp-OutputArea-output'))
             .filter(e => e.textContent.includes('Error displaying widget')).length,
+        imageOutputs: outputs.flat().filter(o => o.data && o.data['image/png']).length,
         images: document.querySelectorAll('.jp-OutputArea-output img').length,
     }};
 }}"""
@@ -173,7 +174,9 @@ def test_lesson_runs_in_jupyterlab(lab, browser, name):
     assert all(c is not None for c in state["counts"]), f"{name}: not every cell ran"
     assert state["widgetErrors"] == 0, f"{name}: a widget shows 'Error displaying widget'"
     assert state["widgetsRendered"] >= state["widgetOutputs"], f"{name}: a widget output did not render"
-    assert state["images"] >= _committed_images(LESSONS_DIR / name), f"{name}: fewer plots than the committed lesson"
+    assert state["images"] >= state["imageOutputs"], f"{name}: a plot did not render"
+    if _committed_images(LESSONS_DIR / name):  # presenter mode may draw fewer plots, never none
+        assert state["imageOutputs"] > 0, f"{name}: no plots"
 
 
 def test_a_raising_cell_and_a_broken_widget_are_caught(lab, browser):
