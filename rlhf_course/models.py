@@ -4,9 +4,14 @@ The shipped base model lives in ``rlhf_course/artifacts/base_model`` as a normal
 directory (``config.json``, ``model.safetensors``, tokenizer files), so every function that takes a
 model path accepts any other local ``AutoModelForCausalLM`` directory too. Nothing is downloaded:
 loading is local-only, from safetensors, and never runs remote code.
+
+Models larger than the course's can be loaded for training with memory savers (``MemoryConfig``): gradient
+checkpointing, and LoRA adapters through peft, merged back into the weights when the model is saved, so
+every saved model is an ordinary model directory that the next stage loads as usual.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,22 +78,65 @@ def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast
     return tok
 
 
-def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = None):
-    """Any local causal LM directory, loaded from safetensors onto ``dev`` (default: runtime.device())."""
+@dataclass
+class MemoryConfig:
+    """Memory savers for training models larger than the course's; both off by default, as the course's
+    model needs neither. LoRA trains rank-``lora_rank`` adapters on every linear layer of the transformer
+    (not the output layer) and freezes the rest; a reward model's new score head is trained in full."""
+
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass instead of keeping them
+    lora_rank: int = 0  # 0: train every weight
+    lora_alpha: float = 16.0
+
+
+def for_training(model, memory: MemoryConfig | None, task_type: str = "CAUSAL_LM"):
+    """``model`` with ``memory``'s savers applied: under LoRA a peft model wrapping it (``task_type``
+    ``"SEQ_CLS"`` for a reward model), otherwise the model itself."""
+    if memory is None:
+        return model
+    if memory.gradient_checkpointing:
+        # non-reentrant checkpointing also works when the inputs need no gradient (frozen embeddings under LoRA);
+        # transformers 5.2x renamed the method, and the old name warns
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    if memory.lora_rank > 0:
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=memory.lora_rank, lora_alpha=memory.lora_alpha,
+                                                 target_modules="all-linear", task_type=task_type))
+    return model
+
+
+def backbone(model):
+    """The transformer body that returns hidden states, of a causal LM or a classifier, under peft or not."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft wrapper's model
+    return inner.base_model
+
+
+def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = None, memory: MemoryConfig | None = None):
+    """Any local causal LM directory, loaded from safetensors onto ``dev`` (default: runtime.device()),
+    with ``memory``'s savers applied when it is to be trained."""
     path = check_model_dir(path)
     if not any(path.glob("*.safetensors")):
         raise FileNotFoundError(f"{path} has no .safetensors weights; the course loads safetensors only.")
     model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
     )
-    return model.to(dev or runtime.device())
+    return for_training(model.to(dev or runtime.device()), memory)
 
 
 def save(model, tokenizer, path: str | Path) -> Path:
+    """Save as an ordinary model directory (and the tokenizer, if given). LoRA adapters are merged into a
+    copy of the weights, so the model saved can go on training."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload"):
+        model = copy.deepcopy(model).merge_and_unload()
     model.save_pretrained(path, safe_serialization=True)
-    tokenizer.save_pretrained(path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
     return path
 
 

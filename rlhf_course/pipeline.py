@@ -54,6 +54,7 @@ class PipelineConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     best_of_n: int = 16  # samples per held-out prompt for best-of-n; the curve covers n = 1, 2, 4, ... up to it
+    memory: models.MemoryConfig = field(default_factory=models.MemoryConfig)  # for every model a stage trains
 
 
 def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Task]:
@@ -65,7 +66,7 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
     start = time.time()
     runtime.seed_everything(config.seed)
     tok = models.load_tokenizer(config.base_model)
-    model = models.load_model(config.base_model)
+    model = models.load_model(config.base_model, memory=config.memory)
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
     result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed),
@@ -120,12 +121,12 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     feedback_seconds = time.time() - start
 
     reward_config = dataclasses.replace(config.reward, seed=config.seed)
-    model = reward_model.build(sft_dir, seed=config.seed)
+    model = reward_model.build(sft_dir, seed=config.seed, memory=config.memory)
     automatic = feedback.automatic_comparisons(
         world.generate_tasks("train", fb.automatic_per_family, config.data.seed + 1), seed=config.seed)
     if automatic:
         reward_model.train(model, tok, automatic, None, dataclasses.replace(reward_config, epochs=1))
-    model.save_pretrained(out / "reward_model_pretrained")  # before any human comparison, for experiments
+    models.save(model, None, out / "reward_model_pretrained")  # before any human comparison, for experiments
     replay = feedback.automatic_comparisons(
         world.generate_tasks("train", fb.replay_per_family, config.data.seed + 2), seed=config.seed + 1)
     val_rows = feedback.to_preferences(test_raw[: len(test_raw) // 4])
@@ -133,8 +134,7 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     every = max(1, fb.samples_per_prompt * len(train_tasks) // 2048)  # about 2,000 samples pin mean and std
     reward_model.normalise(model, tok, [t.prompt for t, s in zip(train_tasks, samples) for _ in s][::every],
                            [r for s in samples for r in s][::every])
-    model.save_pretrained(out / "reward_model")
-    tok.save_pretrained(out / "reward_model")
+    models.save(model, tok, out / "reward_model")
     training_seconds = time.time() - start - feedback_seconds
 
     metrics = reward_evaluation.evaluate(model, tok, test_raw, test_tasks, test_samples)
@@ -199,7 +199,7 @@ def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
 def stage_pg(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
     def train(sft_dir, reference, tok, scorer, pg_config):
-        model = models.load_model(sft_dir)
+        model = models.load_model(sft_dir, memory=config.memory)
         result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config, on_step)
         models.save(model, tok, out / "pg_model")
         return model, result
@@ -209,7 +209,7 @@ def stage_pg(out: Path, config: PipelineConfig, on_step=None) -> dict:
 def stage_ppo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
     def train(sft_dir, reference, tok, scorer, ppo_config):
-        policy = PolicyWithValue(models.load_model(sft_dir))
+        policy = PolicyWithValue(models.load_model(sft_dir, memory=config.memory))
         result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step)
         policy.save(tok, out / "ppo_model")
         return policy.lm, result
@@ -220,7 +220,7 @@ def stage_dpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """DPO on the reward stage's comparisons (the same labels the reward model learned from); no reward model."""
     def train(sft_dir, reference, tok, scorer, dpo_config):
         rows = data.load_jsonl(require(out / "feedback" / "preferences.jsonl", "reward"), "preference").to_list()
-        model = models.load_model(sft_dir)
+        model = models.load_model(sft_dir, memory=config.memory)
         result = train_dpo(model, reference, tok, rows, dpo_config, on_step)
         models.save(model, tok, out / "dpo_model")
         return model, result
@@ -230,7 +230,7 @@ def stage_dpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
 def stage_grpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """GRPO against the task world's verifier (1 for a correct answer, 0 otherwise); no reward model."""
     def train(sft_dir, reference, tok, scorer, grpo_config):
-        model = models.load_model(sft_dir)
+        model = models.load_model(sft_dir, memory=config.memory)
         result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config,
                             on_step)
         models.save(model, tok, out / "grpo_model")

@@ -68,8 +68,10 @@ def thumbs_loss(rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(rewards, up.float())
 
 
-def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0):
-    """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head, seeded."""
+def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0,
+          memory: models.MemoryConfig | None = None):
+    """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head, seeded, with ``memory``'s
+    savers applied for training."""
     path = models.check_model_dir(Path(backbone_dir))
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the new score head is "missing" from the checkpoint by design
@@ -83,7 +85,7 @@ def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int =
     torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1),
                           generator=torch.Generator().manual_seed(seed))
     model.config.reward_mean, model.config.reward_std = 0.0, 1.0
-    return model.to(dev or runtime.device())
+    return models.for_training(model.to(dev or runtime.device()), memory, "SEQ_CLS")
 
 
 def load(path: str | Path, dev: torch.device | None = None):
@@ -109,7 +111,7 @@ def raw_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) ->
     dev = next(model.parameters()).device
     input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
     with runtime.autocast(dev):
-        hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = models.backbone(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         values = model.score(hidden).squeeze(-1).float()  # (batch, seq)
     return last_token_rewards(values, attention_mask)
 
@@ -258,7 +260,7 @@ def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], 
     for start in range(0, len(prompts), batch_size):
         ids, mask = encode_conversations(tokenizer, prompts[start:start + batch_size],
                                          responses[start:start + batch_size], models.context_length(model))
-        hidden = model.base_model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
+        hidden = models.backbone(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
         last = (mask.sum(dim=1) - 1).to(dev)  # (batch,)
         out.append(hidden[torch.arange(len(last), device=dev), last].float().cpu())
     return torch.cat(out)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_course import human, reward_model, runtime, world
+from rlhf_course import human, models, reward_model, runtime, world
 from rlhf_course.language_model import decode_responses, generate, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.sft import encode
@@ -62,8 +62,8 @@ def forward_response(model, sequences: torch.Tensor, attention_mask: torch.Tenso
     """Hidden states and logits at the columns that predict the response: each (batch, resp, ...)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
     with runtime.autocast(sequences.device):
-        hidden = model.base_model(input_ids=sequences, attention_mask=attention_mask,
-                                  position_ids=position_ids).last_hidden_state  # (batch, seq, d)
+        hidden = models.backbone(model)(input_ids=sequences, attention_mask=attention_mask,
+                                        position_ids=position_ids).last_hidden_state  # (batch, seq, d)
         hidden = hidden[:, prompt_width - 1:-1]  # (batch, resp, d): the state before each response token
         logits = model.get_output_embeddings()(hidden)  # (batch, resp, vocab)
     return hidden, logits.float()
