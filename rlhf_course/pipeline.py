@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,17 +63,20 @@ def held_out_tasks(config: PipelineConfig, split: str = "test") -> list[world.Ta
 
 
 def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
-    """Evaluate the base model, fine-tune it on demonstrations, evaluate again."""
+    """Evaluate the base model, fine-tune it on demonstrations, evaluate again. With ``sft.checkpoint_every``
+    set, an interrupted run resumes where it stopped when the stage runs again."""
     start = time.time()
     runtime.seed_everything(config.seed)
     tok = models.load_tokenizer(config.base_model)
     model = models.load_model(config.base_model, memory=config.memory)
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
+    checkpoint = out / "sft_checkpoint"
     result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed),
-                       on_step)
+                       on_step, checkpoint if config.sft.checkpoint_every else None)
     after = evaluation.evaluate(model, tok, tasks)
     models.save(model, tok, out / "sft_model")
+    shutil.rmtree(checkpoint, ignore_errors=True)  # the run is complete: a later run starts afresh
     plots.save(plots.loss_curve(result.losses, "SFT loss (response tokens)"), out / "sft_loss.png")
     plots.save(plots.accuracy_by_family(before.by_family, after.by_family), out / "sft_accuracy.png")
     return {
@@ -207,11 +211,15 @@ def stage_pg(out: Path, config: PipelineConfig, on_step=None) -> dict:
 
 
 def stage_ppo(out: Path, config: PipelineConfig, on_step=None) -> dict:
-    """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model."""
+    """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model. With
+    ``ppo.checkpoint_every`` set, an interrupted run resumes where it stopped when the stage runs again."""
     def train(sft_dir, reference, tok, scorer, ppo_config):
         policy = PolicyWithValue(models.load_model(sft_dir, memory=config.memory))
-        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step)
+        checkpoint = out / "ppo_checkpoint"
+        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step,
+                           checkpoint if ppo_config.checkpoint_every else None)
         policy.save(tok, out / "ppo_model")
+        shutil.rmtree(checkpoint, ignore_errors=True)  # the run is complete: a later run starts afresh
         return policy.lm, result
     return _policy_stage(out, config, "ppo", train)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf_course import models, runtime, world
+from rlhf_course import models, resume, runtime, world
 from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
 from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, kl_penalized_rewards, token_logprobs
 
@@ -177,6 +177,7 @@ class PPOConfig:
     no_eos_penalty: float | None = -1.0
     seed: int = 0
     samples_to_log: int = 3
+    checkpoint_every: int = 0  # save the run's state every this many updates (into train_ppo's checkpoint_dir)
 
 
 @dataclass
@@ -204,16 +205,24 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
 
 
 def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list[world.Task],
-              config: PPOConfig = PPOConfig(), on_step=None) -> PPOResult:
-    """Run ``config.updates`` PPO updates on prompts drawn from ``tasks``; ``on_step(row)`` sees each row."""
+              config: PPOConfig = PPOConfig(), on_step=None, checkpoint_dir: str | Path | None = None) -> PPOResult:
+    """Run ``config.updates`` PPO updates on prompts drawn from ``tasks``; ``on_step(row)`` sees each row.
+
+    With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, random generators,
+    KL coefficient, history), and the run's state is saved there every ``config.checkpoint_every`` updates.
+    """
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
-    history, samples = [], []
-    for update in runtime.progress(range(config.updates), desc="ppo"):
+    history, samples, first = [], [], 0
+    saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng) if checkpoint_dir is not None else None
+    if saved is not None:
+        first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
+        samples = [[tuple(s) for s in group] for group in saved["samples"]]
+    for update in runtime.progress(range(first, config.updates), desc="ppo", initial=first, total=config.updates):
         batch_tasks = rng.sample(tasks, min(config.batch_size, len(tasks)))
         rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks, temperature=config.temperature,
                           max_new_tokens=config.max_new_tokens, no_eos_penalty=config.no_eos_penalty,
@@ -270,5 +279,8 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
                         zip(rollout.tasks, rollout.responses, rollout.scores.tolist(), rollout.gold)][:config.samples_to_log])
         if on_step is not None:
             on_step(row)
+        if checkpoint_dir is not None and config.checkpoint_every and (update + 1) % config.checkpoint_every == 0:
+            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
+                "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import models, runtime
+from rlhf_course import models, resume, runtime
 from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 
@@ -28,6 +28,7 @@ class SFTConfig:
     max_grad_norm: float = 1.0
     seed: int = 0
     max_examples: int | None = None  # cap on training examples, for quick demos and tests
+    checkpoint_every: int = 0  # save the run's state every this many steps (into train_sft's checkpoint_dir)
 
 
 def encode(tokenizer, prompt: list[dict], completion: list[dict] | None = None) -> tuple[list[int], int]:
@@ -102,8 +103,12 @@ class SFTResult:
     seconds: float
 
 
-def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None) -> SFTResult:
-    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``."""
+def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None, checkpoint_dir=None) -> SFTResult:
+    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``.
+
+    With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, learning-rate schedule,
+    losses so far), and the run's state is saved there every ``config.checkpoint_every`` steps.
+    """
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -116,32 +121,35 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     if too_long:
         raise ValueError(f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
                          f"(first: row {too_long[0]}, {len(encoded[too_long[0]][0])} tokens)")
-    schedule = [length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)
-                for _ in range(config.epochs)]
-    total = sum(len(s) for s in schedule)
+    # every epoch's batches, drawn up front: a resumed run draws the same ones and skips those it has done
+    steps = [indices for _ in range(config.epochs)
+             for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)]
+    total = len(steps)
     dev = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / total))
-    losses = []
+    saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler) if checkpoint_dir else None
+    losses = saved["losses"] if saved else []
     model.train()
-    bar = runtime.progress(total=total, desc="sft")
-    for batches in schedule:
-        for indices in batches:
-            batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id).items()}
-            with runtime.autocast(dev):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = next_token_loss(logits, batch["labels"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            losses.append(loss.item())
-            if on_step is not None:
-                on_step({"step": len(losses) - 1, "loss": losses[-1]})
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+    bar = runtime.progress(total=total, initial=len(losses), desc="sft")
+    for indices in steps[len(losses):]:
+        batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id).items()}
+        with runtime.autocast(dev):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = next_token_loss(logits, batch["labels"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        if on_step is not None:
+            on_step({"step": len(losses) - 1, "loss": losses[-1]})
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
+            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
     bar.close()
     model.eval()
     return SFTResult(losses, total, time.time() - start)

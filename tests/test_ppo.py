@@ -1,4 +1,5 @@
 """PPO and REINFORCE: the pieces against direct computations, the probes, rollouts, and the stages end to end."""
+import dataclasses
 import json
 import shutil
 
@@ -164,3 +165,48 @@ def test_rl_stage_without_reward_model_says_what_to_run(tmp_path):
     shutil.copytree(models.BASE_MODEL_DIR, tmp_path / "sft_model")
     with pytest.raises(FileNotFoundError, match="run the 'reward' stage first"):
         pipeline.run(tmp_path, ["ppo"], TINY)
+
+
+def test_a_resumed_ppo_run_matches_an_uninterrupted_one(tmp_path, tiny):
+    tok, _, tasks = tiny
+    # a KL target far from the measured KL, so the coefficient moves and its restoring is tested too
+    config = ppo.PPOConfig(updates=4, batch_size=8, minibatch_size=4, max_new_tokens=8, checkpoint_every=2,
+                           target_kl=0.01, kl_horizon=20)
+
+    def run(updates, checkpoint_dir):
+        policy = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu")))
+        result = ppo.train_ppo(policy, models.load_model(dev=torch.device("cpu")), lambda t, r: [-len(x) / 20 for x in r],
+                               tok, tasks, dataclasses.replace(config, updates=updates), checkpoint_dir=checkpoint_dir)
+        return policy, result
+
+    whole_policy, whole = run(4, None)
+    run(2, tmp_path / "checkpoint")  # stopped after two updates, with its state saved
+    resumed_policy, resumed = run(4, tmp_path / "checkpoint")
+    assert len({row["kl_coef"] for row in whole.history}) == 4
+    assert resumed.history == whole.history and resumed.samples == whole.samples
+    assert all(torch.equal(a, b) for a, b in zip(whole_policy.state_dict().values(), resumed_policy.state_dict().values()))
+
+    fresh = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu")))
+    (tmp_path / "checkpoint" / "optimizer.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="incomplete.*optimizer.pt"):
+        ppo.train_ppo(fresh, models.load_model(dev=torch.device("cpu")), lambda t, r: [0.0] * len(t), tok, tasks, config,
+                      checkpoint_dir=tmp_path / "checkpoint")
+
+
+
+def test_an_interrupted_ppo_stage_resumes_when_run_again(tmp_path):
+    config = dataclasses.replace(TINY, ppo=dataclasses.replace(TINY.ppo, updates=4, checkpoint_every=2))
+    for run in ("whole", "resumed"):
+        shutil.copytree(models.BASE_MODEL_DIR, tmp_path / run / "sft_model")
+        rm.build(tmp_path / run / "sft_model", dev=torch.device("cpu")).save_pretrained(tmp_path / run / "reward_model")
+    whole = pipeline.run(tmp_path / "whole", ["ppo"], config)["ppo"]
+
+    def stop(row):
+        if row["update"] == 2:  # dies during the third update, after the checkpoint of the first two
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        pipeline.run(tmp_path / "resumed", ["ppo"], config, on_step=stop)
+    assert (tmp_path / "resumed" / "ppo_checkpoint" / "state.json").is_file()
+    resumed = pipeline.run(tmp_path / "resumed", ["ppo"], config)["ppo"]
+    assert resumed["history"] == whole["history"] and resumed["gold_after"] == whole["gold_after"]
+    assert not (tmp_path / "resumed" / "ppo_checkpoint").exists()  # done: the next run starts afresh

@@ -97,3 +97,26 @@ def test_sft_loss_and_labels_equal_trl_sfttrainer_on_the_same_batch(tmp_path, to
                       for ids, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))
     assert examples(batch) == examples(ours)
     assert any(len(lab) < len(ids) for ids, lab in examples(ours))  # the prompt really is left out of the loss
+
+
+def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
+    ds = data.sft_dataset("train", data.DataConfig(train_per_family=40))
+    config = SFTConfig(epochs=2, max_examples=64, batch_size=16, warmup_steps=3, checkpoint_every=3)  # 8 steps
+
+    def run(checkpoint_dir, stop_after=None):
+        model = models.load_model(dev=torch.device("cpu"))
+
+        def stop(row):  # an interruption: the run dies after this step
+            if row["step"] + 1 == stop_after:
+                raise KeyboardInterrupt
+        try:
+            result = train_sft(model, tok, ds, config, on_step=stop, checkpoint_dir=checkpoint_dir)
+        except KeyboardInterrupt:
+            return None, None
+        return model, result.losses
+
+    whole_model, whole = run(None)
+    assert run(tmp_path / "checkpoint", stop_after=5) == (None, None)  # saved after step 3, lost steps 4 and 5
+    resumed_model, resumed = run(tmp_path / "checkpoint")
+    assert len(whole) == 8 and resumed == whole  # same losses, so the same batches and the same learning rates
+    assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))

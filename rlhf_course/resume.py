@@ -1,0 +1,63 @@
+"""Resuming long runs: save a training run's whole state every few steps and pick it up after an interruption.
+
+A run's state is more than its weights: the optimizer's moments, the learning-rate schedule, the random
+number generators (which prompts come next, how minibatches are shuffled) and whatever the trainer adapts
+as it goes (PPO's KL coefficient). With all of it restored, a resumed run takes exactly the steps the
+uninterrupted run would have taken. Weights are written with safetensors and the optimizer and scheduler
+with ``torch.save``, read back with ``weights_only=True``; a checkpoint is written to a temporary directory
+and renamed into place, so an interruption while saving leaves the previous checkpoint intact.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+
+STATE_FILE = "state.json"
+
+
+def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+         rng: random.Random, scheduler=None, state: dict | None = None) -> Path:
+    """Write the run's state to ``path``: each module's weights, the optimizer (and scheduler), the run's
+    ``rng`` and torch's generator, and ``state``, a JSON-serialisable dict of the trainer's own progress."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, module in modules.items():
+        save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights (GPT-2's embeddings)
+    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+    (tmp / STATE_FILE).write_text(json.dumps({"state": state or {}, "python_rng": rng.getstate()}))
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
+    return path
+
+
+def load(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+         rng: random.Random, scheduler=None) -> dict | None:
+    """Restore what ``save`` wrote into the given objects and return its ``state``; None if ``path`` holds no
+    checkpoint (a fresh run)."""
+    path = Path(path)
+    if not (path / STATE_FILE).is_file():
+        return None
+    missing = [f"{name}.safetensors" for name in modules if not (path / f"{name}.safetensors").is_file()]
+    missing += [] if (path / "optimizer.pt").is_file() else ["optimizer.pt"]
+    if missing:
+        raise FileNotFoundError(f"checkpoint {path} is incomplete: {missing} missing; delete the directory to "
+                                "start the run afresh")
+    for name, module in modules.items():
+        load_model(module, str(path / f"{name}.safetensors"), device=str(next(module.parameters()).device))
+    trainer = torch.load(path / "optimizer.pt", weights_only=True)
+    optimizer.load_state_dict(trainer["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(trainer["scheduler"])
+    torch.set_rng_state(trainer["torch_rng"])
+    saved = json.loads((path / STATE_FILE).read_text())
+    version, internal, gauss = saved["python_rng"]
+    rng.setstate((version, tuple(internal), gauss))
+    return saved["state"]
