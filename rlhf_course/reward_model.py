@@ -161,7 +161,7 @@ def _reply(message_list: list[dict]) -> str:
     return message_list[-1]["content"]
 
 
-def _comparison_loss(model, tokenizer, rows, weights, limit):
+def comparison_loss(model, tokenizer, rows, weights, limit):
     """Rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format): Bradley-Terry, optionally weighted."""
     ids, mask = encode_conversations(tokenizer, [r["prompt"] for r in rows] * 2,
                                      [_reply(r["chosen"]) for r in rows] + [_reply(r["rejected"]) for r in rows], limit)
@@ -183,7 +183,7 @@ def _single_loss(field, loss_fn):
     return loss
 
 
-LOSSES = {"comparisons": _comparison_loss,
+LOSSES = {"comparisons": comparison_loss,
           "ratings": _single_loss("rating", rating_loss),
           "thumbs": _single_loss("label", thumbs_loss)}
 

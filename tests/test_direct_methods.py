@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import best_of_n, data, dpo, grpo, human, models, pipeline, world
+from rlhf_course import best_of_n, data, dpo, grpo, human, models, pipeline, rollouts, trl_bridge, world
 from rlhf_course import reward_model as rm
 
 
@@ -33,23 +33,28 @@ def perturbed_model(seed):
 
 
 def test_dpo_loss_equals_trl_dpotrainer_on_the_same_batch(tmp_path, tok):
-    from trl import DPOConfig, DPOTrainer
     rows = preference_rows(world.generate_tasks("train", 1))  # one per family: 8 pairs, one batch
     policy, reference = perturbed_model(0), models.load_model(dev=torch.device("cpu"))
-    args = DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), beta=0.1, report_to=[],
-                     use_cpu=True, max_length=None, precompute_ref_log_probs=False)
-    trainer = DPOTrainer(model=policy, ref_model=reference, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tok)
-    batch = next(iter(trainer.get_train_dataloader()))  # the whole data set, in TRL's order (the mean ignores it)
-    trl_loss = trainer.compute_loss(trainer.model, batch).item()
-    encoded = dpo.encode_pairs(tok, rows)
-    with torch.no_grad():
-        logps = dpo.batch_logprobs(policy, encoded, tok.pad_token_id)  # (2n,)
-        ref = dpo.batch_logprobs(reference, encoded, tok.pad_token_id)
-    n = len(rows)
-    ours = dpo.dpo_loss(logps[:n], logps[n:], ref[:n], ref[n:], beta=0.1).item()
+    trainer = trl_bridge.dpo_trainer(policy, reference, tok, rows, tmp_path, batch_size=len(rows), beta=0.1)
+    trl_loss = trl_bridge.trl_first_batch_loss(trainer)
+    ours = trl_bridge.course_dpo_loss(policy, reference, tok, rows, beta=0.1)
     assert abs(ours - trl_loss) < 1e-5, (ours, trl_loss)
     assert abs(ours - math.log(2)) > 1e-3  # policy and reference really differ, so the check has teeth
+
+
+def test_trl_grpotrainer_trains_on_the_course_prompts_with_the_course_verifier(tmp_path, tok):
+    tasks = world.generate_tasks("train", 2)
+    seen = []
+
+    def scorer(batch_tasks, replies):
+        seen.append((batch_tasks, replies))
+        return rollouts.correctness_scorer(batch_tasks, replies)
+    trainer = trl_bridge.grpo_trainer(models.load_model(dev=torch.device("cpu")), tok, tasks, tmp_path, scorer,
+                                      group_size=4, batch_size=8, max_steps=2, max_completion_length=8)
+    trainer.train()
+    assert len(seen) == 2 and all(len(t) == len(r) == 8 for t, r in seen)
+    assert all(len({task.prompt[-1]["content"] for task in t}) == 2 for t, _ in seen)  # 2 prompts x 4 samples
+    assert any("reward" in row for row in trainer.state.log_history)
 
 
 def test_dpo_and_ipo_losses_by_hand():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from rlhf_course import data, feedback, human, models, reward_model as rm, world
+from rlhf_course import data, feedback, human, models, reward_model as rm, trl_bridge, world
 
 
 @pytest.fixture(scope="module")
@@ -160,18 +160,11 @@ def test_linear_head_on_frozen_features_learns_a_feature_direction():
 
 
 def test_bradley_terry_loss_equals_trl_rewardtrainer_on_the_same_batch(tmp_path, tok, tasks):
-    from datasets import Dataset
-    from trl import RewardConfig as TRLRewardConfig, RewardTrainer
     rows = [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
              "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}],
              "margin": 0.5 * (i % 3)} for i, t in enumerate(tasks[:8])]
     model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
-    args = TRLRewardConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), report_to=[],
-                           use_cpu=True, max_length=None)
-    trainer = RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    trl_loss = trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader()))).item()
-    with torch.no_grad():
-        ours = rm._comparison_loss(model, tok, rows, None, models.context_length(model)).item()  # what train() minimises
-        unmargined = rm._comparison_loss(model, tok, [{**r, "margin": 0.0} for r in rows], None, 128).item()
-    assert abs(ours - trl_loss) < 1e-5, (ours, trl_loss)
+    trl_loss = trl_bridge.trl_first_batch_loss(trl_bridge.reward_trainer(model, tok, rows, tmp_path, batch_size=8))
+    assert abs(trl_bridge.course_reward_loss(model, tok, rows) - trl_loss) < 1e-5  # what train() minimises
+    unmargined = trl_bridge.course_reward_loss(model, tok, [{**r, "margin": 0.0} for r in rows])
     assert abs(unmargined - trl_loss) > 1e-3  # TRL used the margins, so matching them is a real check

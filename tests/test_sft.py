@@ -3,8 +3,7 @@ import json
 import pytest
 import torch
 
-from rlhf_course import data, exercises, models, pipeline, registry, sft, world
-from rlhf_course.language_model import next_token_loss
+from rlhf_course import data, exercises, models, pipeline, registry, sft, trl_bridge, world
 from rlhf_course.sft import SFTConfig, collate, encode, train_sft
 
 
@@ -77,25 +76,16 @@ def test_encode_many_matches_encode_one_by_one(tok):
 
 
 def test_sft_loss_and_labels_equal_trl_sfttrainer_on_the_same_batch(tmp_path, tok):
-    from datasets import Dataset
-    from trl import SFTConfig as TRLSFTConfig, SFTTrainer
-    rows = [{"prompt": r["prompt"], "completion": r["completion"]}
-            for r in data.sft_dataset("validation", data.DataConfig(eval_per_family=1))]  # one per family
+    rows = data.sft_dataset("validation", data.DataConfig(eval_per_family=1)).to_list()  # one per family: one batch
     model = models.load_model(dev=torch.device("cpu"))
-    args = TRLSFTConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(rows), report_to=[], use_cpu=True,
-                        max_length=None)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok)
-    batch = next(iter(trainer.get_train_dataloader()))  # the whole data set, in TRL's order
-    trl_loss = trainer.compute_loss(trainer.model, batch).item()
-    ours = collate([encode(tok, r["prompt"], r["completion"]) for r in rows], tok.pad_token_id)
-    with torch.no_grad():
-        logits = model(input_ids=ours["input_ids"], attention_mask=ours["attention_mask"]).logits
-    assert abs(next_token_loss(logits, ours["labels"]).item() - trl_loss) < 1e-5
+    trainer = trl_bridge.sft_trainer(model, tok, rows, tmp_path, batch_size=len(rows))
+    assert abs(trl_bridge.course_sft_loss(model, tok, rows) - trl_bridge.trl_first_batch_loss(trainer)) < 1e-5
 
     def examples(b):  # each row's real tokens and its trained-on tokens, order-free
         return sorted((tuple(ids[m.bool()].tolist()), tuple(lab[lab != -100].tolist()))
                       for ids, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))
-    assert examples(batch) == examples(ours)
+    ours = collate([encode(tok, r["prompt"], r["completion"]) for r in rows], tok.pad_token_id)
+    assert examples(next(iter(trainer.get_train_dataloader()))) == examples(ours)
     assert any(len(lab) < len(ids) for ids, lab in examples(ours))  # the prompt really is left out of the loss
 
 
