@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import matplotlib
+
 
 def _pretrain(args) -> int:
     from rlhf_course import pretrain
@@ -91,6 +93,8 @@ def main(argv=None) -> int:
     p.set_defaults(fn=_make_exercises)
 
     args = parser.parse_args(argv)
+    # the command line draws only into files; a lesson that runs a stage keeps its own (inline) backend
+    matplotlib.use("Agg")
     return args.fn(args)
 
 

@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
 from rlhf_course import (best_of_n, data, evaluation, feedback, models, plots, reward_evaluation, reward_model, rollouts,
                          runtime, world)
 from rlhf_course.dpo import DPOConfig, train_dpo
@@ -331,7 +329,6 @@ def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(),
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
-    matplotlib.use("Agg")
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

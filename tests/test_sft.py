@@ -110,3 +110,16 @@ def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
     resumed_model, resumed = run(tmp_path / "checkpoint")
     assert len(whole) == 8 and resumed == whole  # same losses, so the same batches and the same learning rates
     assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))
+
+
+def test_a_pipeline_stage_leaves_the_plotting_backend_alone(tmp_path):
+    """A lesson's first cell may build a stage in its own kernel; switching that kernel to Agg hid every later plot."""
+    import matplotlib
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # stands in for a notebook's inline backend
+    try:
+        pipeline.run(tmp_path, ["sft"], pipeline.PipelineConfig(data=data.DataConfig(train_per_family=10, eval_per_family=1),
+                                                               sft=SFTConfig(epochs=1, max_examples=16, batch_size=16)))
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
