@@ -31,6 +31,35 @@ def _pipeline(args) -> int:
     return 0
 
 
+def _parallel_check(args) -> int:
+    """A few SFT steps, then a few PPO updates, from the shipped base model: what each step measured and the
+    final weights, written by the main process. Run it with one process and under a launcher with several;
+    the two runs should agree, because the processes split each global batch and sum their gradients."""
+    import copy
+
+    from rlhf_course import data, distributed, models, ppo, rollouts, sft, world
+
+    tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
+    sft_config = sft.SFTConfig(epochs=1, batch_size=args.batch_size, max_examples=args.batch_size * args.sft_steps,
+                               warmup_steps=1, seed=args.seed)
+    sft_result = sft.train_sft(model, tok, data.sft_dataset("train"), sft_config)
+    policy = ppo.PolicyWithValue(model)
+    ppo_config = ppo.PPOConfig(updates=args.ppo_updates, batch_size=args.batch_size, minibatch_size=args.batch_size // 2,
+                               ppo_epochs=2, max_new_tokens=16, lr=1e-4, early_stop_kl=None, seed=args.seed)
+    ppo_result = ppo.train_ppo(policy, copy.deepcopy(model), rollouts.correctness_scorer, tok,
+                               world.generate_tasks("train", 10, seed=args.seed), ppo_config)
+    if distributed.is_main():
+        out = Path(args.out)
+        policy.save(tok, out / "policy")
+        summary = {"processes": distributed.world_size(), "sft_losses": sft_result.losses,
+                   "ppo_history": ppo_result.history, "ppo_samples": ppo_result.samples}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(json.dumps({"processes": summary["processes"], "sft_losses": sft_result.losses,
+                          "ppo_scores": [row["score"] for row in ppo_result.history]}))
+    distributed.barrier()
+    return 0
+
+
 def _check(args) -> int:
     from rlhf_course import exercises
 
@@ -79,6 +108,15 @@ def main(argv=None) -> int:
     p.add_argument("--base-model", default=None, help="a local causal-LM directory (default: the shipped model)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_pipeline)
+
+    p = sub.add_parser("parallel-check", help="a few SFT and PPO steps, to compare one process with several "
+                       "(accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli parallel-check)")
+    p.add_argument("--out", default="runs/parallel_check")
+    p.add_argument("--sft-steps", type=int, default=16)
+    p.add_argument("--ppo-updates", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=16, help="the global batch, split over the processes")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=_parallel_check)
 
     p = sub.add_parser("check", help="check an exercise against your code")
     p.add_argument("id", help="exercise id, or 'all'")

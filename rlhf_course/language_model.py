@@ -96,23 +96,32 @@ def sampling_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0
     return scaled.reshape(shape)
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: torch.Tensor | None,
                top_k: int = 0):
-    """One token per row from logits (batch, vocab): greedy at temperature 0, else sampled."""
+    """One token per row from logits (batch, vocab): greedy at temperature 0, else sampled.
+
+    ``noise`` (batch, vocab) holds Exp(1) draws. The sampled token is ``argmax(p / noise)``: the
+    exponential race, a form of the Gumbel-max trick, which picks token i with probability p_i. It is what
+    ``torch.multinomial`` does for one sample, with the noise made explicit, so that a row's token depends
+    on its own noise only and not on which other rows share its batch (or its process).
+    """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(sampling_logits(logits, temperature, top_p, top_k).float(), dim=-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    return (probs / noise).argmax(dim=-1)
 
 
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 48,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0):
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, rows: range | None = None):
     """Continue left-padded prompts with the KV cache until each row emits EOS.
 
     Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
     responses (EOS included, then padding); response_mask (batch, prompt_len + new) is 1 on response tokens.
     Position ids come from the attention mask, so a left-padded prompt starts at position 0.
+    ``rows`` says which rows of a larger batch these prompts are (``distributed.shard_rows``): each step
+    draws the whole batch's sampling noise and keeps these rows', so a batch split over processes samples
+    what the whole batch would have sampled in one.
     """
     dev = next(model.parameters()).device
     input_ids, attention_mask = pad_batch(prompt_ids, pad_id, side="left")
@@ -120,6 +129,9 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
     generator = torch.Generator(device=dev).manual_seed(seed)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len)
     batch = input_ids.shape[0]
+    rows = range(batch) if rows is None else rows
+    if len(rows) != batch:
+        raise ValueError(f"rows={rows} names {len(rows)} rows of the batch, but {batch} prompts were given")
     finished = torch.zeros(batch, dtype=torch.bool, device=dev)
     new_tokens, new_mask = [], []
     past = None
@@ -129,7 +141,10 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
             out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
                         past_key_values=past, use_cache=True)
         past = out.past_key_values
-        token = next_token(out.logits[:, -1, :].float(), temperature, top_p, generator, top_k)  # (batch,)
+        logits = out.logits[:, -1, :].float()  # (batch, vocab)
+        noise = None if temperature == 0 else torch.empty(
+            (rows.stop, logits.shape[-1]), device=dev).exponential_(generator=generator)[rows.start::rows.step]
+        token = next_token(logits, temperature, top_p, noise, top_k)  # (batch,)
         alive = ~finished
         token = torch.where(alive, token, torch.full_like(token, pad_id))
         new_tokens.append(token)

@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf_course import models, resume, runtime, world
+from rlhf_course import distributed, models, resume, runtime, world
 from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
-from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, kl_penalized_rewards, token_logprobs
+from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, gather, kl_penalized_rewards, token_logprobs
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -215,6 +215,12 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     freeze(reference)
+    batch_size = min(config.batch_size, len(tasks))
+    smallest_minibatch = min(config.minibatch_size, batch_size % config.minibatch_size or config.minibatch_size)
+    if smallest_minibatch < distributed.world_size():
+        raise ValueError(f"every minibatch needs a row for each of the {distributed.world_size()} processes, but "
+                         f"batch_size {batch_size} in minibatches of {config.minibatch_size} leaves one of "
+                         f"{smallest_minibatch}")
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
@@ -222,42 +228,56 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
         samples = [[tuple(s) for s in group] for group in saved["samples"]]
+    distributed.broadcast_parameters(policy)
     for update in runtime.progress(range(first, config.updates), desc="ppo", initial=first, total=config.updates):
-        batch_tasks = rng.sample(tasks, min(config.batch_size, len(tasks)))
-        rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks, temperature=config.temperature,
+        batch_tasks = rng.sample(tasks, batch_size)
+        # each process samples its share of the batch; then every process holds the whole rollout
+        rows = distributed.shard_rows(batch_size)
+        mine = slice(rows.start, None, rows.step)
+        rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks[mine], temperature=config.temperature,
                           max_new_tokens=config.max_new_tokens, no_eos_penalty=config.no_eos_penalty,
-                          seed=config.seed * 100_003 + update)
+                          seed=config.seed * 100_003 + update, rows=rows)
+        rollout = gather(rollout, batch_tasks, tokenizer.pad_token_id)
         mask = rollout.response_mask
         with torch.no_grad():
             policy.eval()
-            _, old_values = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, config.temperature)
+            _, old_values = policy(rollout.sequences[mine], rollout.attention_mask[mine], rollout.prompt_width,
+                                   config.temperature)
+        old_values = distributed.gather_rows(old_values, batch_size)
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
         policy.train()
         stats = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": [], "entropy": []}
         stopped = False
         for _ in range(config.ppo_epochs):
-            order = torch.randperm(len(batch_tasks), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+            order = torch.randperm(batch_size, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             epoch_kl = []
             for mb in order.split(config.minibatch_size):
-                mb = mb.to(mask.device)
+                mb_all = mb.to(mask.device)
+                mb = mb_all[mine]  # this process's rows of the minibatch
                 logprobs, values = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width,
                                           config.temperature)
                 mb_mask = mask[mb]
                 pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mb_mask, config.clip_range)
                 vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, config.clip_range_value)
-                optimizer.zero_grad(set_to_none=True)
-                (pg_loss + config.vf_coef * vf_loss).backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
+                loss = pg_loss + config.vf_coef * vf_loss
                 with torch.no_grad():
                     log_ratio = logprobs - rollout.logprobs[mb]
-                    stats["pg_loss"].append(pg_loss.item())
-                    stats["vf_loss"].append(vf_loss.item())
-                    stats["clipfrac"].append(masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask).item())
-                    epoch_kl.append(masked_mean(0.5 * log_ratio ** 2, mb_mask).item())  # k2 estimate of KL(old, new)
-                    stats["approx_kl"].append(epoch_kl[-1])
-                    stats["entropy"].append(masked_mean(-logprobs, mb_mask).item())  # sampled estimate, nats/token
+                    measured = torch.stack([  # token means over this process's rows
+                        pg_loss, vf_loss, masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
+                        masked_mean(0.5 * log_ratio ** 2, mb_mask),  # k2 estimate of KL(old, new)
+                        masked_mean(-logprobs, mb_mask)])  # sampled entropy estimate, nats/token
+                if distributed.active():  # this process's part of the minibatch's token means
+                    share = mb_mask.sum() / mask[mb_all].sum()
+                    loss, measured = loss * share, distributed.sum_(measured * share)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                distributed.sum_gradients(policy.parameters())
+                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                for key, value in zip(stats, measured.tolist()):
+                    stats[key].append(value)
+                epoch_kl.append(stats["approx_kl"][-1])
             if config.early_stop_kl is not None and sum(epoch_kl) / len(epoch_kl) > config.early_stop_kl:
                 stopped = True
                 break
@@ -273,14 +293,16 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
                "explained_variance": explained_variance(old_values, returns, mask),
                "early_stopped": stopped,
                **{k: sum(v) / len(v) for k, v in stats.items()}}
-        kl_ctl.update(kl, len(batch_tasks))
+        kl_ctl.update(kl, batch_size)
         history.append(row)
         samples.append([(t.prompt[-1]["content"], r, s, g) for t, r, s, g in
                         zip(rollout.tasks, rollout.responses, rollout.scores.tolist(), rollout.gold)][:config.samples_to_log])
         if on_step is not None:
             on_step(row)
         if checkpoint_dir is not None and config.checkpoint_every and (update + 1) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
-                "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
+            if distributed.is_main():
+                resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
+                    "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
+            distributed.barrier()
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

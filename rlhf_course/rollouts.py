@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlhf_course import human, models, reward_model, runtime, world
+from rlhf_course import distributed, human, models, reward_model, runtime, world
 from rlhf_course.language_model import decode_responses, generate, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.sft import encode
@@ -108,11 +108,13 @@ class Rollout:
 
 @torch.no_grad()
 def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, temperature: float = 1.0,
-            max_new_tokens: int = 40, no_eos_penalty: float | None = -1.0, seed: int = 0) -> Rollout:
+            max_new_tokens: int = 40, no_eos_penalty: float | None = -1.0, seed: int = 0,
+            rows: range | None = None) -> Rollout:
     """Sample one response per task and measure it: log-probs under policy and reference, and a score.
 
     ``scorer(tasks, responses) -> (batch,)`` is the reward (a reward model, or a verifier).
     A response that never emits EOS gets ``no_eos_penalty`` in place of its score (None keeps the score).
+    ``rows``: which rows of a larger batch these tasks are, when a batch is split over processes (see ``generate``).
     """
     was_training = policy.training
     policy.eval()
@@ -121,7 +123,7 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     prompt_ids, prompt_mask = pad_batch(prompts, tokenizer.pad_token_id, side="left")  # (batch, P)
     sequences, full_response_mask = generate(policy, prompts, pad_id=tokenizer.pad_token_id,
                                              eos_id=tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
-                                             temperature=temperature, seed=seed)
+                                             temperature=temperature, seed=seed, rows=rows)
     width = prompt_ids.shape[1]
     response_mask = full_response_mask[:, width:]  # (batch, resp)
     attention_mask = torch.cat([prompt_mask.to(dev), response_mask], dim=1)  # (batch, seq)
@@ -136,6 +138,29 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     policy.train(was_training)
     return Rollout(tasks, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
                    scores, ended, [human.gold_score(t, r) for t, r in zip(tasks, responses)])
+
+
+def gather(rollout: Rollout, tasks: list[world.Task], pad_id: int) -> Rollout:
+    """The whole batch's rollout, on every process, from each process's share of ``tasks``
+    (``distributed.shard``); with one process, ``rollout`` itself.
+
+    Prompts are re-padded on the left to the widest prompt of the batch and responses on the right to its
+    longest response, so the tensors are those one process would have collected for the whole batch.
+    """
+    if not distributed.active():
+        return rollout
+    n = len(tasks)
+    left = distributed.max_(rollout.prompt_width) - rollout.prompt_width
+    right = distributed.max_(rollout.response_mask.shape[1]) - rollout.response_mask.shape[1]
+
+    def whole(tensor, pad=(0, right), value=0):
+        return distributed.gather_rows(torch.nn.functional.pad(tensor, pad, value=value), n)
+
+    return Rollout(tasks, whole(rollout.sequences, (left, right), pad_id), whole(rollout.attention_mask, (left, right)),
+                   whole(rollout.response_mask), rollout.prompt_width + left,
+                   distributed.gather_objects(rollout.responses, n), whole(rollout.logprobs),
+                   whole(rollout.ref_logprobs), distributed.gather_rows(rollout.scores, n),
+                   distributed.gather_rows(rollout.ended, n), distributed.gather_objects(rollout.gold, n))
 
 
 def reward_model_scorer(model, tokenizer):

@@ -3,7 +3,8 @@
 CPU runs in float32. CUDA runs with bfloat16 autocast (weights and optimizer state stay float32, the
 matrix multiplies run in bf16), which is what the mixed-precision recipes of TRL and accelerate do.
 Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, ``RLHF_COURSE_AUTOCAST=fp32`` to run CUDA in plain
-float32, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars.
+float32, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars. Under a multi-process launcher (see
+``distributed``) each process takes the GPU of its ``LOCAL_RANK``, and only the first shows progress.
 """
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ def device() -> torch.device:
     wanted = os.environ.get("RLHF_COURSE_DEVICE")
     if wanted:
         return torch.device(wanted)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def autocast_dtype(dev: torch.device) -> torch.dtype | None:
@@ -49,5 +52,6 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def progress(iterable=None, **kwargs):
     """``tqdm.auto`` that honours RLHF_COURSE_PROGRESS (TQDM_DISABLE does not hide widget bars)."""
-    show = os.environ.get("RLHF_COURSE_PROGRESS", "1") not in ("0", "false", "no")
+    show = (os.environ.get("RLHF_COURSE_PROGRESS", "1") not in ("0", "false", "no")
+            and os.environ.get("RANK", "0") == "0")
     return tqdm(iterable, disable=not show, **kwargs)

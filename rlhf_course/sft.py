@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import models, resume, runtime
+from rlhf_course import distributed, models, resume, runtime
 from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 
@@ -106,6 +106,8 @@ class SFTResult:
 def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None, checkpoint_dir=None) -> SFTResult:
     """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``.
 
+    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
+
     With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, learning-rate schedule,
     losses so far), and the run's state is saved there every ``config.checkpoint_every`` steps.
     """
@@ -131,25 +133,35 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
         optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / total))
     saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler) if checkpoint_dir else None
     losses = saved["losses"] if saved else []
+    distributed.broadcast_parameters(model)
     model.train()
     bar = runtime.progress(total=total, initial=len(losses), desc="sft")
     for indices in steps[len(losses):]:
-        batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in indices], tokenizer.pad_token_id).items()}
-        with runtime.autocast(dev):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss = next_token_loss(logits, batch["labels"])
+        share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, tokens = torch.zeros((), device=dev), 0
+        if share:  # a batch smaller than the number of processes leaves some without rows
+            batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in share], tokenizer.pad_token_id).items()}
+            with runtime.autocast(dev):
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            loss = next_token_loss(logits, batch["labels"])
+            tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # the tokens that mean is over
+        loss = distributed.share_of_mean(loss, tokens)
+        if share:
+            loss.backward()
+        distributed.sum_gradients(model.parameters())
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        losses.append(loss.item())
+        losses.append(distributed.sum_(loss.detach()).item())
         if on_step is not None:
             on_step({"step": len(losses) - 1, "loss": losses[-1]})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
+            if distributed.is_main():
+                resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
+            distributed.barrier()
     bar.close()
     model.eval()
     return SFTResult(losses, total, time.time() - start)

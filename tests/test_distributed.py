@@ -1,0 +1,88 @@
+"""Data parallelism: SFT and PPO under `accelerate launch` with 2 CPU processes train as 1 process does.
+
+The command both runs use is the one a learner would type (`rlhf-course parallel-check`): 16 SFT steps
+from the shipped base model, then 2 PPO updates, on global batches of 16.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rlhf_course import distributed, language_model, models, sft, world
+
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parallel_check(out, processes: int) -> dict:
+    command = [sys.executable, "-m", "rlhf_course.cli"] if processes == 1 else \
+        LAUNCH + ["--num_processes", str(processes), "--main_process_port", str(free_port()), "-m", "rlhf_course.cli"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}
+    subprocess.run(command + ["parallel-check", "--out", str(out)], check=True, env=env, timeout=600,
+                   capture_output=True, text=True)
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("parallel")
+    return {n: (parallel_check(root / f"{n}", n), root / f"{n}" / "policy") for n in (1, 2)}
+
+
+def test_two_processes_train_sft_and_ppo_as_one(runs):
+    (one, one_dir), (two, two_dir) = runs[1], runs[2]
+    assert (one["processes"], two["processes"]) == (1, 2)
+    # the processes sum gradients of shares weighted by their token counts: the same steps, to rounding
+    torch.testing.assert_close(torch.tensor(two["sft_losses"]), torch.tensor(one["sft_losses"]), rtol=1e-5, atol=0)
+    assert one["sft_losses"][-1] < one["sft_losses"][0] - 3  # and the steps did train
+    # sampling noise is drawn for the whole batch, so each process samples its rows' tokens exactly
+    assert two["ppo_samples"] == one["ppo_samples"]
+    for a, b in zip(one["ppo_history"], two["ppo_history"]):
+        for key in ("score", "gold", "kl", "kl_coef", "length", "pg_loss", "vf_loss", "clipfrac", "approx_kl",
+                    "entropy", "explained_variance"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    assert any(row["clipfrac"] > 0 for row in one["ppo_history"])  # the policy moved enough to be clipped
+    # Compared by what they compute, not weight by weight: the attention's key biases have an exact gradient of
+    # zero (softmax ignores a shift shared by every key), so Adam turns their rounding noise into steps of
+    # about the learning rate, differently in each run, without changing any output.
+    tok = models.load_tokenizer(one_dir)
+    prompts = [sft.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 3)]
+    ids, mask = language_model.pad_batch(prompts, tok.pad_token_id, side="right")
+    logits = [models.load_model(d)(input_ids=ids, attention_mask=mask).logits for d in (one_dir, two_dir)]
+    base = models.load_model()(input_ids=ids, attention_mask=mask).logits
+    moved = (logits[0] - base).abs().max().item()
+    assert moved > 1.0
+    assert (logits[1] - logits[0]).abs().max().item() < 1e-4 * moved
+
+
+def test_noise_for_the_whole_batch_makes_a_split_batch_sample_what_the_whole_batch_samples():
+    model, tok = models.load_model(), models.load_tokenizer()
+    prompts = [sft.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 2)][:7]
+    kwargs = dict(pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=12, temperature=1.0, seed=3)
+    whole, whole_mask = language_model.generate(model, prompts, **kwargs)
+    responses = [seq[m == 1].tolist() for seq, m in zip(whole, whole_mask)]  # without the batch's padding
+    assert len(set(map(tuple, responses))) == len(prompts)
+    for start in (0, 1, 2):
+        rows = range(start, len(prompts), 3)
+        part, part_mask = language_model.generate(model, [prompts[i] for i in rows], rows=rows, **kwargs)
+        assert [seq[m == 1].tolist() for seq, m in zip(part, part_mask)] == [responses[i] for i in rows]
+    with pytest.raises(ValueError, match="names 3 rows"):
+        language_model.generate(model, prompts[:2], rows=range(0, 7, 3), **kwargs)
+
+
+def test_one_process_is_left_alone():
+    grad = torch.ones(3)
+    assert distributed.world_size() == 1 and not distributed.active()
+    assert distributed.share_of_mean(grad, 5) is grad  # untouched, so one-process runs stay bit-identical
+    assert distributed.shard(list("abcde")) == list("abcde")
+    assert distributed.gather_rows(grad, 3) is grad
