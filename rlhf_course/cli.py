@@ -32,30 +32,56 @@ def _pipeline(args) -> int:
 
 
 def _parallel_check(args) -> int:
-    """A few SFT steps, then a few PPO updates, from the shipped base model: what each step measured and the
-    final weights, written by the main process. Run it with one process and under a launcher with several;
-    the two runs should agree, because the processes split each global batch and sum their gradients."""
+    """A few steps of every trainer from the shipped base model: what each step measured, and the final PPO
+    policy, written by the main process. Run it with one process and under a launcher with several; the
+    runs should agree, because the processes split each global batch and sum their gradients. The odd
+    number of SFT demonstrations and of comparisons leaves a last batch of one row: some processes get none."""
     import copy
 
-    from rlhf_course import data, distributed, models, ppo, rollouts, sft, world
+    from rlhf_course import data, distributed, dpo, feedback, grpo, human, models, policy_gradient, ppo, reward_model
+    from rlhf_course import sft, world
 
+    batch, seed = args.batch_size, args.seed
     tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
-    sft_config = sft.SFTConfig(epochs=1, batch_size=args.batch_size, max_examples=args.batch_size * args.sft_steps,
-                               warmup_steps=1, seed=args.seed)
-    sft_result = sft.train_sft(model, tok, data.sft_dataset("train"), sft_config)
-    policy = ppo.PolicyWithValue(model)
-    ppo_config = ppo.PPOConfig(updates=args.ppo_updates, batch_size=args.batch_size, minibatch_size=args.batch_size // 2,
-                               ppo_epochs=2, max_new_tokens=16, lr=1e-4, early_stop_kl=None, seed=args.seed)
-    ppo_result = ppo.train_ppo(policy, copy.deepcopy(model), rollouts.correctness_scorer, tok,
-                               world.generate_tasks("train", 10, seed=args.seed), ppo_config)
+    summary = {"processes": distributed.world_size()}
+    summary["sft"] = sft.train_sft(model, tok, data.sft_dataset("train"), sft.SFTConfig(
+        epochs=1, batch_size=batch, max_examples=batch * args.steps + 1, warmup_steps=1, seed=seed)).losses
+    comparisons = feedback.automatic_comparisons(world.generate_tasks("train", 6, seed=seed + 1), seed=seed)
+    comparisons = comparisons[:batch * (args.steps // 4) + 1]
+    reward = reward_model.build(models.BASE_MODEL_DIR, seed=seed)
+    weights = [1.0 + i % 3 for i in range(len(comparisons))]
+    summary["reward"] = reward_model.train(reward, tok, comparisons, None, reward_model.RewardConfig(
+        epochs=1, batch_size=batch, seed=seed), weights=weights).losses
+    model.eval()
+
+    def fresh():  # the SFT model again, for each trainer's policy and its frozen reference
+        return copy.deepcopy(model)
+
+    summary["dpo"] = dpo.train_dpo(fresh(), fresh(), tok, comparisons, dpo.DPOConfig(
+        epochs=1, batch_size=batch, seed=seed)).history
+    tasks = world.generate_tasks("train", 10, seed=seed)
+
+    def gold(tasks, responses):  # a graded reward, so that every sample's advantage differs
+        return [human.gold_score(t, r) for t, r in zip(tasks, responses)]
+
+    summary["pg"] = policy_gradient.train_pg(fresh(), fresh(), gold, tok, tasks,
+                                             policy_gradient.PGConfig(updates=args.updates, batch_size=batch,
+                                                                      max_new_tokens=16, lr=1e-4, seed=seed)).history
+    summary["grpo"] = grpo.train_grpo(fresh(), fresh(), gold, tok, tasks,
+                                      grpo.GRPOConfig(updates=args.updates, prompts_per_update=batch // 4, group_size=4,
+                                                      minibatch_size=batch // 2, max_new_tokens=16, lr=1e-4,
+                                                      seed=seed)).history
+    policy = ppo.PolicyWithValue(fresh())
+    result = ppo.train_ppo(policy, fresh(), gold, tok, tasks, ppo.PPOConfig(
+        updates=args.updates, batch_size=batch, minibatch_size=batch // 2, ppo_epochs=2, max_new_tokens=16, lr=1e-4,
+        early_stop_kl=None, seed=seed))
+    summary["ppo"], summary["ppo_samples"] = result.history, result.samples
     if distributed.is_main():
         out = Path(args.out)
-        policy.save(tok, out / "policy")
-        summary = {"processes": distributed.world_size(), "sft_losses": sft_result.losses,
-                   "ppo_history": ppo_result.history, "ppo_samples": ppo_result.samples}
+        policy.save(tok, out / "ppo_policy")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(json.dumps({"processes": summary["processes"], "sft_losses": sft_result.losses,
-                          "ppo_scores": [row["score"] for row in ppo_result.history]}))
+        print(json.dumps({"processes": summary["processes"], "sft_losses": summary["sft"],
+                          "ppo_scores": [row["score"] for row in result.history]}))
     distributed.barrier()
     return 0
 
@@ -109,11 +135,11 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_pipeline)
 
-    p = sub.add_parser("parallel-check", help="a few SFT and PPO steps, to compare one process with several "
+    p = sub.add_parser("parallel-check", help="a few steps of every trainer, to compare one process with several "
                        "(accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli parallel-check)")
     p.add_argument("--out", default="runs/parallel_check")
-    p.add_argument("--sft-steps", type=int, default=16)
-    p.add_argument("--ppo-updates", type=int, default=2)
+    p.add_argument("--steps", type=int, default=16, help="SFT steps (a quarter as many for reward and DPO)")
+    p.add_argument("--updates", type=int, default=2, help="PPO, GRPO and policy-gradient updates")
     p.add_argument("--batch-size", type=int, default=16, help="the global batch, split over the processes")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=_parallel_check)

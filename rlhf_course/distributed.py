@@ -22,11 +22,26 @@ so its users divide by the token count of their own share; summing says what is 
 from __future__ import annotations
 
 import os
+import socket
+import sys
 
 import torch
 import torch.distributed as dist
 
 from rlhf_course import runtime
+
+
+def launch_command(processes: int) -> list[str]:
+    """The command that starts ``processes`` copies of a Python program (append ``-m module`` or a script and
+    its arguments): plain ``python`` for one, ``accelerate launch`` on a free local port for several."""
+    if processes == 1:
+        return [sys.executable]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+            "--dynamo_backend", "no"]  # precision is the course's own (runtime.autocast)
 
 
 def world_size() -> int:
@@ -56,8 +71,17 @@ def shard_rows(n: int) -> range:
     return range(rank(), n, world_size())
 
 
-def shard(items: list) -> list:
-    return [items[i] for i in shard_rows(len(items))]
+def shard(items):
+    """This process's rows of a list or a tensor (a view): ``items[rank::world]``."""
+    return items[rank()::world_size()]
+
+
+def check_minibatches(batch_size: int, minibatch_size: int) -> None:
+    """Fail early, saying why, when some minibatch would leave a process without rows."""
+    smallest = min(minibatch_size, batch_size % minibatch_size or minibatch_size)
+    if smallest < world_size():
+        raise ValueError(f"every minibatch needs a row for each of the {world_size()} processes, but a batch of "
+                         f"{batch_size} in minibatches of {minibatch_size} leaves one of {smallest}")
 
 
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
@@ -89,14 +113,19 @@ def share_of_mean(mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor
     return mean * (count / total.clamp(min=1))
 
 
+def mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+    """The global mean, on every process, from each process's mean over its ``count`` items (for logging)."""
+    return sum_(share_of_mean(local_mean.detach().clone(), count))
+
+
 def sum_gradients(parameters) -> None:
     """Replace every gradient by its sum over processes: one all-reduce of all gradients, flattened.
 
     A parameter without a gradient (a process whose share of the batch was empty) contributes zeros.
     """
-    if not active():
-        return
     params = [p for p in parameters if p.requires_grad]
+    if not params or not active():
+        return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])  # (total parameters,)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)

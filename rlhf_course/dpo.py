@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from rlhf_course import runtime
+from rlhf_course import distributed, optimization, runtime
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.sft import IGNORE_INDEX, collate, encode, length_grouped_batches
 
@@ -109,7 +109,8 @@ def reference_logprobs(reference, encoded, pad_id: int, batch_size: int = 128, *
 
 def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig = DPOConfig(),
               on_step=None) -> DPOResult:
-    """Train ``policy`` on preference rows ``{"prompt", "chosen", "rejected"}`` against the frozen ``reference``."""
+    """Train ``policy`` on preference rows ``{"prompt", "chosen", "rejected"}`` against the frozen ``reference``.
+    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``)."""
     if config.loss not in ("dpo", "ipo"):
         raise ValueError(f"unknown preference loss {config.loss!r}; expected 'dpo' or 'ipo'")
     start = time.time()
@@ -123,30 +124,32 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
     lengths = [len(encoded[i][0]) + len(encoded[n + i][0]) for i in range(n)]
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / len(batches)))
+    scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
     dev = next(policy.parameters()).device
+    distributed.broadcast_parameters(policy)
     history = []
     policy.train()
     for step, pairs in enumerate(runtime.progress(batches, desc=config.loss)):
-        logps = batch_logprobs(policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad,
-                               length_normalised=normalised)
-        chosen, rejected = logps[:len(pairs)], logps[len(pairs):]  # (batch,) each
-        ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
-        loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        with torch.no_grad():
-            reward_chosen = config.beta * (chosen - ref_chosen)  # (batch,) the implicit rewards
-            reward_rejected = config.beta * (rejected - ref_rejected)
-            row = {"step": step, "loss": loss.item(),
-                   "reward_accuracy": (reward_chosen > reward_rejected).float().mean().item(),
-                   "reward_margin": (reward_chosen - reward_rejected).mean().item(),
-                   "chosen_logratio": (chosen - ref_chosen).mean().item(),
-                   "rejected_logratio": (rejected - ref_rejected).mean().item()}
+        pairs = distributed.shard(pairs)  # this process's pairs of the batch (all of them, in one process)
+        # a batch smaller than the number of processes leaves some without pairs
+        loss, measured = torch.zeros((), device=dev), torch.zeros(4, device=dev)
+        if pairs:
+            logps = batch_logprobs(policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad,
+                                   length_normalised=normalised)
+            chosen, rejected = logps[:len(pairs)], logps[len(pairs):]  # (batch,) each
+            ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
+            loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
+            with torch.no_grad():
+                reward_chosen = config.beta * (chosen - ref_chosen)  # (batch,) the implicit rewards
+                reward_rejected = config.beta * (rejected - ref_rejected)
+                measured = torch.stack([(reward_chosen > reward_rejected).float().mean(),
+                                        (reward_chosen - reward_rejected).mean(),
+                                        (chosen - ref_chosen).mean(), (rejected - ref_rejected).mean()])
+        optimization.step(distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(),
+                          config.max_grad_norm, scheduler)
+        measured = distributed.mean(measured, len(pairs)).tolist()
+        row = {"step": step, "loss": distributed.mean(loss, len(pairs)).item(),
+               **dict(zip(("reward_accuracy", "reward_margin", "chosen_logratio", "rejected_logratio"), measured))}
         history.append(row)
         if on_step is not None:
             on_step(row)

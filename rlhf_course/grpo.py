@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import runtime, world
+from rlhf_course import distributed, optimization, runtime, world
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.rollouts import collect, freeze, response_logprobs
 
@@ -92,12 +92,15 @@ class GRPOResult:
 
 def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(),
                on_step=None) -> GRPOResult:
-    """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``)."""
+    """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``). Under a
+    multi-process launcher each process samples and trains on its share of every batch (see ``distributed``)."""
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    distributed.check_minibatches(min(config.prompts_per_update, len(tasks)) * config.group_size, config.minibatch_size)
+    distributed.broadcast_parameters(policy)
     history = []
     for update in runtime.progress(range(config.updates), desc="grpo"):
         prompts = rng.sample(tasks, min(config.prompts_per_update, len(tasks)))
@@ -113,20 +116,19 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
         for _ in range(config.iterations):
             order = torch.randperm(len(group_tasks), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             for mb in order.split(config.minibatch_size):
-                mb = mb.to(mask.device)
+                mb = distributed.shard(mb.to(mask.device))  # this process's rows of the minibatch
                 logprobs = response_logprobs(policy, rollout.sequences[mb], rollout.attention_mask[mb],
                                              rollout.prompt_width, config.temperature)
                 loss = grpo_loss(logprobs, rollout.logprobs[mb], rollout.ref_logprobs[mb], advantages[mb], mask[mb],
-                                 config.clip_range, config.beta)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
+                                 config.clip_range, config.beta)  # a mean over this process's responses
+                optimization.step(distributed.share_of_mean(loss, len(mb)), optimizer, policy.parameters(),
+                                  config.max_grad_norm)
                 with torch.no_grad():
                     ratio = torch.exp(logprobs - rollout.logprobs[mb])
-                    clipped.append((((ratio - 1).abs() > config.clip_range).float() * mask[mb]).sum().item()
-                                   / mask[mb].sum().clamp(min=1).item())
-                losses.append(loss.item())
+                    tokens = mask[mb].sum()
+                    clipped_tokens = (((ratio - 1).abs() > config.clip_range).float() * mask[mb]).sum()
+                    clipped.append(distributed.mean(clipped_tokens.double() / tokens.clamp(min=1), tokens).item())
+                losses.append(distributed.mean(loss, len(mb)).item())
         group_std = rollout.scores.view(-1, config.group_size).std(dim=1)  # (groups,)
         row = {"update": update, "score": rollout.scores.mean().item(),
                "gold": sum(rollout.gold) / len(rollout.gold), "kl": rollout.kl.mean().item(),

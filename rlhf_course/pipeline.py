@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_course import (best_of_n, data, evaluation, feedback, models, plots, reward_evaluation, reward_model, rollouts,
-                         runtime, world)
+from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, plots, reward_evaluation,
+                         reward_model, rollouts, runtime, world)
 from rlhf_course.dpo import DPOConfig, train_dpo
 from rlhf_course.grpo import GRPOConfig, train_grpo
 from rlhf_course.policy_gradient import PGConfig, train_pg
@@ -329,6 +329,9 @@ def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(),
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
+    if distributed.world_size() > 1:  # every process would write the same files at once
+        raise RuntimeError(f"the pipeline runs in one process, not {distributed.world_size()}: launch a script that "
+                           "calls sft.train_sft or ppo.train_ppo instead (see `rlhf-course parallel-check`)")
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import runtime, world
+from rlhf_course import distributed, optimization, runtime, world
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.rollouts import Rollout, collect, freeze, kl_penalized_rewards, response_logprobs
 
@@ -86,6 +86,8 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
     rng = random.Random(config.seed)
     freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    distributed.check_minibatches(min(config.batch_size, len(tasks)), config.batch_size)
+    distributed.broadcast_parameters(policy)
     history = []
     for update in runtime.progress(range(config.updates), desc="reinforce"):
         rollout = collect(policy, reference, scorer, tokenizer, rng.sample(tasks, min(config.batch_size, len(tasks))),
@@ -93,16 +95,16 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
                           no_eos_penalty=config.no_eos_penalty, seed=config.seed * 100_003 + update)
         advantages = advantages_of(rollout, config.kl_coef, config.baseline)
         policy.train()
-        logprobs = response_logprobs(policy, rollout.sequences, rollout.attention_mask, rollout.prompt_width,
-                                     config.temperature)
-        loss = reinforce_loss(logprobs, advantages, rollout.response_mask)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-        optimizer.step()
+        mine = distributed.shard  # each process takes the gradient of its share of the rows
+        logprobs = response_logprobs(policy, mine(rollout.sequences), mine(rollout.attention_mask),
+                                     rollout.prompt_width, config.temperature)
+        loss = reinforce_loss(logprobs, mine(advantages), mine(rollout.response_mask))  # a mean over its rows
+        rows = logprobs.shape[0]
+        grad_norm = optimization.step(distributed.share_of_mean(loss, rows), optimizer, policy.parameters(),
+                                      config.max_grad_norm)
         row = {"update": update, "score": rollout.scores.mean().item(), "gold": sum(rollout.gold) / len(rollout.gold),
                "kl": rollout.kl.mean().item(), "length": rollout.lengths.float().mean().item(),
-               "loss": loss.item(), "grad_norm": grad_norm.item()}
+               "loss": distributed.mean(loss, rows).item(), "grad_norm": grad_norm.item()}
         history.append(row)
         if on_step is not None:
             on_step(row)

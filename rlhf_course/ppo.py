@@ -25,9 +25,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlhf_course import distributed, models, resume, runtime, world
+from rlhf_course import distributed, models, optimization, resume, runtime, world
 from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
-from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, gather, kl_penalized_rewards, token_logprobs
+from rlhf_course.rollouts import Rollout, collect, forward_response, freeze, kl_penalized_rewards, token_logprobs
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -216,11 +216,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     rng = random.Random(config.seed)
     freeze(reference)
     batch_size = min(config.batch_size, len(tasks))
-    smallest_minibatch = min(config.minibatch_size, batch_size % config.minibatch_size or config.minibatch_size)
-    if smallest_minibatch < distributed.world_size():
-        raise ValueError(f"every minibatch needs a row for each of the {distributed.world_size()} processes, but "
-                         f"batch_size {batch_size} in minibatches of {config.minibatch_size} leaves one of "
-                         f"{smallest_minibatch}")
+    distributed.check_minibatches(batch_size, config.minibatch_size)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
@@ -231,18 +227,14 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     distributed.broadcast_parameters(policy)
     for update in runtime.progress(range(first, config.updates), desc="ppo", initial=first, total=config.updates):
         batch_tasks = rng.sample(tasks, batch_size)
-        # each process samples its share of the batch; then every process holds the whole rollout
-        rows = distributed.shard_rows(batch_size)
-        mine = slice(rows.start, None, rows.step)
-        rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks[mine], temperature=config.temperature,
+        rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks, temperature=config.temperature,
                           max_new_tokens=config.max_new_tokens, no_eos_penalty=config.no_eos_penalty,
-                          seed=config.seed * 100_003 + update, rows=rows)
-        rollout = gather(rollout, batch_tasks, tokenizer.pad_token_id)
+                          seed=config.seed * 100_003 + update)  # every process holds the whole batch's rollout
         mask = rollout.response_mask
-        with torch.no_grad():
+        with torch.no_grad():  # each process values its share of the rows
             policy.eval()
-            _, old_values = policy(rollout.sequences[mine], rollout.attention_mask[mine], rollout.prompt_width,
-                                   config.temperature)
+            _, old_values = policy(distributed.shard(rollout.sequences), distributed.shard(rollout.attention_mask),
+                                   rollout.prompt_width, config.temperature)
         old_values = distributed.gather_rows(old_values, batch_size)
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
@@ -253,28 +245,21 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
             order = torch.randperm(batch_size, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             epoch_kl = []
             for mb in order.split(config.minibatch_size):
-                mb_all = mb.to(mask.device)
-                mb = mb_all[mine]  # this process's rows of the minibatch
+                mb = distributed.shard(mb.to(mask.device))  # this process's rows of the minibatch
                 logprobs, values = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width,
                                           config.temperature)
                 mb_mask = mask[mb]
                 pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mb_mask, config.clip_range)
                 vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, config.clip_range_value)
-                loss = pg_loss + config.vf_coef * vf_loss
+                tokens = mb_mask.sum()  # the losses are means over this process's tokens
+                optimization.step(distributed.share_of_mean(pg_loss + config.vf_coef * vf_loss, tokens), optimizer,
+                                  policy.parameters(), config.max_grad_norm)
                 with torch.no_grad():
                     log_ratio = logprobs - rollout.logprobs[mb]
-                    measured = torch.stack([  # token means over this process's rows
+                    measured = distributed.mean(torch.stack([
                         pg_loss, vf_loss, masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
                         masked_mean(0.5 * log_ratio ** 2, mb_mask),  # k2 estimate of KL(old, new)
-                        masked_mean(-logprobs, mb_mask)])  # sampled entropy estimate, nats/token
-                if distributed.active():  # this process's part of the minibatch's token means
-                    share = mb_mask.sum() / mask[mb_all].sum()
-                    loss, measured = loss * share, distributed.sum_(measured * share)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                distributed.sum_gradients(policy.parameters())
-                torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
+                        masked_mean(-logprobs, mb_mask)]), tokens)  # sampled entropy estimate, nats/token
                 for key, value in zip(stats, measured.tolist()):
                     stats[key].append(value)
                 epoch_kl.append(stats["approx_kl"][-1])

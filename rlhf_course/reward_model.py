@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 from transformers.utils import logging as hf_logging
 
-from rlhf_course import models, runtime
+from rlhf_course import distributed, models, optimization, runtime
 from rlhf_course.language_model import pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 from rlhf_course.sft import encode_many, length_grouped_batches
@@ -191,6 +191,7 @@ LOSSES = {"comparisons": comparison_loss,
 def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
           config: RewardConfig = RewardConfig(), weights: list[float] | None = None, on_step=None) -> RewardResult:
     """Train on one kind of feedback (``config.feedback``); ``val_rows`` are comparisons for the curve.
+    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
 
     ``weights`` (one per row, comparisons only) scale each comparison's loss, e.g. by the
     reliability of its labeler. ``on_step(row)`` sees each step's ``{"step", "loss"}``, with
@@ -210,19 +211,20 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
                for row in train_rows]
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / len(batches)))
+    scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
+    distributed.broadcast_parameters(model)
     losses, val_curve = [], []
     for step, indices in enumerate(runtime.progress(batches, desc=f"reward model ({config.feedback})")):
         model.train()
-        w = None if weights is None else torch.tensor([weights[i] for i in indices], device=dev)
-        loss = LOSSES[config.feedback](model, tokenizer, [train_rows[i] for i in indices], w, limit)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(loss.item())
+        share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
+        loss, count = torch.zeros((), device=dev), 0  # a batch smaller than the number of processes leaves some without rows
+        if share:
+            w = None if weights is None else torch.tensor([weights[i] for i in share], device=dev)
+            loss = LOSSES[config.feedback](model, tokenizer, [train_rows[i] for i in share], w, limit)
+            count = len(share) if w is None else w.sum()  # what the loss is a (weighted) mean over
+        optimization.step(distributed.share_of_mean(loss, count), optimizer, model.parameters(), config.max_grad_norm,
+                          scheduler)
+        losses.append(distributed.mean(loss, count).item())
         row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
             val_curve.append((step + 1, comparison_accuracy(model, tokenizer, val_rows)))

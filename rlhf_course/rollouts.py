@@ -108,22 +108,24 @@ class Rollout:
 
 @torch.no_grad()
 def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, temperature: float = 1.0,
-            max_new_tokens: int = 40, no_eos_penalty: float | None = -1.0, seed: int = 0,
-            rows: range | None = None) -> Rollout:
+            max_new_tokens: int = 40, no_eos_penalty: float | None = -1.0, seed: int = 0) -> Rollout:
     """Sample one response per task and measure it: log-probs under policy and reference, and a score.
 
     ``scorer(tasks, responses) -> (batch,)`` is the reward (a reward model, or a verifier).
     A response that never emits EOS gets ``no_eos_penalty`` in place of its score (None keeps the score).
-    ``rows``: which rows of a larger batch these tasks are, when a batch is split over processes (see ``generate``).
+    Under several processes each one samples and measures its share of the tasks, and every process gets
+    the whole batch's rollout: the one a single process would have collected (see ``gather``).
     """
     was_training = policy.training
     policy.eval()
     dev = next(policy.parameters()).device
-    prompts = [encode(tokenizer, task.prompt)[0] for task in tasks]
+    mine = distributed.shard(tasks)
+    prompts = [encode(tokenizer, task.prompt)[0] for task in mine]
     prompt_ids, prompt_mask = pad_batch(prompts, tokenizer.pad_token_id, side="left")  # (batch, P)
     sequences, full_response_mask = generate(policy, prompts, pad_id=tokenizer.pad_token_id,
                                              eos_id=tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
-                                             temperature=temperature, seed=seed, rows=rows)
+                                             temperature=temperature, seed=seed,
+                                             rows=distributed.shard_rows(len(tasks)))
     width = prompt_ids.shape[1]
     response_mask = full_response_mask[:, width:]  # (batch, resp)
     attention_mask = torch.cat([prompt_mask.to(dev), response_mask], dim=1)  # (batch, seq)
@@ -132,17 +134,18 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     responses = decode_responses(tokenizer, sequences[:, width:], response_mask)
     response_tokens = sequences[:, width:]
     ended = ((response_tokens == tokenizer.eos_token_id) & (response_mask == 1)).any(dim=1)
-    scores = torch.as_tensor(scorer(tasks, responses), dtype=torch.float32).to(dev)
+    scores = torch.as_tensor(scorer(mine, responses), dtype=torch.float32).to(dev)
     if no_eos_penalty is not None:
         scores = torch.where(ended, scores, torch.full_like(scores, no_eos_penalty))
     policy.train(was_training)
-    return Rollout(tasks, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
-                   scores, ended, [human.gold_score(t, r) for t, r in zip(tasks, responses)])
+    return gather(Rollout(mine, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
+                          scores, ended, [human.gold_score(t, r) for t, r in zip(mine, responses)]),
+                  tasks, tokenizer.pad_token_id)
 
 
 def gather(rollout: Rollout, tasks: list[world.Task], pad_id: int) -> Rollout:
-    """The whole batch's rollout, on every process, from each process's share of ``tasks``
-    (``distributed.shard``); with one process, ``rollout`` itself.
+    """The whole batch's rollout, on every process, from each process's share of ``tasks``; with one
+    process, ``rollout`` itself.
 
     Prompts are re-padded on the left to the widest prompt of the batch and responses on the right to its
     longest response, so the tensors are those one process would have collected for the whole batch.

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course import distributed, models, resume, runtime
+from rlhf_course import distributed, models, optimization, resume, runtime
 from rlhf_course.language_model import IGNORE_INDEX, next_token_loss, pad_batch
 from rlhf_course.registry import expect_tensor, replaceable
 
@@ -96,6 +96,15 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     return batches
 
 
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SFT loss of a ``collate``d batch (mean over its reply tokens) and how many tokens that mean is over."""
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    with runtime.autocast(dev):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return next_token_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
 @dataclass
 class SFTResult:
     losses: list[float]
@@ -129,8 +138,7 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     total = len(steps)
     dev = next(model.parameters()).device
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / config.warmup_steps) * max(0.0, 1 - s / total))
+    scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
     saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler) if checkpoint_dir else None
     losses = saved["losses"] if saved else []
     distributed.broadcast_parameters(model)
@@ -138,22 +146,12 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     bar = runtime.progress(total=total, initial=len(losses), desc="sft")
     for indices in steps[len(losses):]:
         share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
-        optimizer.zero_grad(set_to_none=True)
-        loss, tokens = torch.zeros((), device=dev), 0
-        if share:  # a batch smaller than the number of processes leaves some without rows
-            batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in share], tokenizer.pad_token_id).items()}
-            with runtime.autocast(dev):
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            loss = next_token_loss(logits, batch["labels"])
-            tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # the tokens that mean is over
-        loss = distributed.share_of_mean(loss, tokens)
+        loss, tokens = torch.zeros((), device=dev), 0  # a batch smaller than the number of processes leaves some without rows
         if share:
-            loss.backward()
-        distributed.sum_gradients(model.parameters())
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        losses.append(distributed.sum_(loss.detach()).item())
+            loss, tokens = batch_loss(model, collate([encoded[i] for i in share], tokenizer.pad_token_id))
+        optimization.step(distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm,
+                          scheduler)
+        losses.append(distributed.mean(loss, tokens).item())
         if on_step is not None:
             on_step({"step": len(losses) - 1, "loss": losses[-1]})
         bar.update(1)

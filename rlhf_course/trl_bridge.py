@@ -16,8 +16,7 @@ import torch
 from datasets import Dataset
 from transformers import PrinterCallback
 
-from rlhf_course import dpo, models, reward_model, rollouts, runtime, world
-from rlhf_course.language_model import next_token_loss
+from rlhf_course import dpo, models, reward_model, rollouts, runtime, sft, world
 from rlhf_course.sft import collate, encode
 
 # Tokenizing a few thousand rows takes a moment; its progress bars would only add noise to a lesson's output.
@@ -92,10 +91,8 @@ def trl_first_batch_loss(trainer) -> float:
 
 @torch.no_grad()
 def course_sft_loss(model, tokenizer, rows: list[dict]) -> float:
-    batch = collate([encode(tokenizer, r["prompt"], r["completion"]) for r in rows], tokenizer.pad_token_id)
-    dev = next(model.parameters()).device
-    logits = model(input_ids=batch["input_ids"].to(dev), attention_mask=batch["attention_mask"].to(dev)).logits
-    return next_token_loss(logits, batch["labels"].to(dev)).item()
+    return sft.batch_loss(model, collate([encode(tokenizer, r["prompt"], r["completion"]) for r in rows],
+                                         tokenizer.pad_token_id))[0].item()
 
 
 @torch.no_grad()
