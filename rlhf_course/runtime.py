@@ -23,7 +23,11 @@ def device() -> torch.device:
         return torch.device(wanted)
     if not torch.cuda.is_available():
         return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"process LOCAL_RANK={local_rank} has no GPU of its own ({torch.cuda.device_count()} "
+                           "visible): launch at most one process per GPU, or set RLHF_COURSE_DEVICE=cpu")
+    return torch.device("cuda", local_rank)
 
 
 def autocast_dtype(dev: torch.device) -> torch.dtype | None:
