@@ -62,7 +62,10 @@ def active() -> bool:
     if world_size() == 1:
         return False
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if runtime.device().type == "cuda" else "gloo")
+        dev = runtime.device()
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)  # NCCL's object collectives use the current device
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     return True
 
 

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, plots, reward_evaluation,
+from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, plots, resume, reward_evaluation,
                          reward_model, rollouts, runtime, world)
 from rlhf_course.dpo import DPOConfig, train_dpo
 from rlhf_course.grpo import GRPOConfig, train_grpo
@@ -69,12 +68,11 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
     model = models.load_model(config.base_model, memory=config.memory)
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
-    checkpoint = out / "sft_checkpoint"
-    result = train_sft(model, tok, data.sft_dataset("train", config.data), dataclasses.replace(config.sft, seed=config.seed),
-                       on_step, checkpoint if config.sft.checkpoint_every else None)
-    after = evaluation.evaluate(model, tok, tasks)
-    models.save(model, tok, out / "sft_model")
-    shutil.rmtree(checkpoint, ignore_errors=True)  # the run is complete: a later run starts afresh
+    with resume.stage_checkpoint(out, "sft", config.sft.checkpoint_every) as checkpoint:
+        result = train_sft(model, tok, data.sft_dataset("train", config.data),
+                           dataclasses.replace(config.sft, seed=config.seed), on_step, checkpoint)
+        after = evaluation.evaluate(model, tok, tasks)
+        models.save(model, tok, out / "sft_model")
     plots.save(plots.loss_curve(result.losses, "SFT loss (response tokens)"), out / "sft_loss.png")
     plots.save(plots.accuracy_by_family(before.by_family, after.by_family), out / "sft_accuracy.png")
     return {
@@ -213,11 +211,9 @@ def stage_ppo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     ``ppo.checkpoint_every`` set, an interrupted run resumes where it stopped when the stage runs again."""
     def train(sft_dir, reference, tok, scorer, ppo_config):
         policy = PolicyWithValue(models.load_model(sft_dir, memory=config.memory))
-        checkpoint = out / "ppo_checkpoint"
-        result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step,
-                           checkpoint if ppo_config.checkpoint_every else None)
-        policy.save(tok, out / "ppo_model")
-        shutil.rmtree(checkpoint, ignore_errors=True)  # the run is complete: a later run starts afresh
+        with resume.stage_checkpoint(out, "ppo", ppo_config.checkpoint_every) as checkpoint:
+            result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step, checkpoint)
+            policy.save(tok, out / "ppo_model")
         return policy.lm, result
     return _policy_stage(out, config, "ppo", train)
 

@@ -21,8 +21,6 @@ import random
 import re
 from dataclasses import dataclass
 
-import torch
-
 from rlhf_course import evaluation, world
 from rlhf_course.dpo import reference_logprobs
 from rlhf_course.sft import encode

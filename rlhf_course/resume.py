@@ -12,12 +12,25 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_model, save_model
 
 STATE_FILE = "state.json"
+
+
+@contextmanager
+def stage_checkpoint(out: str | Path, stage: str, every: int):
+    """The directory where a pipeline stage's run keeps its checkpoint, or None when ``every`` is 0.
+
+    It is deleted when the block completes, so the next run of the stage starts afresh; after an error or
+    an interruption it stays, and the next run resumes from it.
+    """
+    path = Path(out) / f"{stage}_checkpoint"
+    yield path if every else None
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,

@@ -384,8 +384,9 @@ class RunComparison:
 
     def table(self) -> list[dict]:
         """Per shown run: each metric's mean over its last ``last`` updates."""
-        return [{"run": label, **{k: sum(r[k] for r in self.runs[label][-self.last:]) / len(self.runs[label][-self.last:])
-                                  for k in self.keys}} for label in self.shown]
+        tails = {label: self.runs[label][-self.last:] for label in self.shown}
+        return [{"run": label, **{k: sum(r[k] for r in tail) / len(tail) for k in self.keys}}
+                for label, tail in tails.items()]
 
     def figure(self):
         return plots.compare_runs({label: self.runs[label] for label in self.shown}, self.keys, colors=self.colors)
