@@ -32,8 +32,8 @@ def _pipeline(args) -> int:
 
 
 def _parallel_check(args) -> int:
-    """A few steps of every trainer from the shipped base model: what each step measured, and the final PPO
-    policy, written by the main process. Run it with one process and under a launcher with several; the
+    """A few steps of every trainer from the shipped base model (and of TRL's SFTTrainer): what each step
+    measured, and the final PPO policy, written by the main process. Run it with one process and under a launcher with several; the
     runs should agree, because the processes split each global batch and sum their gradients. The odd
     number of SFT demonstrations and of comparisons leaves a last batch of one row: some processes get none."""
     import copy
@@ -76,6 +76,14 @@ def _parallel_check(args) -> int:
         updates=args.updates, batch_size=batch, minibatch_size=batch // 2, ppo_epochs=2, max_new_tokens=16, lr=1e-4,
         early_stop_kl=None, seed=seed))
     summary["ppo"], summary["ppo_samples"] = result.history, result.samples
+    # and TRL's SFTTrainer through the bridge: accelerate splits its global batch in the same way
+    from rlhf_course import trl_bridge
+    trainer = trl_bridge.sft_trainer(models.load_model(models.BASE_MODEL_DIR), tok, data.sft_dataset("train").to_list()[:64],
+                                     Path(args.out) / "trl", batch // distributed.world_size(), max_steps=4,
+                                     logging_steps=1, learning_rate=1e-3)
+    trainer.train()
+    summary["trl_sft"] = {"processes": trainer.accelerator.num_processes,
+                          "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row]}
     if distributed.is_main():
         out = Path(args.out)
         policy.save(tok, out / "ppo_policy")

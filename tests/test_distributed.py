@@ -2,7 +2,7 @@
 
 Both runs use the command a learner would type (`rlhf-course parallel-check`): from the shipped base model,
 17 SFT steps on global batches of 16 (the last batch has one row, so one process gets none), then a few
-steps of the reward model, DPO, REINFORCE, GRPO and PPO.
+steps of the reward model, DPO, REINFORCE, GRPO and PPO, and 4 steps of TRL's SFTTrainer through the bridge.
 """
 import json
 import os
@@ -51,13 +51,18 @@ def test_two_processes_train_every_trainer_as_one(runs):
     torch.testing.assert_close(torch.tensor(two["sft"]), torch.tensor(one["sft"]), rtol=1e-5, atol=0)
     # sampling noise is drawn for the whole batch, so each process samples its rows' tokens exactly
     assert two["ppo_samples"] == one["ppo_samples"]
-    assert_same_numbers({k: v for k, v in two.items() if k != "processes"},
-                        {k: v for k, v in one.items() if k != "processes"})
+    assert_same_numbers({k: v for k, v in two.items() if k not in ("processes", "trl_sft")},
+                        {k: v for k, v in one.items() if k not in ("processes", "trl_sft")})
+    assert_same_numbers(two["trl_sft"]["losses"], one["trl_sft"]["losses"], "trl_sft")
     # and the steps did something to compare: losses fell, the policies moved
     assert one["sft"][-1] < one["sft"][0] - 3
     assert one["reward"][-1] != one["reward"][0] and one["dpo"][-1]["reward_margin"] != 0
     assert one["pg"][-1]["kl"] > 0 and one["grpo"][-1]["kl"] > 0 and one["ppo"][-1]["kl"] > 0
     assert all(row["clipfrac"] > 0 for row in one["ppo"] + one["grpo"])
+    # TRL's trainer really ran in two processes (on a CPU that takes the bridge's use_cpu; without it each
+    # process trains alone on half the batch), and its losses match one process's
+    assert (one["trl_sft"]["processes"], two["trl_sft"]["processes"]) == (1, 2)
+    assert len(one["trl_sft"]["losses"]) == 4 and one["trl_sft"]["losses"][-1] < one["trl_sft"]["losses"][0] - 3
     # Compared by what they compute, not weight by weight: the attention's key biases have an exact gradient of
     # zero (softmax ignores a shift shared by every key), so Adam turns their rounding noise into steps of
     # about the learning rate, differently in each run, without changing any output.
