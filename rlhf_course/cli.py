@@ -33,13 +33,14 @@ def _pipeline(args) -> int:
 
 def _parallel_check(args) -> int:
     """A few steps of every trainer from the shipped base model (and of TRL's SFTTrainer): what each step
-    measured, and the final PPO policy, written by the main process. Run it with one process and under a launcher with several; the
-    runs should agree, because the processes split each global batch and sum their gradients. The odd
-    number of SFT demonstrations and of comparisons leaves a last batch of one row: some processes get none."""
+    measured, and the final PPO policy, written by the main process. Run it with one process and under a
+    launcher with several; the runs should agree, because the processes split each global batch and sum
+    their gradients. The odd numbers of SFT demonstrations and of comparisons leave a last batch of one
+    row, so some processes get none."""
     import copy
 
     from rlhf_course import data, distributed, dpo, feedback, grpo, human, models, policy_gradient, ppo, reward_model
-    from rlhf_course import sft, world
+    from rlhf_course import sft, trl_bridge, world
 
     batch, seed = args.batch_size, args.seed
     tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
@@ -61,26 +62,27 @@ def _parallel_check(args) -> int:
         epochs=1, batch_size=batch, seed=seed)).history
     tasks = world.generate_tasks("train", 10, seed=seed)
 
-    def gold(tasks, responses):  # a graded reward, so that every sample's advantage differs
+    def scorer(tasks, responses):
+        # A fixed, graded reward (the hidden gold score): a reward model trained here would differ between the
+        # runs by the rounding that Adam turns into steps on weights whose gradient is almost zero.
         return [human.gold_score(t, r) for t, r in zip(tasks, responses)]
 
-    summary["pg"] = policy_gradient.train_pg(fresh(), fresh(), gold, tok, tasks,
+    summary["pg"] = policy_gradient.train_pg(fresh(), fresh(), scorer, tok, tasks,
                                              policy_gradient.PGConfig(updates=args.updates, batch_size=batch,
                                                                       max_new_tokens=16, lr=1e-4, seed=seed)).history
-    summary["grpo"] = grpo.train_grpo(fresh(), fresh(), gold, tok, tasks,
+    summary["grpo"] = grpo.train_grpo(fresh(), fresh(), scorer, tok, tasks,
                                       grpo.GRPOConfig(updates=args.updates, prompts_per_update=batch // 4, group_size=4,
                                                       minibatch_size=batch // 2, max_new_tokens=16, lr=1e-4,
                                                       seed=seed)).history
     policy = ppo.PolicyWithValue(fresh())
-    result = ppo.train_ppo(policy, fresh(), gold, tok, tasks, ppo.PPOConfig(
+    result = ppo.train_ppo(policy, fresh(), scorer, tok, tasks, ppo.PPOConfig(
         updates=args.updates, batch_size=batch, minibatch_size=batch // 2, ppo_epochs=2, max_new_tokens=16, lr=1e-4,
         early_stop_kl=None, seed=seed))
     summary["ppo"], summary["ppo_samples"] = result.history, result.samples
     # and TRL's SFTTrainer through the bridge: accelerate splits its global batch in the same way
-    from rlhf_course import trl_bridge
-    trainer = trl_bridge.sft_trainer(models.load_model(models.BASE_MODEL_DIR), tok, data.sft_dataset("train").to_list()[:64],
-                                     Path(args.out) / "trl", batch // distributed.world_size(), max_steps=4,
-                                     logging_steps=1, learning_rate=1e-3)
+    demos = data.sft_dataset("train").to_list()[:64]
+    trainer = trl_bridge.sft_trainer(models.load_model(models.BASE_MODEL_DIR), tok, demos, Path(args.out) / "trl",
+                                     batch // distributed.world_size(), max_steps=4, logging_steps=1, learning_rate=1e-3)
     trainer.train()
     summary["trl_sft"] = {"processes": trainer.accelerator.num_processes,
                           "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row]}

@@ -1,7 +1,7 @@
 """Several processes, one training run: data parallelism, written out.
 
-Start any script that calls the course's SFT or PPO trainer with a launcher, and it trains on every
-process at once:
+Start any script that calls the course's trainers (SFT, reward model, DPO, REINFORCE, GRPO, PPO) with a
+launcher, and it trains on every process at once:
 
     accelerate launch --multi_gpu --num_processes 2 my_script.py
     torchrun --nproc_per_node 2 my_script.py
@@ -14,10 +14,11 @@ so the trainers have no switch.
 
 What DDP does, in three moves. Every process holds the whole model and takes its share of each global
 batch (rows ``rank, rank + world, ...``). It computes its share's part of the batch's loss: the sum of its
-token losses divided by the token count of the *whole* batch. Summing the gradients over the processes
-then gives exactly the gradient one process would compute on the whole batch, so every process takes
-the same optimizer step and the copies of the model never drift apart. (DDP averages gradients instead,
-so its users divide by the token count of their own share; summing says what is meant.)
+loss terms (tokens, pairs or responses) divided by the number of terms in the *whole* batch. Summing the
+gradients over the processes then gives exactly the gradient one process would compute on the whole
+batch, so every process takes the same optimizer step (``optimization.step``) and the copies of the model
+never drift apart. (DDP averages gradients instead, so its users scale their losses by the number of
+processes; summing says what is meant.) Rollouts are split the same way: see ``rollouts.collect``.
 """
 from __future__ import annotations
 
@@ -103,17 +104,17 @@ def max_(value: int) -> int:
     return int(t.item())
 
 
-def share_of_mean(mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
+def share_of_mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
     """This process's part of a global mean, from the mean over its own ``count`` items.
 
-    ``mean * count / total count``: summed over processes it is the mean over the whole batch. With one
-    process ``mean`` comes back untouched (not multiplied by 1), so single-process runs stay bit-identical.
+    ``local_mean * count / total count``: summed over processes it is the mean over the whole batch. With one
+    process ``local_mean`` comes back untouched (not multiplied by 1), so single-process runs stay bit-identical.
     """
     if not active():
-        return mean
-    count = torch.as_tensor(count, dtype=torch.float32, device=mean.device)
+        return local_mean
+    count = torch.as_tensor(count, dtype=torch.float32, device=local_mean.device)
     total = sum_(count.clone())
-    return mean * (count / total.clamp(min=1))
+    return local_mean * (count / total.clamp(min=1))
 
 
 def mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
@@ -133,8 +134,8 @@ def sum_gradients(parameters) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads])  # (total parameters,)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p in params:
-        p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+    for p in params:  # views into the summed buffer: no second copy of the gradients
+        p.grad = flat[offset:offset + p.numel()].view_as(p)
         offset += p.numel()
 
 
