@@ -114,7 +114,8 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     ``scorer(tasks, responses) -> (batch,)`` is the reward (a reward model, or a verifier).
     A response that never emits EOS gets ``no_eos_penalty`` in place of its score (None keeps the score).
     Under several processes each one samples and measures its share of the tasks, and every process gets
-    the whole batch's rollout: the one a single process would have collected (see ``gather``).
+    the whole batch's rollout: the one a single process would have collected (see ``gather``). So every
+    process must call it, with the same tasks, as every process runs the trainers that call it.
     """
     was_training = policy.training
     policy.eval()
