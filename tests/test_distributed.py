@@ -2,7 +2,8 @@
 
 Both runs use the command a learner would type (`rlhf-course parallel-check`): from the shipped base model,
 17 SFT steps on global batches of 16 (the last batch has one row, so one process gets none), then a few
-steps of the reward model, DPO, REINFORCE, GRPO and PPO, and 4 steps of TRL's SFTTrainer through the bridge.
+steps of the reward model, DPO, REINFORCE, GRPO and PPO, and 4 steps of TRL's SFTTrainer through the bridge;
+and SFT and PPO once more, interrupted and resumed from their checkpoints.
 """
 import json
 import os
@@ -52,6 +53,10 @@ def test_two_processes_train_every_trainer_as_one(runs):
     # sampling noise is drawn for the whole batch, so each process samples its rows' tokens exactly
     texts = [[[(prompt, reply) for prompt, reply, *_ in update] for update in run["ppo_samples"]] for run in (one, two)]
     assert texts[1] == texts[0]
+    # an interrupted run resumed from its checkpoint takes exactly the uninterrupted run's steps, in either
+    for run in (one, two):
+        assert (run["sft_resumed_at"], run["ppo_resumed_at"]) == (4, 1)  # where they stopped, not from the start
+        assert run["sft_resumed"] == run["sft"] and run["ppo_resumed"] == run["ppo"]
     assert_same_numbers({k: v for k, v in two.items() if k not in ("processes", "trl_sft")},
                         {k: v for k, v in one.items() if k not in ("processes", "trl_sft")})
     assert_same_numbers(two["trl_sft"]["losses"], one["trl_sft"]["losses"], "trl_sft")
