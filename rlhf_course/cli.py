@@ -42,7 +42,7 @@ def _parallel_check(args) -> int:
     import shutil
 
     from rlhf_course import data, distributed, dpo, feedback, grpo, human, models, policy_gradient, ppo, reward_model
-    from rlhf_course import sft, trl_bridge, world
+    from rlhf_course import rollouts, sft, trl_bridge, world
 
     batch, seed, out = args.batch_size, args.seed, Path(args.out)
     tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
@@ -101,6 +101,8 @@ def _parallel_check(args) -> int:
     policy = ppo.PolicyWithValue(fresh())
     result = ppo.train_ppo(policy, fresh(), scorer, tok, tasks, ppo_config)
     summary["ppo"], summary["ppo_samples"] = result.history, result.samples
+    lone = rollouts.collect(policy.lm, fresh(), scorer, tok, tasks[:1], seed=seed)  # fewer tasks than processes
+    summary["one_task"] = [lone.responses, lone.scores.tolist()]
     # stopped after one update, then resumed from its checkpoint
     ppo.train_ppo(ppo.PolicyWithValue(fresh()), fresh(), scorer, tok, tasks,
                   dataclasses.replace(ppo_config, updates=1), checkpoint_dir=out / "ppo_checkpoint")

@@ -115,18 +115,20 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     A response that never emits EOS gets ``no_eos_penalty`` in place of its score (None keeps the score).
     Under several processes each one samples and measures its share of the tasks, and every process gets
     the whole batch's rollout: the one a single process would have collected (see ``gather``). So every
-    process must call it, with the same tasks, as every process runs the trainers that call it.
+    process must call it, with the same tasks, as every process runs the trainers that call it. With fewer
+    tasks than processes, every process samples all of them.
     """
     was_training = policy.training
     policy.eval()
     dev = next(policy.parameters()).device
-    mine = distributed.shard(tasks)
+    split = len(tasks) >= distributed.world_size()
+    mine = distributed.shard(tasks) if split else tasks
     prompts = [encode(tokenizer, task.prompt)[0] for task in mine]
     prompt_ids, prompt_mask = pad_batch(prompts, tokenizer.pad_token_id, side="left")  # (batch, P)
     sequences, full_response_mask = generate(policy, prompts, pad_id=tokenizer.pad_token_id,
                                              eos_id=tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
                                              temperature=temperature, seed=seed,
-                                             rows=distributed.shard_rows(len(tasks)))
+                                             rows=distributed.shard_rows(len(tasks)) if split else None)
     width = prompt_ids.shape[1]
     response_mask = full_response_mask[:, width:]  # (batch, resp)
     attention_mask = torch.cat([prompt_mask.to(dev), response_mask], dim=1)  # (batch, seq)
@@ -139,9 +141,9 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     if no_eos_penalty is not None:
         scores = torch.where(ended, scores, torch.full_like(scores, no_eos_penalty))
     policy.train(was_training)
-    return gather(Rollout(mine, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
-                          scores, ended, [human.gold_score(t, r) for t, r in zip(mine, responses)]),
-                  tasks, tokenizer.pad_token_id)
+    rollout = Rollout(mine, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
+                      scores, ended, [human.gold_score(t, r) for t, r in zip(mine, responses)])
+    return gather(rollout, tasks, tokenizer.pad_token_id) if split else rollout
 
 
 def gather(rollout: Rollout, tasks: list[world.Task], pad_id: int) -> Rollout:
