@@ -173,15 +173,20 @@ def test_a_resumed_ppo_run_matches_an_uninterrupted_one(tmp_path, tiny):
     config = ppo.PPOConfig(updates=4, batch_size=8, minibatch_size=4, max_new_tokens=8, checkpoint_every=2,
                            target_kl=0.01, kl_horizon=20)
 
+    taken = []  # the updates each run takes itself
+
     def run(updates, checkpoint_dir):
         policy = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu")))
+        taken.clear()
         result = ppo.train_ppo(policy, models.load_model(dev=torch.device("cpu")), lambda t, r: [-len(x) / 20 for x in r],
-                               tok, tasks, dataclasses.replace(config, updates=updates), checkpoint_dir=checkpoint_dir)
+                               tok, tasks, dataclasses.replace(config, updates=updates),
+                               on_step=lambda row: taken.append(row["update"]), checkpoint_dir=checkpoint_dir)
         return policy, result
 
     whole_policy, whole = run(4, None)
     run(2, tmp_path / "checkpoint")  # stopped after two updates, with its state saved
     resumed_policy, resumed = run(4, tmp_path / "checkpoint")
+    assert taken == [2, 3]  # it resumed after the checkpoint: a fresh run would match too
     assert len({row["kl_coef"] for row in whole.history}) == 4
     assert resumed.history == whole.history and resumed.samples == whole.samples
     assert all(torch.equal(a, b) for a, b in zip(whole_policy.state_dict().values(), resumed_policy.state_dict().values()))

@@ -93,10 +93,14 @@ def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
     ds = data.sft_dataset("train", data.DataConfig(train_per_family=40))
     config = SFTConfig(epochs=2, max_examples=64, batch_size=16, warmup_steps=3, checkpoint_every=3)  # 8 steps
 
+    taken = []  # the steps each run takes itself
+
     def run(checkpoint_dir, stop_after=None):
         model = models.load_model(dev=torch.device("cpu"))
+        taken.clear()
 
         def stop(row):  # an interruption: the run dies after this step
+            taken.append(row["step"])
             if row["step"] + 1 == stop_after:
                 raise KeyboardInterrupt
         try:
@@ -108,6 +112,7 @@ def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
     whole_model, whole = run(None)
     assert run(tmp_path / "checkpoint", stop_after=5) == (None, None)  # saved after step 3, lost steps 4 and 5
     resumed_model, resumed = run(tmp_path / "checkpoint")
+    assert taken == [3, 4, 5, 6, 7]  # it resumed after the checkpoint: a fresh run would match too
     assert len(whole) == 8 and resumed == whole  # same losses, so the same batches and the same learning rates
     assert all(torch.equal(a, b) for a, b in zip(whole_model.parameters(), resumed_model.parameters()))
 
