@@ -285,9 +285,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
         if on_step is not None:
             on_step(row)
         if checkpoint_dir is not None and config.checkpoint_every and (update + 1) % config.checkpoint_every == 0:
-            if distributed.is_main():
-                resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
-                    "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
-            distributed.barrier()
+            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
+                "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

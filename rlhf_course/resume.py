@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
+from rlhf_course import distributed
+
 STATE_FILE = "state.json"
 
 
@@ -36,18 +38,23 @@ def stage_checkpoint(out: str | Path, stage: str, every: int):
 def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
          rng: random.Random, scheduler=None, state: dict | None = None) -> Path:
     """Write the run's state to ``path``: each module's weights, the optimizer (and scheduler), the run's
-    ``rng`` and torch's generator, and ``state``, a JSON-serialisable dict of the trainer's own progress."""
+    ``rng`` and torch's generator, and ``state``, a JSON-serialisable dict of the trainer's own progress.
+
+    Under several processes (whose states are identical) the main process writes and the others wait for it.
+    """
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, module in modules.items():
-        save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights (GPT-2's embeddings)
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
-    (tmp / STATE_FILE).write_text(json.dumps({"state": state or {}, "python_rng": rng.getstate()}))
-    shutil.rmtree(path, ignore_errors=True)
-    tmp.rename(path)
+    if distributed.is_main():
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, module in modules.items():
+            save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights (GPT-2's embeddings)
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
+                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        (tmp / STATE_FILE).write_text(json.dumps({"state": state or {}, "python_rng": rng.getstate()}))
+        shutil.rmtree(path, ignore_errors=True)
+        tmp.rename(path)
+    distributed.barrier()
     return path
 
 

@@ -157,9 +157,7 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
-            if distributed.is_main():
-                resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
-            distributed.barrier()
+            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
     bar.close()
     model.eval()
     return SFTResult(losses, total, time.time() - start)
