@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 
 import torch
@@ -32,17 +33,23 @@ import torch.distributed as dist
 from rlhf_course import runtime
 
 
-def launch_command(processes: int) -> list[str]:
-    """The command that starts ``processes`` copies of a Python program (append ``-m module`` or a script and
-    its arguments): plain ``python`` for one, ``accelerate launch`` on a free local port for several."""
-    if processes == 1:
-        return [sys.executable]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-            "--dynamo_backend", "no"]  # precision is the course's own (runtime.autocast)
+def launch(processes: int, program: list[str], env: dict | None = None, timeout: float | None = None) -> None:
+    """Run ``python *program`` (``["-m", module, ...]`` or a script and its arguments) in ``processes``
+    processes: plain ``python`` for one, ``accelerate launch`` on a free local port for several. If it fails,
+    the error carries the end of what the processes printed."""
+    command = [sys.executable]
+    if processes > 1:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+                    "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+                    "--dynamo_backend", "no"]  # precision is the course's own (runtime.autocast)
+    done = subprocess.run(command + program, env=env, timeout=timeout, capture_output=True, text=True)
+    if done.returncode:
+        printed = (done.stdout + done.stderr)[-4000:]
+        raise RuntimeError(f"{' '.join(program)} failed in {processes} process(es) "
+                           f"(exit status {done.returncode}); the end of its output:\n{printed}")
 
 
 def world_size() -> int:

@@ -7,7 +7,6 @@ and SFT and PPO once more, interrupted and resumed from their checkpoints.
 """
 import json
 import os
-import subprocess
 
 import pytest
 import torch
@@ -16,9 +15,8 @@ from rlhf_course import distributed, language_model, models, sft, world
 
 
 def parallel_check(out, processes: int) -> dict:
-    command = distributed.launch_command(processes) + ["-m", "rlhf_course.cli", "parallel-check", "--out", str(out)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}
-    subprocess.run(command, check=True, env=env, timeout=600, capture_output=True, text=True)
+    distributed.launch(processes, ["-m", "rlhf_course.cli", "parallel-check", "--out", str(out)], env, timeout=600)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -103,3 +101,9 @@ def test_one_process_is_left_alone():
     assert distributed.share_of_mean(grad, 5) is grad  # untouched, so one-process runs stay bit-identical
     assert distributed.shard(list("abcde")) == list("abcde")
     assert distributed.gather_rows(grad, 3) is grad
+
+
+def test_a_failed_launch_says_what_the_processes_printed():
+    program = ["-c", "import sys; print('the cause is here', file=sys.stderr); sys.exit(3)"]
+    with pytest.raises(RuntimeError, match=r"(?s)failed in 1 process.*exit status 3.*the cause is here"):
+        distributed.launch(1, program)
