@@ -132,17 +132,21 @@ def mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
 def sum_gradients(parameters) -> None:
     """Replace every gradient by its sum over processes: one all-reduce of all gradients, flattened.
 
-    A parameter without a gradient (a process whose share of the batch was empty) contributes zeros.
+    A parameter without a gradient in one process (whose share of the batch was empty) contributes zeros;
+    one without a gradient in every process keeps none, so the optimizer skips it as it would in one process
+    (a zero gradient would still move it, by weight decay and momentum).
     """
     params = [p for p in parameters if p.requires_grad]
     if not params or not active():
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])  # (total parameters,)
+    has_grad = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
+    flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])  # (total parameters + len(params),)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p in params:  # views into the summed buffer: no second copy of the gradients
-        p.grad = flat[offset:offset + p.numel()].view_as(p)
+    for p, processes_with_grad in zip(params, flat[-len(params):].tolist()):
+        # views into the summed buffer: no second copy of the gradients
+        p.grad = flat[offset:offset + p.numel()].view_as(p) if processes_with_grad else None
         offset += p.numel()
 
 

@@ -2,8 +2,8 @@
 
 Both runs use the command a learner would type (`rlhf-course parallel-check`): from the shipped base model,
 17 SFT steps on global batches of 16 (the last batch has one row, so one process gets none), then a few
-steps of the reward model, DPO, REINFORCE, GRPO and PPO, and 4 steps of TRL's SFTTrainer through the bridge;
-and SFT and PPO once more, interrupted and resumed from their checkpoints.
+steps of the reward model, DPO, REINFORCE, GRPO and PPO, 4 steps of TRL's SFTTrainer through the bridge and
+7 of SFT with LoRA adapters; and SFT and PPO once more, interrupted and resumed from their checkpoints.
 """
 import json
 import os
@@ -47,7 +47,8 @@ def test_two_processes_train_every_trainer_as_one(runs):
     (one, one_dir), (two, two_dir) = runs[1], runs[2]
     assert (one["processes"], two["processes"]) == (1, 2)
     # the processes sum gradients of shares weighted by their token counts: the same steps, to rounding
-    torch.testing.assert_close(torch.tensor(two["sft"]), torch.tensor(one["sft"]), rtol=1e-5, atol=0)
+    for key in ("sft", "sft_lora"):  # full fine-tuning; LoRA adapters with gradient checkpointing
+        torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), rtol=1e-5, atol=0)
     # sampling noise is drawn for the whole batch, so each process samples its rows' tokens exactly
     texts = [[[(prompt, reply) for prompt, reply, *_ in update] for update in run["ppo_samples"]] for run in (one, two)]
     assert texts[1] == texts[0]
@@ -59,7 +60,7 @@ def test_two_processes_train_every_trainer_as_one(runs):
                         {k: v for k, v in one.items() if k not in ("processes", "trl_sft")})
     assert_same_numbers(two["trl_sft"]["losses"], one["trl_sft"]["losses"], "trl_sft")
     # and the steps did something to compare: losses fell, the policies moved
-    assert one["sft"][-1] < one["sft"][0] - 3
+    assert one["sft"][-1] < one["sft"][0] - 3 and one["sft_lora"][-1] < one["sft_lora"][0] - 3
     assert one["reward"][-1] != one["reward"][0] and one["dpo"][-1]["reward_margin"] != 0
     assert one["pg"][-1]["kl"] > 0 and one["grpo"][-1]["kl"] > 0 and one["ppo"][-1]["kl"] > 0
     assert all(row["clipfrac"] > 0 for row in one["ppo"] + one["grpo"])
@@ -107,3 +108,39 @@ def test_a_failed_launch_says_what_the_processes_printed():
     program = ["-c", "import sys; print('the cause is here', file=sys.stderr); sys.exit(3)"]
     with pytest.raises(RuntimeError, match=r"(?s)failed in 1 process.*exit status 3.*the cause is here"):
         distributed.launch(1, program)
+
+
+SPLIT_STEP = '''
+import json, sys
+import torch
+from rlhf_course import distributed, optimization
+
+torch.manual_seed(0)
+used, unused = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)  # no loss reaches `unused`
+parameters = [*used.parameters(), *unused.parameters()]
+optimizer = torch.optim.AdamW(parameters, lr=0.1, weight_decay=0.5)
+x = torch.linspace(-1, 1, 15).reshape(5, 3)  # (batch, features): 5 rows, so the shares are unequal
+for _ in range(3):
+    rows = list(distributed.shard_rows(len(x)))
+    loss = used(x[rows]).pow(2).sum() / len(x)  # this process's share of the batch mean
+    optimization.step(loss, optimizer, parameters, max_grad_norm=1.0)
+if distributed.is_main():
+    json.dump([p.tolist() for p in parameters], open(sys.argv[1], "w"))
+'''
+
+
+def test_a_split_step_is_the_one_process_step_even_for_parameters_no_loss_reaches(tmp_path):
+    """AdamW skips a parameter without a gradient; summing over processes must not hand it a zero one,
+    which weight decay and momentum would turn into a step that one process never takes."""
+    script = tmp_path / "split_step.py"
+    script.write_text(SPLIT_STEP)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}
+    for n in (1, 2):
+        distributed.launch(n, [str(script), str(tmp_path / f"{n}.json")], env, timeout=300)
+    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
+    torch.manual_seed(0)
+    start = [p.tolist() for p in [*torch.nn.Linear(3, 1).parameters(), *torch.nn.Linear(3, 1).parameters()]]
+    assert one[2:] == start[2:]  # one process leaves `unused` alone
+    assert one[:2] != start[:2]
+    for a, b in zip(two, one):
+        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-7)
