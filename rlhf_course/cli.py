@@ -34,9 +34,9 @@ def _pipeline(args) -> int:
 def _parallel_check(args) -> int:
     """A few steps of every trainer from the shipped base model (and of TRL's SFTTrainer, and of SFT with
     LoRA adapters), and SFT and PPO runs interrupted and resumed: what each step measured, and the final PPO
-    policy, written by the main process. Run it with one process and under a launcher with several; the runs should agree, because the
-    processes split each global batch and sum their gradients. The odd numbers of SFT demonstrations and of
-    comparisons leave a last batch of one row, so some processes get none."""
+    policy, written by the main process. Run it with one process and under a launcher with several; the runs
+    should agree, because the processes split each global batch and sum their gradients. The odd numbers of
+    SFT demonstrations and of comparisons leave a last batch of one row, so some processes get none."""
     import copy
     import dataclasses
     import shutil
@@ -118,7 +118,8 @@ def _parallel_check(args) -> int:
     summary["trl_sft"] = {"processes": trainer.accelerator.num_processes,
                           "losses": [row["loss"] for row in trainer.state.log_history if "loss" in row]}
     # and SFT of LoRA adapters with gradient checkpointing: only the adapters have gradients to sum
-    lora = models.load_model(models.BASE_MODEL_DIR, memory=models.MemoryConfig(gradient_checkpointing=True, lora_rank=4))
+    memory = models.MemoryConfig(gradient_checkpointing=True, lora_rank=4)
+    lora = models.load_model(models.BASE_MODEL_DIR, memory=memory)
     summary["sft_lora"] = sft.train_sft(lora, tok, data.sft_dataset("train"),
                                         dataclasses.replace(sft_config, max_examples=batch * 6 + 1)).losses
     if distributed.is_main():

@@ -13,10 +13,10 @@ import torch
 
 from rlhf_course import distributed, language_model, models, sft, world
 
+CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}  # one thread per process
 
 def parallel_check(out, processes: int) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}
-    distributed.launch(processes, ["-m", "rlhf_course.cli", "parallel-check", "--out", str(out)], env, timeout=600)
+    distributed.launch(processes, ["-m", "rlhf_course.cli", "parallel-check", "--out", str(out)], CPU_ENV, timeout=600)
     return json.loads((out / "summary.json").read_text())
 
 
@@ -134,9 +134,8 @@ def test_a_split_step_is_the_one_process_step_even_for_parameters_no_loss_reache
     which weight decay and momentum would turn into a step that one process never takes."""
     script = tmp_path / "split_step.py"
     script.write_text(SPLIT_STEP)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}
     for n in (1, 2):
-        distributed.launch(n, [str(script), str(tmp_path / f"{n}.json")], env, timeout=300)
+        distributed.launch(n, [str(script), str(tmp_path / f"{n}.json")], CPU_ENV, timeout=300)
     one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
     torch.manual_seed(0)
     start = [p.tolist() for p in [*torch.nn.Linear(3, 1).parameters(), *torch.nn.Linear(3, 1).parameters()]]
