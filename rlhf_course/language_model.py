@@ -5,6 +5,8 @@ generation call them through the registry, so a learner's version runs inside th
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 
 from rlhf_course import runtime
@@ -111,9 +113,43 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: to
     return (probs / noise).argmax(dim=-1)
 
 
+class _StaticDecoder:
+    """One model's fixed-shape decoding state: a static KV cache per (batch, length), and the step function.
+
+    The cache is allocated once per shape and reset between calls, so its tensors keep their addresses:
+    that is what lets a compiled step (CUDA graphs on a GPU) replay instead of recording again.
+    """
+
+    def __init__(self, model, compiled: bool):
+        self.model, self.caches = model, {}
+        # "reduce-overhead" records the step as a CUDA graph on a GPU: one launch per token instead of hundreds
+        self.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=False) if compiled else model.forward
+
+    def cache(self, batch: int, length: int):
+        from transformers import StaticCache
+
+        key = (batch, length)
+        if key not in self.caches:
+            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
+        else:
+            self.caches[key].reset()
+        return self.caches[key]
+
+
+_static_decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _static_decoder(model, compiled: bool) -> _StaticDecoder:
+    key = _static_decoders.setdefault(model, {})
+    if compiled not in key:
+        key[compiled] = _StaticDecoder(model, compiled)
+    return key[compiled]
+
+
 @torch.no_grad()
 def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 48,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, rows: range | None = None):
+             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, rows: range | None = None,
+             decoder: str | None = None):
     """Continue left-padded prompts with the KV cache until each row emits EOS.
 
     Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
@@ -122,24 +158,45 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
     ``rows`` says which rows of a larger batch these prompts are (``distributed.shard_rows``): each step
     draws the whole batch's sampling noise and keeps these rows', so a batch split over processes samples
     what the whole batch would have sampled in one.
+
+    ``decoder`` (default: ``runtime.decoder()``) picks the KV cache. "dynamic" grows it by one column a step.
+    "static" allocates it once for the whole response, so every step has the same shapes; "compiled" also runs
+    each step through ``torch.compile`` (a CUDA graph on a GPU). All three give the same tokens.
     """
+    decoder = decoder or runtime.decoder()
+    if decoder not in runtime.DECODERS:
+        raise ValueError(f"decoder must be one of {runtime.DECODERS}, got {decoder!r}")
     dev = next(model.parameters()).device
     input_ids, attention_mask = pad_batch(prompt_ids, pad_id, side="left")
     input_ids, attention_mask = input_ids.to(dev), attention_mask.to(dev)
     generator = torch.Generator(device=dev).manual_seed(seed)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, prompt_len)
-    batch = input_ids.shape[0]
+    batch, width = input_ids.shape
     rows = range(batch) if rows is None else rows
     if len(rows) != batch:
         raise ValueError(f"rows={rows} names {len(rows)} rows of the batch, but {batch} prompts were given")
+    static = None if decoder == "dynamic" else _static_decoder(model, compiled=decoder == "compiled")
+    if static is not None:
+        # Lengths rounded up to 64 columns, so calls with similar prompts share one cache (and one compiled graph).
+        # Every column after the prompt is unmasked: a row that has finished only attends to its own padding,
+        # and its later tokens are thrown away, so the mask never changes during decoding.
+        length = -(-(width + max_new_tokens) // 64) * 64
+        past = static.cache(batch, length)
+        attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, length - width)], dim=1)
+    else:
+        past = None
+    # Asking the GPU whether every row has finished waits for its queue to drain: do it every few steps there
+    check_every = 1 if dev.type == "cpu" else 8
     finished = torch.zeros(batch, dtype=torch.bool, device=dev)
     new_tokens, new_mask = [], []
-    past = None
     step_ids, step_pos = input_ids, position_ids
-    for _ in range(max_new_tokens):
+    for step in range(max_new_tokens):
+        forward = model if static is None or step == 0 else static.forward  # the prompt's pass runs eagerly
+        if forward is not model:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are used up: the graph may reuse them
         with runtime.autocast(dev):
-            out = model(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
-                        past_key_values=past, use_cache=True)
+            out = forward(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
+                          past_key_values=past, use_cache=True)
         past = out.past_key_values
         logits = out.logits[:, -1, :].float()  # (batch, vocab)
         noise = None if temperature == 0 else torch.empty(
@@ -150,15 +207,19 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
         new_tokens.append(token)
         new_mask.append(alive.long())
         finished = finished | (token == eos_id)
-        if bool(finished.all()):
+        if (step + 1) % check_every == 0 and bool(finished.all()):
             break
-        attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], dim=1)
+        if static is None:
+            attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], dim=1)
         step_ids = token.unsqueeze(1)  # (batch, 1)
         step_pos = step_pos[:, -1:] + 1
     responses = torch.stack(new_tokens, dim=1)  # (batch, new)
+    response_mask = torch.stack(new_mask, dim=1)  # (batch, new)
+    # steps taken after every row had finished (between two checks) hold only padding: drop them
+    keep = int(response_mask.any(dim=0).sum())  # rows only ever stop, so the columns with a live row come first
+    responses, response_mask = responses[:, :keep], response_mask[:, :keep]
     sequences = torch.cat([input_ids, responses], dim=1)
-    response_mask = torch.cat([torch.zeros_like(input_ids), torch.stack(new_mask, dim=1)], dim=1)
-    return sequences, response_mask
+    return sequences, torch.cat([torch.zeros_like(input_ids), response_mask], dim=1)
 
 
 def decode_responses(tokenizer, sequences: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

@@ -3,7 +3,8 @@
 CPU runs in float32. CUDA runs with bfloat16 autocast (weights and optimizer state stay float32, the
 matrix multiplies run in bf16), which is what the mixed-precision recipes of TRL and accelerate do.
 Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, ``RLHF_COURSE_AUTOCAST=fp32`` to run CUDA in plain
-float32, and ``RLHF_COURSE_PROGRESS=0`` to hide progress bars. Under a multi-process launcher (see
+float32, ``RLHF_COURSE_DECODER`` to pick how generation keeps its KV cache (``language_model.generate``), and
+``RLHF_COURSE_PROGRESS=0`` to hide progress bars. Under a multi-process launcher (see
 ``distributed``) each process takes the GPU of its ``LOCAL_RANK``, and only the first shows progress.
 """
 from __future__ import annotations
@@ -44,6 +45,18 @@ def autocast(dev: torch.device):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=dev.type, dtype=dtype)
+
+
+DECODERS = ("dynamic", "static", "compiled")
+
+
+def decoder() -> str:
+    """How ``generate`` decodes unless told: RLHF_COURSE_DECODER, else "dynamic" (a cache that grows a column
+    a step; fastest to start, and on a CPU as fast as the others)."""
+    wanted = os.environ.get("RLHF_COURSE_DECODER", "dynamic")
+    if wanted not in DECODERS:
+        raise ValueError(f"RLHF_COURSE_DECODER={wanted!r}: expected one of {', '.join(DECODERS)}")
+    return wanted
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -39,6 +39,30 @@ def test_cached_left_padded_generation_matches_the_definition(kind):
         assert got == greedy_without_cache(model, prompt, 8)
 
 
+# one compiled architecture: compiling takes seconds on a CPU
+@pytest.mark.parametrize("kind, decoder", [("gpt2", "static"), ("llama", "static"), ("gpt2", "compiled")])
+def test_static_cache_decoders_give_the_dynamic_decoders_tokens(kind, decoder):
+    """Greedy and sampled, rows of different lengths that stop at different steps: the same tokens and masks."""
+    model = tiny(kind)
+    prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [2] * 9]
+    for temperature, seed in ((0.0, 0), (1.0, 0), (1.0, 7)):
+        expected = generate(model, prompts, pad_id=PAD, eos_id=EOS, max_new_tokens=20, temperature=temperature,
+                            seed=seed, decoder="dynamic")
+        assert expected[1][:, -1].sum() < len(prompts) or temperature == 0  # some sampled rows stop early
+        for _ in range(2):  # the second call reuses the cache (and the compiled step)
+            got = generate(model, prompts, pad_id=PAD, eos_id=EOS, max_new_tokens=20, temperature=temperature,
+                           seed=seed, decoder=decoder)
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_unknown_decoder_is_refused(monkeypatch):
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        generate(tiny(), [[5, 6]], pad_id=PAD, eos_id=EOS, max_new_tokens=2, decoder="fast")
+    monkeypatch.setenv("RLHF_COURSE_DECODER", "fast")
+    with pytest.raises(ValueError, match="RLHF_COURSE_DECODER='fast'"):
+        generate(tiny(), [[5, 6]], pad_id=PAD, eos_id=EOS, max_new_tokens=2)
+
+
 def test_sampling_is_seeded_and_top_p_restricts_choices():
     model = tiny()
     prompts = [[5, 6, 7]] * 16
