@@ -123,7 +123,7 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
     ref = reference_logprobs(reference, encoded, pad, length_normalised=normalised)  # (2n,)
     lengths = [len(encoded[i][0]) + len(encoded[n + i][0]) for i in range(n)]
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    optimizer = optimization.adam(policy.parameters(), config.lr)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
     dev = next(policy.parameters()).device
     distributed.broadcast_parameters(policy)
@@ -147,11 +147,11 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
                                         (chosen - ref_chosen).mean(), (rejected - ref_rejected).mean()])
         optimization.step(distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(),
                           config.max_grad_norm, scheduler)
-        measured = distributed.mean(measured, len(pairs)).tolist()
-        row = {"step": step, "loss": distributed.mean(loss, len(pairs)).item(),
+        measured = distributed.mean(measured, len(pairs))  # tensors, read back at the end (runtime.to_host)
+        row = {"step": step, "loss": distributed.mean(loss, len(pairs)),
                **dict(zip(("reward_accuracy", "reward_margin", "chosen_logratio", "rejected_logratio"), measured))}
         history.append(row)
         if on_step is not None:
-            on_step(row)
+            on_step(runtime.to_host([row])[0])
     policy.eval()
-    return DPOResult(history, time.time() - start)
+    return DPOResult(runtime.to_host(history), time.time() - start)

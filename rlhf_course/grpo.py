@@ -98,7 +98,7 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     freeze(reference)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
     distributed.check_minibatches(min(config.prompts_per_update, len(tasks)) * config.group_size, config.minibatch_size)
     distributed.broadcast_parameters(policy)
     history = []
@@ -115,8 +115,9 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
         losses, clipped = [], []
         for _ in range(config.iterations):
             order = torch.randperm(len(group_tasks), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+            order = order.to(mask.device)  # once per update: a copy from host memory waits for the GPU's queue
             for mb in order.split(config.minibatch_size):
-                mb = distributed.shard(mb.to(mask.device))  # this process's rows of the minibatch
+                mb = distributed.shard(mb)  # this process's rows of the minibatch
                 logprobs = response_logprobs(policy, rollout.sequences[mb], rollout.attention_mask[mb],
                                              rollout.prompt_width, config.temperature)
                 loss = grpo_loss(logprobs, rollout.logprobs[mb], rollout.ref_logprobs[mb], advantages[mb], mask[mb],
@@ -127,14 +128,14 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
                     ratio = torch.exp(logprobs - rollout.logprobs[mb])
                     tokens = mask[mb].sum()
                     clipped_tokens = (((ratio - 1).abs() > config.clip_range).float() * mask[mb]).sum()
-                    clipped.append(distributed.mean(clipped_tokens.double() / tokens.clamp(min=1), tokens).item())
-                losses.append(distributed.mean(loss, len(mb)).item())
+                    clipped.append(distributed.mean(clipped_tokens.double() / tokens.clamp(min=1), tokens))
+                losses.append(distributed.mean(loss, len(mb)).detach())
         group_std = rollout.scores.view(-1, config.group_size).std(dim=1)  # (groups,)
-        row = {"update": update, "score": rollout.scores.mean().item(),
-               "gold": sum(rollout.gold) / len(rollout.gold), "kl": rollout.kl.mean().item(),
-               "length": rollout.lengths.float().mean().item(), "loss": sum(losses) / len(losses),
-               "clipfrac": sum(clipped) / len(clipped),
-               "uninformative_groups": (group_std == 0).float().mean().item()}
+        # statistics stay tensors until here: one read from the device per update, not one per minibatch
+        row = runtime.to_host([{
+            "update": update, "score": rollout.scores.mean(), "gold": sum(rollout.gold) / len(rollout.gold),
+            "kl": rollout.kl.mean(), "length": rollout.lengths.float().mean(), "loss": torch.stack(losses).double().mean(),
+            "clipfrac": torch.stack(clipped).mean(), "uninformative_groups": (group_std == 0).float().mean()}])[0]
         history.append(row)
         if on_step is not None:
             on_step(row)

@@ -5,9 +5,11 @@ generation call them through the registry, so a learner's version runs inside th
 """
 from __future__ import annotations
 
+import functools
 import weakref
 
 import torch
+from transformers import DynamicCache, StaticCache
 
 from rlhf_course import runtime
 from rlhf_course.registry import ExerciseOutputError, expect_tensor, replaceable
@@ -113,37 +115,31 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: to
     return (probs / noise).argmax(dim=-1)
 
 
-class _StaticDecoder:
-    """One model's fixed-shape decoding state: a static KV cache per (batch, length), and the step function.
-
-    The cache is allocated once per shape and reset between calls, so its tensors keep their addresses:
-    that is what lets a compiled step (CUDA graphs on a GPU) replay instead of recording again.
-    """
-
-    def __init__(self, model, compiled: bool):
-        self.model, self.caches = model, {}
-        # "reduce-overhead" records the step as a CUDA graph on a GPU: one launch per token instead of hundreds
-        self.forward = torch.compile(model.forward, mode="reduce-overhead", dynamic=False) if compiled else model.forward
-
-    def cache(self, batch: int, length: int):
-        from transformers import StaticCache
-
-        key = (batch, length)
-        if key not in self.caches:
-            self.caches[key] = StaticCache(config=self.model.config, max_cache_len=length)
-        else:
-            self.caches[key].reset()
-        return self.caches[key]
+def _decode_step(model, input_ids, attention_mask, position_ids, cache):
+    with runtime.autocast(input_ids.device):
+        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                     past_key_values=cache, use_cache=True).logits
 
 
-_static_decoders: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+@functools.cache
+def _compiled_decode_step():
+    """``_decode_step`` compiled, on first use. The model is an argument, so models of one shape share the graph;
+    "reduce-overhead" records it as a CUDA graph on a GPU: one launch per token instead of hundreds."""
+    return torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
 
 
-def _static_decoder(model, compiled: bool) -> _StaticDecoder:
-    key = _static_decoders.setdefault(model, {})
-    if compiled not in key:
-        key[compiled] = _StaticDecoder(model, compiled)
-    return key[compiled]
+_static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _static_cache(model, batch: int, length: int):
+    """A static KV cache for ``model``, allocated once per (batch, length) and reset between calls: its tensors
+    keep their addresses, which is what lets a compiled step replay its CUDA graph instead of recording again."""
+    caches = _static_caches.setdefault(model, {})
+    if (batch, length) in caches:
+        caches[batch, length].reset()
+    else:
+        caches[batch, length] = StaticCache(config=model.config, max_cache_len=length)
+    return caches[batch, length]
 
 
 @torch.no_grad()
@@ -175,30 +171,26 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
     rows = range(batch) if rows is None else rows
     if len(rows) != batch:
         raise ValueError(f"rows={rows} names {len(rows)} rows of the batch, but {batch} prompts were given")
-    static = None if decoder == "dynamic" else _static_decoder(model, compiled=decoder == "compiled")
-    if static is not None:
+    past, decode_step = DynamicCache(config=model.config), _decode_step
+    if decoder != "dynamic":
         # Lengths rounded up to 64 columns, so calls with similar prompts share one cache (and one compiled graph).
         # Every column after the prompt is unmasked: a row that has finished only attends to its own padding,
         # and its later tokens are thrown away, so the mask never changes during decoding.
         length = -(-(width + max_new_tokens) // 64) * 64
-        past = static.cache(batch, length)
+        past = _static_cache(model, batch, length)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, length - width)], dim=1)
-    else:
-        past = None
+        if decoder == "compiled":
+            decode_step = _compiled_decode_step()
     # Asking the GPU whether every row has finished waits for its queue to drain: do it every few steps there
     check_every = 1 if dev.type == "cpu" else 8
     finished = torch.zeros(batch, dtype=torch.bool, device=dev)
     new_tokens, new_mask = [], []
     step_ids, step_pos = input_ids, position_ids
     for step in range(max_new_tokens):
-        forward = model if static is None or step == 0 else static.forward  # the prompt's pass runs eagerly
-        if forward is not model:
+        forward = _decode_step if step == 0 else decode_step  # the prompt's pass runs eagerly: its width varies
+        if forward is not _decode_step:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are used up: the graph may reuse them
-        with runtime.autocast(dev):
-            out = forward(input_ids=step_ids, attention_mask=attention_mask, position_ids=step_pos,
-                          past_key_values=past, use_cache=True)
-        past = out.past_key_values
-        logits = out.logits[:, -1, :].float()  # (batch, vocab)
+        logits = forward(model, step_ids, attention_mask, step_pos, past)[:, -1, :].float()  # (batch, vocab)
         noise = None if temperature == 0 else torch.empty(
             (rows.stop, logits.shape[-1]), device=dev).exponential_(generator=generator)[rows.start::rows.step]
         token = next_token(logits, temperature, top_p, noise, top_k)  # (batch,)
@@ -209,7 +201,7 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
         finished = finished | (token == eos_id)
         if (step + 1) % check_every == 0 and bool(finished.all()):
             break
-        if static is None:
+        if decoder == "dynamic":
             attention_mask = torch.cat([attention_mask, alive.long().unsqueeze(1)], dim=1)
         step_ids = token.unsqueeze(1)  # (batch, 1)
         step_pos = step_pos[:, -1:] + 1

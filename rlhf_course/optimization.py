@@ -11,6 +11,14 @@ import torch
 from rlhf_course import distributed
 
 
+def adam(parameters, lr: float, *, weight_decay: float = 0.0, decoupled: bool = True, **kwargs) -> torch.optim.Optimizer:
+    """AdamW (``decoupled``) or Adam; on a GPU the fused kernel (one launch per step for all parameters)."""
+    parameters = list(parameters)
+    fused = True if parameters and all(p.is_cuda for p in parameters) else None  # None: PyTorch's CPU default
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return kind(parameters, lr=lr, weight_decay=weight_decay, fused=fused, **kwargs)
+
+
 def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up over ``warmup_steps``, times a linear decay to 0 at ``total_steps``."""
     return torch.optim.lr_scheduler.LambdaLR(

@@ -217,7 +217,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     freeze(reference)
     batch_size = min(config.batch_size, len(tasks))
     distributed.check_minibatches(batch_size, config.minibatch_size)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
     saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng) if checkpoint_dir is not None else None
@@ -239,13 +239,15 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
         policy.train()
-        stats = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": [], "entropy": []}
+        stats = ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")
+        measured = []  # one (len(stats),) tensor per minibatch, read from the device once per epoch
         stopped = False
         for _ in range(config.ppo_epochs):
             order = torch.randperm(batch_size, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-            epoch_kl = []
+            order = order.to(mask.device)  # once per epoch: a copy from host memory waits for the GPU's queue
+            epoch_start = len(measured)
             for mb in order.split(config.minibatch_size):
-                mb = distributed.shard(mb.to(mask.device))  # this process's rows of the minibatch
+                mb = distributed.shard(mb)  # this process's rows of the minibatch
                 logprobs, values = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width,
                                           config.temperature)
                 mb_mask = mask[mb]
@@ -256,16 +258,15 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
                                   policy.parameters(), config.max_grad_norm)
                 with torch.no_grad():
                     log_ratio = logprobs - rollout.logprobs[mb]
-                    measured = distributed.mean(torch.stack([
+                    measured.append(distributed.mean(torch.stack([
                         pg_loss, vf_loss, masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
                         masked_mean(0.5 * log_ratio ** 2, mb_mask),  # k2 estimate of KL(old, new)
-                        masked_mean(-logprobs, mb_mask)]), tokens)  # sampled entropy estimate, nats/token
-                for key, value in zip(stats, measured.tolist()):
-                    stats[key].append(value)
-                epoch_kl.append(stats["approx_kl"][-1])
-            if config.early_stop_kl is not None and sum(epoch_kl) / len(epoch_kl) > config.early_stop_kl:
+                        masked_mean(-logprobs, mb_mask)]), tokens))  # sampled entropy estimate, nats/token
+            epoch_kl = torch.stack(measured[epoch_start:])[:, stats.index("approx_kl")].double().mean()
+            if config.early_stop_kl is not None and epoch_kl.item() > config.early_stop_kl:
                 stopped = True
                 break
+        means = torch.stack(measured).double().mean(dim=0).tolist()  # (len(stats),): each statistic over every minibatch
         kl = rollout.kl.mean().item()
         row = {"update": update,
                "score": rollout.scores.mean().item(),
@@ -277,7 +278,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
                "ended": rollout.ended.float().mean().item(),
                "explained_variance": explained_variance(old_values, returns, mask),
                "early_stopped": stopped,
-               **{k: sum(v) / len(v) for k, v in stats.items()}}
+               **dict(zip(stats, means))}
         kl_ctl.update(kl, batch_size)
         history.append(row)
         samples.append([(t.prompt[-1]["content"], r, s, g) for t, r, s, g in

@@ -210,7 +210,7 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
     lengths = [sum(len(m["content"]) for key in ("prompt", "chosen", "rejected", "completion") for m in row.get(key, []))
                for row in train_rows]
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
     distributed.broadcast_parameters(model)
     losses, val_curve = [], []
@@ -224,15 +224,15 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
             count = len(share) if w is None else w.sum()  # what the loss is a (weighted) mean over
         optimization.step(distributed.share_of_mean(loss, count), optimizer, model.parameters(), config.max_grad_norm,
                           scheduler)
-        losses.append(distributed.mean(loss, count).item())
+        losses.append(distributed.mean(loss, count).detach())  # read back at the end (runtime.to_host)
         row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
             val_curve.append((step + 1, comparison_accuracy(model, tokenizer, val_rows)))
             row["val_accuracy"] = val_curve[-1][1]
         if on_step is not None:
-            on_step(row)
+            on_step(runtime.to_host([row])[0])
     model.eval()
-    return RewardResult(losses, val_curve, time.time() - start)
+    return RewardResult(torch.stack(losses).tolist() if losses else [], val_curve, time.time() - start)
 
 
 def _validate_acc(out, chosen, rejected):

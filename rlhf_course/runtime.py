@@ -59,6 +59,22 @@ def decoder() -> str:
     return wanted
 
 
+def to_host(rows: list[dict]) -> list[dict]:
+    """``rows`` with every 0-d tensor value read back as a Python float, in one transfer.
+
+    Reading a GPU value waits for everything queued before it, so a loop that read its statistics every step
+    would stall the GPU every step: trainers keep them as tensors and read them once, here.
+    """
+    cells = [(i, k) for i, row in enumerate(rows) for k, v in row.items() if isinstance(v, torch.Tensor)]
+    if not cells:
+        return rows
+    values = torch.stack([rows[i][k].detach().double().reshape(()) for i, k in cells]).tolist()
+    out = [dict(row) for row in rows]
+    for (i, k), v in zip(cells, values):
+        out[i][k] = v
+    return out
+
+
 def seed_everything(seed: int) -> torch.Generator:
     """Seed Python, NumPy and torch; return a CPU generator for sampling and shuffling."""
     random.seed(seed)

@@ -137,10 +137,11 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
              for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)]
     total = len(steps)
     dev = next(model.parameters()).device
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
     saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler) if checkpoint_dir else None
-    losses = saved["losses"] if saved else []
+    # losses stay on the device until a callback, the progress bar or a checkpoint reads them (runtime.to_host)
+    losses = [torch.tensor(v, device=dev) for v in saved["losses"]] if saved else []
     distributed.broadcast_parameters(model)
     model.train()
     bar = runtime.progress(total=total, initial=len(losses), desc="sft")
@@ -151,13 +152,15 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
             loss, tokens = batch_loss(model, collate([encoded[i] for i in share], tokenizer.pad_token_id))
         optimization.step(distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm,
                           scheduler)
-        losses.append(distributed.mean(loss, tokens).item())
+        losses.append(distributed.mean(loss, tokens).detach())
         if on_step is not None:
-            on_step({"step": len(losses) - 1, "loss": losses[-1]})
+            on_step({"step": len(losses) - 1, "loss": losses[-1].item()})
         bar.update(1)
-        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}", refresh=False)
         if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, {"losses": losses})
+            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler,
+                        {"losses": torch.stack(losses).tolist()})
     bar.close()
     model.eval()
-    return SFTResult(losses, total, time.time() - start)
+    return SFTResult(torch.stack(losses).tolist() if losses else [], total, time.time() - start)
