@@ -5,9 +5,15 @@
     .venv/bin/python bench/run.py --config tiny   # a few steps of each, to check the harness (CI runs it)
 
 For each of SFT, reward, DPO and GRPO the course's trainer and TRL's run the same rows with the same batch
-size, after one untimed warm-up run of each; PPO (which TRL 1.16 lacks) and decoding are timed for the
-course alone, decoding next to plain ``model.generate``. Every run is timed whole (tokenizing included),
-so the numbers are what a user waits for. Results go to the terminal and, with ``--out``, to a JSON file.
+size; PPO (which TRL 1.16 lacks) runs for the course alone, on the bench's model and on a model of at least
+350M parameters (``big``); decoding is timed for the course's three decoders next to plain ``model.generate``.
+
+Steady state and setup apart: every measurement runs a short and a long version of the same job (fewer and
+more rows, updates or new tokens), after one untimed warm-up of the short one. The difference between the
+two runs is pure training (or decoding), so ``steady = (amount_long - amount_short) / (t_long - t_short)`` is
+the throughput after the first steps, and ``setup = t_short - amount_short / steady`` is what a run pays once
+(building the trainer and its dataset, tokenizing, compiling). Results go to the terminal and, with ``--out``,
+to a JSON file.
 """
 from __future__ import annotations
 
@@ -35,36 +41,37 @@ from rlhf_course.language_model import generate, pad_batch  # noqa: E402
 
 @dataclass
 class BenchConfig:
-    model: str = "course"  # "course": the shipped 4 x 128 GPT-2; "gpt2-12x768": that shape from a random init
-    sft_rows: int = 512
+    model: tuple[int, int, int] | None = None  # (layers, width, heads) of a GPT-2 from a random init; None: the course's
+    big: tuple[int, int, int] = (2, 64, 2)  # the model of the "PPO big" row (the GPU's has 350M+ parameters)
+    sft_rows: int = 512  # the long runs; the short ones take a quarter of the rows, or one update
     pairs: int = 256
     batch_size: int = 32
-    grpo_steps: int = 2
+    grpo_steps: int = 3
     grpo_prompts: int = 4  # per step
     group_size: int = 8
-    ppo_updates: int = 2
+    ppo_updates: int = 3
     ppo_batch: int = 32
     new_tokens: int = 32
     decode_batch: int = 64
+    decoder: str = "dynamic"  # the course's decoder inside GRPO and PPO (runtime.DECODERS)
 
 
 CONFIGS = {
-    "tiny": BenchConfig(sft_rows=32, pairs=32, batch_size=16, grpo_steps=1, grpo_prompts=2, group_size=4,
-                        ppo_updates=1, ppo_batch=8, new_tokens=8, decode_batch=8),
+    "tiny": BenchConfig(sft_rows=64, pairs=64, batch_size=16, grpo_steps=2, grpo_prompts=2, group_size=4,
+                        ppo_updates=2, ppo_batch=8, new_tokens=16, decode_batch=8),
     "cpu": BenchConfig(),
-    "gpu": BenchConfig(model="gpt2-12x768", sft_rows=64 * 40, pairs=32 * 40, batch_size=64, grpo_steps=5, grpo_prompts=8,
-                       ppo_updates=5, ppo_batch=64),
+    "gpu": BenchConfig(model=(12, 768, 12), big=(28, 1024, 16), sft_rows=64 * 40, pairs=32 * 40, batch_size=64,
+                       grpo_steps=4, grpo_prompts=8, ppo_updates=4, ppo_batch=64, decoder="compiled"),
 }
 
 
-def model_dir(config: BenchConfig, tok, scratch: Path) -> Path:
-    if config.model == "course":
-        return models.BASE_MODEL_DIR
+def gpt2_dir(shape: tuple[int, int, int], tok, scratch: Path) -> Path:
+    layers, width, heads = shape
     torch.manual_seed(0)
-    big = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=768, n_layer=12, n_head=12,
-                                     bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                                     pad_token_id=tok.pad_token_id))
-    return models.save(big, tok, scratch / "gpt2-12x768")
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=width, n_layer=layers, n_head=heads,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id))
+    return models.save(model, tok, scratch / f"gpt2-{layers}x{width}")
 
 
 def timed(fn) -> float:
@@ -77,10 +84,19 @@ def timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def twice(fn) -> float:
-    """The second of two runs: the first pays for allocator warm-up, kernel selection and lazy imports."""
-    fn()
-    return timed(fn)
+def steady_state(job, short, long, amount) -> dict:
+    """Throughput after the first steps, and the one-off setup, of ``job(size)`` from a short and a long run.
+
+    ``amount(size)`` is the work a run of that size does (tokens, pairs, episodes). The short run is run once
+    untimed first: it pays for allocator warm-up, kernel selection, compiling and lazy imports.
+    """
+    job(short)
+    t_short, t_long = timed(lambda: job(short)), timed(lambda: job(long))
+    extra_work, extra_time = amount(long) - amount(short), t_long - t_short
+    # a long run no slower than the short one means the difference is lost in noise: no steady rate to report
+    steady = extra_work / extra_time if extra_time > 0.05 * t_short else None
+    return {"steady": steady, "setup_s": None if steady is None else max(0.0, t_short - amount(short) / steady),
+            "whole": amount(long) / t_long, "seconds_short": t_short, "seconds_long": t_long}
 
 
 def preference_rows(n: int) -> list[dict]:
@@ -89,68 +105,102 @@ def preference_rows(n: int) -> list[dict]:
              "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}]} for t in tasks]
 
 
-def run(config: BenchConfig, scratch: Path) -> list[dict]:
+def peak_memory_gib() -> float | None:
+    return torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
+
+
+def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[dict]:
+    """Every row of the bench; ``report(rows)`` is called after each, so a run cut short keeps what it measured."""
     tok = models.load_tokenizer()
-    path = model_dir(config, tok, scratch)
-    load = lambda: models.load_model(path)  # noqa: E731
+    path = models.BASE_MODEL_DIR if config.model is None else gpt2_dir(config.model, tok, scratch)
+    load = lambda p=path: models.load_model(p)  # noqa: E731
     demos = data.sft_dataset("train").to_list()[:config.sft_rows]
-    tokens = sum(len(sft.encode(tok, r["prompt"], r["completion"])[0]) for r in demos)
+    tokens = [len(sft.encode(tok, r["prompt"], r["completion"])[0]) for r in demos]
     pairs = preference_rows(config.pairs)
     tasks = world.generate_tasks("train", 20)
     b = config.batch_size
     rows = []
 
-    def row(name, unit, amount, course_seconds, trl_seconds=None):
-        course = amount / course_seconds
-        theirs = amount / trl_seconds if trl_seconds else None
-        rows.append({"step": name, "unit": unit, "course": course, "trl": theirs,
-                     "course/trl": course / theirs if theirs else None})
-        print(f"{name:<8}{course:>12.1f}{theirs or float('nan'):>12.1f}  {unit:<14}"
-              f"{'' if theirs is None else f'{course / theirs:.2f}':>6}", flush=True)
+    def row(name, unit, course, baseline=None, baseline_name="TRL", **extra):
+        ratio = course["steady"] / baseline["steady"] if baseline and course["steady"] and baseline["steady"] else None
+        rows.append({"step": name, "unit": unit, "course": course, "baseline_name": baseline and baseline_name,
+                     "baseline": baseline, "ratio": ratio, **extra})
+        fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+        print(f"{name:<18}{fmt(course['steady'], ',.1f'):>12}{fmt(course['setup_s'], '.1f'):>8}"
+              f"{fmt(baseline and baseline['steady'], ',.1f'):>12}{fmt(baseline and baseline['setup_s'], '.1f'):>8}"
+              f"  {unit:<14}{fmt(ratio, '.2f'):>6}" + "".join(f"  {k} {v}" for k, v in extra.items()), flush=True)
+        report(rows)
 
-    print(f"{'step':<8}{'course':>12}{'TRL':>12}  {'unit':<14}{'ratio':>6}")
-    row("SFT", "tokens/s", tokens,
-        twice(lambda: sft.train_sft(load(), tok, demos, sft.SFTConfig(epochs=1, batch_size=b, warmup_steps=1))),
-        twice(lambda: trl_bridge.sft_trainer(load(), tok, demos, scratch / "trl", b).train()))
-    row("reward", "pairs/s", len(pairs),
-        twice(lambda: reward_model.train(reward_model.build(path), tok, pairs, None,
-                                         reward_model.RewardConfig(batch_size=b, warmup_steps=1))),
-        twice(lambda: trl_bridge.reward_trainer(reward_model.build(path), tok, pairs, scratch / "trl", b).train()))
+    print(f"{'step':<18}{'course':>12}{'setup s':>8}{'baseline':>12}{'setup s':>8}  {'unit (steady)':<14}{'ratio':>6}"
+          "   (baseline: TRL's trainer; for decoding, plain model.generate)")
+    quarter = lambda n: max(b, n // 4)  # noqa: E731
+    sft_tokens = lambda n: sum(tokens[:n])  # noqa: E731
+    row("SFT", "tokens/s",
+        steady_state(lambda n: sft.train_sft(load(), tok, demos[:n], sft.SFTConfig(epochs=1, batch_size=b,
+                                                                                   warmup_steps=1)),
+                     quarter(len(demos)), len(demos), sft_tokens),
+        steady_state(lambda n: trl_bridge.sft_trainer(load(), tok, demos[:n], scratch / "trl", b).train(),
+                     quarter(len(demos)), len(demos), sft_tokens))
+    same = lambda n: n  # noqa: E731
+    row("reward", "pairs/s",
+        steady_state(lambda n: reward_model.train(reward_model.build(path), tok, pairs[:n], None,
+                                                  reward_model.RewardConfig(batch_size=b, warmup_steps=1)),
+                     quarter(len(pairs)), len(pairs), same),
+        steady_state(lambda n: trl_bridge.reward_trainer(reward_model.build(path), tok, pairs[:n], scratch / "trl",
+                                                         b).train(),
+                     quarter(len(pairs)), len(pairs), same))
     dpo_batch = max(1, b // 2)  # each pair is two sequences
-    row("DPO", "pairs/s", len(pairs),
-        twice(lambda: dpo.train_dpo(load(), load(), tok, pairs, dpo.DPOConfig(batch_size=dpo_batch, beta=0.1,
-                                                                               warmup_steps=1))),
-        twice(lambda: trl_bridge.dpo_trainer(load(), load(), tok, pairs, scratch / "trl", dpo_batch).train()))
-    completions = config.grpo_steps * config.grpo_prompts * config.group_size
-    grpo_config = grpo.GRPOConfig(updates=config.grpo_steps, prompts_per_update=config.grpo_prompts,
-                                  group_size=config.group_size, iterations=1, minibatch_size=config.grpo_prompts * config.group_size,
-                                  max_new_tokens=config.new_tokens)
-    row("GRPO", "completions/s", completions,
-        twice(lambda: grpo.train_grpo(load(), load(), rollouts.correctness_scorer, tok, tasks, grpo_config)),
-        twice(lambda: trl_bridge.grpo_trainer(load(), tok, tasks, scratch / "trl", group_size=config.group_size,
-                                              batch_size=config.grpo_prompts * config.group_size,
-                                              max_steps=config.grpo_steps, max_completion_length=config.new_tokens,
-                                              beta=0.04).train()))
-    ppo_config = ppo.PPOConfig(updates=config.ppo_updates, batch_size=config.ppo_batch,
-                               minibatch_size=max(1, config.ppo_batch // 4), max_new_tokens=config.new_tokens)
-    row("PPO", "episodes/s", config.ppo_updates * config.ppo_batch,
-        twice(lambda: ppo.train_ppo(ppo.PolicyWithValue(load()), load(), rollouts.correctness_scorer, tok, tasks,
-                                    ppo_config)))
+    row("DPO", "pairs/s",
+        steady_state(lambda n: dpo.train_dpo(load(), load(), tok, pairs[:n],
+                                             dpo.DPOConfig(batch_size=dpo_batch, beta=0.1, warmup_steps=1)),
+                     quarter(len(pairs)), len(pairs), same),
+        steady_state(lambda n: trl_bridge.dpo_trainer(load(), load(), tok, pairs[:n], scratch / "trl",
+                                                      dpo_batch).train(),
+                     quarter(len(pairs)), len(pairs), same))
+    per_update = config.grpo_prompts * config.group_size
+    grpo_config = lambda n: grpo.GRPOConfig(updates=n, prompts_per_update=config.grpo_prompts,  # noqa: E731
+                                            group_size=config.group_size, iterations=1, minibatch_size=per_update,
+                                            max_new_tokens=config.new_tokens)
+    row("GRPO", "completions/s",
+        steady_state(lambda n: grpo.train_grpo(load(), load(), rollouts.correctness_scorer, tok, tasks, grpo_config(n)),
+                     1, config.grpo_steps, lambda n: n * per_update),
+        steady_state(lambda n: trl_bridge.grpo_trainer(load(), tok, tasks, scratch / "trl", group_size=config.group_size,
+                                                       batch_size=per_update, max_steps=n,
+                                                       max_completion_length=config.new_tokens, beta=0.04).train(),
+                     1, config.grpo_steps, lambda n: n * per_update))
+
+    def ppo_job(model_path):
+        ppo_config = lambda n: ppo.PPOConfig(updates=n, batch_size=config.ppo_batch,  # noqa: E731
+                                             minibatch_size=max(1, config.ppo_batch // 4),
+                                             max_new_tokens=config.new_tokens)
+        return lambda n: ppo.train_ppo(ppo.PolicyWithValue(load(model_path)), load(model_path),
+                                       rollouts.correctness_scorer, tok, tasks, ppo_config(n))
+
+    episodes = lambda n: n * config.ppo_batch  # noqa: E731
+    row("PPO", "episodes/s", steady_state(ppo_job(path), 1, config.ppo_updates, episodes))
+    big = gpt2_dir(config.big, tok, scratch)
+    parameters = models.count_parameters(load(big))
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    row(f"PPO {parameters / 1e6:.3g}M", "episodes/s", steady_state(ppo_job(big), 1, config.ppo_updates, episodes),
+        parameters=parameters, peak_gib=peak_memory_gib())
+
     decoder = load()
-    prompts = [sft.encode(tok, t.prompt)[0] for t in tasks[:config.decode_batch]]
+    prompts = [sft.encode(tok, t.prompt)[0] for t in tasks]
     prompts = (prompts * (config.decode_batch // len(prompts) + 1))[:config.decode_batch]
-    new = config.decode_batch * config.new_tokens
-    # no EOS id, so every row decodes all new_tokens in both
-    course = twice(lambda: generate(decoder, prompts, pad_id=tok.pad_token_id, eos_id=-1,
-                                    max_new_tokens=config.new_tokens, temperature=1.0))
     ids, mask = (t.to(runtime.device()) for t in pad_batch(prompts, tok.pad_token_id, side="left"))
-    plain = twice(lambda: decoder.generate(input_ids=ids, attention_mask=mask, do_sample=True,
-                                           max_new_tokens=config.new_tokens, min_new_tokens=config.new_tokens,
-                                           pad_token_id=tok.pad_token_id))
-    rows.append({"step": "decode", "unit": "tokens/s", "course": new / course, "trl": None,
-                 "plain generate": new / plain, "course/plain": plain / course})
-    print(f"{'decode':<8}{new / course:>12.1f}{new / plain:>12.1f}  {'tokens/s':<14}{plain / course:>6.2f}"
-          "   (second column: plain model.generate)")
+    short = max(2, config.new_tokens // 4)
+    # no EOS id for ours, min_new_tokens for generate: every row decodes every step in both
+    plain = steady_state(lambda n: decoder.generate(input_ids=ids, attention_mask=mask, do_sample=True,
+                                                    max_new_tokens=n, min_new_tokens=n, pad_token_id=tok.pad_token_id),
+                         short, config.new_tokens, lambda n: n)
+    for name in runtime.DECODERS:
+        ours = steady_state(lambda n: generate(decoder, prompts, pad_id=tok.pad_token_id, eos_id=-1, max_new_tokens=n,
+                                               temperature=1.0, decoder=name),
+                            short, config.new_tokens, lambda n: n)
+        row(f"decode {name}", "steps/s", ours, plain, "model.generate",
+            ms_per_step=None if ours["steady"] is None else round(1000 / ours["steady"], 3),
+            generate_ms_per_step=None if plain["steady"] is None else round(1000 / plain["steady"], 3))
     return rows
 
 
@@ -160,18 +210,24 @@ def main(argv=None):
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     args = parser.parse_args(argv)
     config = CONFIGS[args.config]
+    os.environ["RLHF_COURSE_DECODER"] = config.decoder  # generate's default inside the course's GRPO and PPO
     dev = runtime.device()
     device = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     print(f"config {args.config}: {config}\ndevice {device} | torch {torch.__version__} | transformers "
-          f"{transformers.__version__} | trl {trl.__version__} | autocast {runtime.autocast_dtype(dev)}")
-    with tempfile.TemporaryDirectory() as scratch:
-        rows = run(config, Path(scratch))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"config": args.config, "settings": dataclasses.asdict(config), "device": device,
-                                        "torch": torch.__version__, "transformers": transformers.__version__,
-                                        "trl": trl.__version__, "results": rows}, indent=1) + "\n")
+          f"{transformers.__version__} | trl {trl.__version__} | autocast {runtime.autocast_dtype(dev)}", flush=True)
+    start = time.time()
 
+    def report(rows):
+        if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps({
+                "config": args.config, "settings": dataclasses.asdict(config), "device": device,
+                "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
+                "seconds": time.time() - start, "results": rows}, indent=1) + "\n")
+
+    with tempfile.TemporaryDirectory() as scratch:
+        run(config, Path(scratch), report)
+    print(f"bench took {time.time() - start:.0f} s", flush=True)
 
 if __name__ == "__main__":
     main()

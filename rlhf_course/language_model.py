@@ -173,10 +173,10 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
         raise ValueError(f"rows={rows} names {len(rows)} rows of the batch, but {batch} prompts were given")
     past, decode_step = DynamicCache(config=model.config), _decode_step
     if decoder != "dynamic":
-        # Lengths rounded up to 64 columns, so calls with similar prompts share one cache (and one compiled graph).
+        # Lengths rounded up to 128 columns, so calls with similar prompts share one cache (and one compiled graph).
         # Every column after the prompt is unmasked: a row that has finished only attends to its own padding,
         # and its later tokens are thrown away, so the mask never changes during decoding.
-        length = -(-(width + max_new_tokens) // 64) * 64
+        length = -(-(width + max_new_tokens) // 128) * 128
         past = _static_cache(model, batch, length)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, length - width)], dim=1)
         if decoder == "compiled":

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from rlhf_course import data, evaluation, models, runtime, world
-from rlhf_course.language_model import generate
+from rlhf_course.language_model import decode_responses, generate
 from rlhf_course.sft import SFTConfig, train_sft
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -50,3 +50,22 @@ def test_bf16_first_tokens_agree_with_the_cpu():
         seqs, mask = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=1)
         firsts.append(seqs[:, -1].cpu())
     assert (firsts[0] == firsts[1]).float().mean() > 0.95
+
+
+def test_static_and_compiled_decoders_on_cuda_give_the_dynamic_decoders_tokens(monkeypatch):
+    """The compiled step replays a CUDA graph; in fp32 it must sample what the growing cache samples."""
+    monkeypatch.setenv("RLHF_COURSE_AUTOCAST", "fp32")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    tok = models.load_tokenizer()
+    model = models.load_model(dev=torch.device("cuda"))
+    prompts = [tok.apply_chat_template(t.prompt, add_generation_prompt=True, return_dict=False)
+               for t in world.generate_tasks("test", 4)][:32]
+    for temperature in (0.0, 1.0):
+        replies = {}
+        for decoder in ("dynamic", "static", "compiled", "compiled"):  # compiled twice: record the graph, then replay
+            sequences, mask = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                                       max_new_tokens=24, temperature=temperature, seed=1, decoder=decoder)
+            replies[decoder] = decode_responses(tok, sequences, mask)
+        for decoder in ("static", "compiled"):
+            same = sum(a == b for a, b in zip(replies[decoder], replies["dynamic"])) / len(prompts)
+            assert same > 0.95, (decoder, temperature, same)
