@@ -68,7 +68,8 @@ def to_host(rows: list[dict]) -> list[dict]:
     cells = [(i, k) for i, row in enumerate(rows) for k, v in row.items() if isinstance(v, torch.Tensor)]
     if not cells:
         return rows
-    values = torch.stack([rows[i][k].detach().double().reshape(()) for i, k in cells]).tolist()
+    where = rows[cells[0][0]][cells[0][1]].device  # they all live there, but a stray one is moved rather than refused
+    values = torch.stack([rows[i][k].detach().to(where, torch.float64).reshape(()) for i, k in cells]).tolist()
     out = [dict(row) for row in rows]
     for (i, k), v in zip(cells, values):
         out[i][k] = v
