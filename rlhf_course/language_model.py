@@ -6,6 +6,7 @@ generation call them through the registry, so a learner's version runs inside th
 from __future__ import annotations
 
 import functools
+import inspect
 import weakref
 
 import torch
@@ -115,17 +116,23 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: to
     return (probs / noise).argmax(dim=-1)
 
 
-def _decode_step(model, input_ids, attention_mask, position_ids, cache):
-    with runtime.autocast(input_ids.device):
-        return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                     past_key_values=cache, use_cache=True).logits
+def _decode_step(model, input_ids, attention_mask, position_ids, cache: dict):
+    """One forward pass with the KV cache; ``cache`` is ``{name: cache}`` under the name the model's forward takes."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                 **cache).logits
+
+
+def _cache_argument(model, cache) -> dict:
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns, which a compiled
+    step cannot do); older versions and wrappers with ``**kwargs`` take the old name."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
 
 
 @functools.cache
 def _compiled_decode_step():
     """``_decode_step`` compiled, on first use. The model is an argument, so models of one shape share the graph;
     "reduce-overhead" records it as a CUDA graph on a GPU: one launch per token instead of hundreds."""
-    return torch.compile(_decode_step, mode="reduce-overhead", dynamic=False)
+    return torch.compile(_decode_step, mode="reduce-overhead", dynamic=False, fullgraph=True)
 
 
 _static_caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -171,18 +178,19 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
     rows = range(batch) if rows is None else rows
     if len(rows) != batch:
         raise ValueError(f"rows={rows} names {len(rows)} rows of the batch, but {batch} prompts were given")
-    past, decode_step = DynamicCache(config=model.config), _decode_step
+    cache, decode_step = DynamicCache(config=model.config), _decode_step
     if decoder != "dynamic":
         # Lengths rounded up to 128 columns, so calls with similar prompts share one cache (and one compiled graph).
         # Every column after the prompt is unmasked: a row that has finished only attends to its own padding,
         # and its later tokens are thrown away, so the mask never changes during decoding.
         length = -(-(width + max_new_tokens) // 128) * 128
-        past = _static_cache(model, batch, length)
+        cache = _static_cache(model, batch, length)
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, length - width)], dim=1)
         if decoder == "compiled":
             decode_step = _compiled_decode_step()
     # Asking the GPU whether every row has finished waits for its queue to drain: do it every few steps there
     check_every = 1 if dev.type == "cpu" else 8
+    past = _cache_argument(model, cache)
     finished = torch.zeros(batch, dtype=torch.bool, device=dev)
     new_tokens, new_mask = [], []
     step_ids, step_pos = input_ids, position_ids
@@ -190,7 +198,8 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
         forward = _decode_step if step == 0 else decode_step  # the prompt's pass runs eagerly: its width varies
         if forward is not _decode_step:
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are used up: the graph may reuse them
-        logits = forward(model, step_ids, attention_mask, step_pos, past)[:, -1, :].float()  # (batch, vocab)
+        with runtime.autocast(dev):  # outside the compiled step: the step is traced under it
+            logits = forward(model, step_ids, attention_mask, step_pos, past)[:, -1, :].float()  # (batch, vocab)
         noise = None if temperature == 0 else torch.empty(
             (rows.stop, logits.shape[-1]), device=dev).exponential_(generator=generator)[rows.start::rows.step]
         token = next_token(logits, temperature, top_p, noise, top_k)  # (batch,)

@@ -18,8 +18,8 @@ def test_tiny_benchmark_measures_every_step_against_trl(tmp_path):
     report = json.loads(out.read_text())
     rows = {r["step"]: r for r in report["results"]}
     big = [step for step in rows if step.startswith("PPO ")]
-    assert list(rows) == ["SFT", "reward", "DPO", "GRPO", "PPO", *big, "decode dynamic", "decode static",
-                          "decode compiled"] and len(big) == 1
+    assert list(rows) == ["decode dynamic", "decode static", "decode compiled", "GRPO", "PPO", *big, "SFT", "reward",
+                          "DPO"] and len(big) == 1
     for step, row in rows.items():
         for side in ("course", "baseline"):
             measured = row[side]
