@@ -6,6 +6,11 @@ Set ``RLHF_COURSE_DEVICE=cpu`` to force the CPU, ``RLHF_COURSE_AUTOCAST=fp32`` t
 float32, ``RLHF_COURSE_DECODER`` to pick how generation keeps its KV cache (``language_model.generate``), and
 ``RLHF_COURSE_PROGRESS=0`` to hide progress bars. Under a multi-process launcher (see
 ``distributed``) each process takes the GPU of its ``LOCAL_RANK``, and only the first shows progress.
+
+Importing this module takes cuDNN out of PyTorch's attention backends (``RLHF_COURSE_CUDNN_ATTENTION=1`` keeps
+it). On Hopper GPUs PyTorch 2.11 and transformers 5.2x send masked attention to cuDNN first, and cuDNN builds an
+execution plan for every new shape, a tenth of a second or more each; the course's batches change length
+from step to step and its KV cache grows by a column a step, so nearly every step is a new shape (bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -16,6 +21,10 @@ import random
 import numpy as np
 import torch
 from tqdm.auto import tqdm
+
+
+if os.environ.get("RLHF_COURSE_CUDNN_ATTENTION", "0") != "1":
+    torch.backends.cuda.enable_cudnn_sdp(False)  # flash and memory-efficient attention need no per-shape plan
 
 
 def device() -> torch.device:
