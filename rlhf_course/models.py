@@ -69,7 +69,7 @@ def check_model_dir(path: Path) -> Path:
 
 
 def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast:
-    tok = AutoTokenizer.from_pretrained(check_model_dir(path), local_files_only=True)
+    tok = AutoTokenizer.from_pretrained(check_model_dir(path), local_files_only=True, trust_remote_code=False)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(
             f"The tokenizer at {path} needs a pad token distinct from its EOS token; otherwise masking "

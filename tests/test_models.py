@@ -1,3 +1,4 @@
+import json
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -42,3 +43,20 @@ def test_any_saved_causal_lm_directory_round_trips(tmp_path):
     again = models.load_model(tmp_path / "m", dev=torch.device("cpu"))
     ids = torch.tensor([[5, 6, 7]])
     assert torch.allclose(model(input_ids=ids).logits, again(input_ids=ids).logits)
+
+
+def test_a_model_directory_with_its_own_code_never_runs_it(tmp_path, monkeypatch):
+    """A directory that names its own tokenizer class in Python: loading refuses it, even if asked "run it?" and
+    a user would answer yes."""
+    marker = tmp_path / "code_ran"
+    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
+                                      "from transformers import PreTrainedTokenizerFast\n"
+                                      "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {
+        "AutoConfig": "evil.EvilConfig", "AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}}))
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {
+        "AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}}))
+    monkeypatch.setattr("builtins.input", lambda *args: "y")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        models.load_tokenizer(tmp_path)
+    assert not marker.exists()
