@@ -1,12 +1,12 @@
 """Best-of-n: sample n responses, keep the one the reward model scores highest. No training at all.
 
 It is the simplest way to spend a reward model, and a strong baseline: every RL method in the course
-has to beat it at the same KL. The KL of the best-of-n policy to the policy it samples from has a
-closed form (Stiennon et al. 2020; Beirami et al. 2024 show it is an upper bound):
+has to beat it at the same KL. The KL of the best-of-n policy to the policy it samples from is at most
 
-    KL(best-of-n || pi) = log n - (n - 1) / n
+    KL(best-of-n || pi) <= log n - (n - 1) / n
 
-so n = 16 costs about 1.8 nats. One set of n samples per prompt gives the whole curve k = 1, 2, ..., n:
+(Stiennon et al. 2020 quote it as exact; Beirami et al. 2024 show it is an upper bound, reached only when the
+n samples never repeat), so n = 16 costs at most about 1.8 nats. One set of n samples per prompt gives the whole curve k = 1, 2, ..., n:
 any k of the n samples are a best-of-k draw, and averaging over *all* k-subsets (not just the first k)
 gives the same expectation with much less noise. Sort a prompt's samples by reward; the i-th lowest
 (counting from 1) is the best of a random k-subset with probability C(i-1, k-1) / C(n, k)
@@ -23,6 +23,7 @@ from rlhf_course import data, feedback, human, world
 
 
 def analytic_kl(n: int) -> float:
+    """The upper bound log n - (n - 1) / n on best-of-n's KL to the sampling policy."""
     return math.log(n) - (n - 1) / n
 
 

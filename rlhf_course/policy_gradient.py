@@ -7,8 +7,10 @@ rewards ``r_t`` (the KL penalty on every token, the reward model's score on the 
     grad J = E[ sum_t grad log pi(a_t | s_t) * (G_t - b_t) ]
 
 Any baseline ``b_t`` that does not depend on the action leaves the gradient unbiased and can shrink its
-variance a lot. Here it is the leave-one-out mean of the other samples' returns at the same step
-(as in RLOO). One gradient step per rollout: no value network, no clipping. PPO adds both.
+variance a lot. Here it is the leave-one-out mean of the other samples' returns at the same step: the
+other samples of the batch, which answer other prompts. RLOO (Ahmadian et al. 2024) leaves one out among
+several samples of the *same* prompt, which also takes out how hard each prompt is. One gradient step per
+rollout: no value network, no clipping. PPO adds both.
 """
 from __future__ import annotations
 
