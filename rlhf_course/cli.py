@@ -68,8 +68,8 @@ def _exercises(args) -> int:
 def _make_exercises(args) -> int:
     from rlhf_course import exercises
 
-    for path in exercises.make_exercises():
-        print(f"wrote {path}")
+    for path, what in exercises.make_exercises(replace=args.replace):
+        print(f"{path}: {what}")
     return 0
 
 
@@ -108,7 +108,9 @@ def main(argv=None) -> int:
     p.add_argument("--impl", default=None)
     p.set_defaults(fn=_exercises)
 
-    p = sub.add_parser("make-exercises", help="regenerate exercises/ from solutions/")
+    p = sub.add_parser("make-exercises", help="write the missing stubs of exercises/ from solutions/ (your files are kept)")
+    p.add_argument("--replace", action="store_true",
+                   help="for instructors: overwrite files that differ from their stub, keeping each as NAME.py.bak")
     p.set_defaults(fn=_make_exercises)
 
     args = parser.parse_args(argv)

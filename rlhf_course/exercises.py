@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import re
+import shutil
 import sys
 import traceback
 from dataclasses import dataclass
@@ -981,7 +982,7 @@ def load_function(exercise_id: str, impl: str | Path | None = None) -> Callable:
     if path.suffix == ".py":
         if not path.is_file():
             raise FileNotFoundError(f"No exercise file at {path} (expected {exercise.file} with a function "
-                                    f"{exercise.id}); run `rlhf-course make-exercises` to regenerate exercises/")
+                                    f"{exercise.id}); `rlhf-course make-exercises` writes the missing stubs (and keeps your files)")
         name = f"_learner_{path.stem}_{abs(hash(path.resolve()))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -1074,10 +1075,31 @@ def strip_solutions(source: str) -> str:
     return stripped
 
 
-def make_exercises(solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES_DIR) -> list[Path]:
-    written = []
+def make_exercises(solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES_DIR,
+                   replace: bool = False) -> list[tuple[Path, str]]:
+    """Write the stubs of ``exercises/`` from ``solutions/``, never losing what a learner wrote.
+
+    A missing file is written; one equal to its stub is left alone. One that differs (a learner's work, or a
+    stub from before the solutions changed) is kept, and the fresh stub goes beside it as ``NAME.py.new``;
+    with ``replace`` (for instructors regenerating the committed stubs) the old file is first copied to
+    ``NAME.py.bak``. Returns ``(path, what was done)`` for every file.
+    """
+    done = []
+    exercises.mkdir(parents=True, exist_ok=True)
     for source in sorted(solutions.glob("*.py")):
-        target = exercises / source.name
-        target.write_text(strip_solutions(source.read_text()))
-        written.append(target)
-    return written
+        target, stub = exercises / source.name, strip_solutions(source.read_text())
+        if not target.exists():
+            target.write_text(stub)
+            done.append((target, "written"))
+        elif target.read_text() == stub:
+            done.append((target, "unchanged"))
+        elif replace:
+            backup = target.with_name(target.name + ".bak")
+            shutil.copy2(target, backup)
+            target.write_text(stub)
+            done.append((target, f"replaced; the old file is kept as {backup.name}"))
+        else:
+            fresh = target.with_name(target.name + ".new")
+            fresh.write_text(stub)
+            done.append((target, f"kept (it differs from the stub); the fresh stub is {fresh.name}"))
+    return done

@@ -40,9 +40,27 @@ def test_exercises_are_generated_from_solutions():
     for solution in sorted(exercises.SOLUTIONS_DIR.glob("*.py")):
         generated = exercises.strip_solutions(solution.read_text())
         committed = (exercises.EXERCISES_DIR / solution.name).read_text()
-        assert committed == generated, f"exercises/{solution.name} is out of date: run `rlhf-course make-exercises`"
+        assert committed == generated, \
+            f"exercises/{solution.name} is out of date: run `rlhf-course make-exercises --replace`"
     assert {p.name for p in exercises.SOLUTIONS_DIR.glob("*.py")} == \
         {p.name for p in exercises.EXERCISES_DIR.glob("*.py")}
+
+
+def test_make_exercises_never_overwrites_what_a_learner_wrote(tmp_path):
+    solutions, mine = tmp_path / "solutions", tmp_path / "exercises"
+    solutions.mkdir()
+    (solutions / "lesson09.py").write_text("def f():\n    ### BEGIN SOLUTION\n    return 1\n    ### END SOLUTION\n")
+    (solutions / "lesson10.py").write_text("def g():\n    ### BEGIN SOLUTION\n    return 2\n    ### END SOLUTION\n")
+    stub = exercises.strip_solutions((solutions / "lesson09.py").read_text())
+    assert [what for _, what in exercises.make_exercises(solutions, mine)] == ["written", "written"]
+    work = "def f():\n    return 41 + 1  # my attempt\n"
+    (mine / "lesson09.py").write_text(work)
+    done = dict(exercises.make_exercises(solutions, mine))
+    assert (mine / "lesson09.py").read_text() == work  # kept
+    assert (mine / "lesson09.py.new").read_text() == stub and "kept" in done[mine / "lesson09.py"]
+    assert done[mine / "lesson10.py"] == "unchanged"
+    exercises.make_exercises(solutions, mine, replace=True)  # the instructor's regeneration
+    assert (mine / "lesson09.py").read_text() == stub and (mine / "lesson09.py.bak").read_text() == work
 
 
 def test_strip_solutions_keeps_indentation_and_needs_markers():
