@@ -65,6 +65,33 @@ class LabelingSession:
             done[row["pair_id"]] = row
         return done
 
+    def _mend_tail(self) -> None:
+        """Make the file end with a complete line before anything is appended to it.
+
+        A crash or a full disk in the middle of a write leaves a fragment after the last newline; appending to
+        it would glue the next judgment onto it and make the file unreadable. A complete judgment without its
+        newline (a hand edit) gets one; a fragment moves to ``NAME.torn`` (kept, never glued to).
+        """
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return
+        data = self.path.read_bytes()
+        if data.endswith(b"\n"):
+            return
+        cut = data.rfind(b"\n") + 1  # 0 when the fragment is the whole file
+        tail = data[cut:]
+        try:
+            complete = json.loads(tail).get("choice") in CHOICES
+        except (ValueError, AttributeError):
+            complete = False
+        if complete:
+            with self.path.open("ab") as f:
+                f.write(b"\n")
+            return
+        with self.path.with_name(self.path.name + ".torn").open("ab") as aside:
+            aside.write(tail + b"\n")
+        with self.path.open("r+b") as f:
+            f.truncate(cut)
+
     @property
     def remaining(self) -> list[dict]:
         return [p for p in self.pairs if p["pair_id"] not in self.judgments]
@@ -89,6 +116,7 @@ class LabelingSession:
         row = {"pair_id": pair["pair_id"], "task": pair["task"], "a": pair["a"], "b": pair["b"],
                "labeler": self.labeler, "choice": choice, "reference_choice": self.reference_choice(pair)}
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._mend_tail()
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()

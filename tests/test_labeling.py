@@ -84,3 +84,37 @@ def test_bad_choice_is_refused_and_nothing_written(tmp_path, pairs):
     with pytest.raises(ValueError, match="choice must be one of"):
         session.record("left")
     assert not path.exists()
+
+
+@pytest.mark.parametrize("tail", ['{"pair_id": "x", "cho', "\u00e9t\u00e9 {", '{"pair_id": 1}'])
+def test_a_judgment_after_a_torn_line_keeps_the_file_readable(tmp_path, pairs, tail):
+    """A crash (or a full disk) mid-write leaves a fragment: the next judgment must not be glued onto it."""
+    path = tmp_path / "j.jsonl"
+    session = LabelingSession(pairs, path)
+    session.record("a")
+    path.write_text(path.read_text() + tail)
+    resumed = LabelingSession(pairs, path)
+    resumed.record("b")
+    assert len(LabelingSession(pairs, path).judgments) == 2  # both judgments, and the file opens again
+    assert (tmp_path / "j.jsonl.torn").read_text() == tail + "\n"  # the fragment is kept aside
+
+
+def test_a_last_judgment_without_its_newline_is_kept_and_the_next_appended_after_it(tmp_path, pairs):
+    path = tmp_path / "j.jsonl"
+    session = LabelingSession(pairs, path)
+    session.record("a")
+    session.record("tie")
+    path.write_text(path.read_text().rstrip("\n"))  # an editor that drops the final newline
+    resumed = LabelingSession(pairs, path)
+    assert len(resumed.judgments) == 2
+    resumed.record("b")
+    assert len(LabelingSession(pairs, path).judgments) == 3
+    assert not (tmp_path / "j.jsonl.torn").exists()
+
+
+def test_a_file_that_is_only_a_fragment_is_set_aside(tmp_path, pairs):
+    path = tmp_path / "j.jsonl"
+    path.write_text('{"pair_')
+    LabelingSession(pairs, path).record("a")
+    assert len(LabelingSession(pairs, path).judgments) == 1
+    assert (tmp_path / "j.jsonl.torn").read_text() == '{"pair_\n'
