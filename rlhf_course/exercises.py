@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import contextlib
 import re
 import shutil
+import signal
 import sys
+import threading
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -1012,13 +1015,49 @@ class CheckResult:
         return "\n".join(rows + [f"{self.exercise}: {verdict}"])
 
 
-def run_checks(exercise_id: str, fn: Callable) -> CheckResult:
+CHECK_SECONDS = 30  # far more than any check needs with a correct function: past it, the learner's code is stuck
+
+
+class CheckTimedOut(BaseException):
+    """Raised in the learner's code when a check runs too long. A BaseException, so that a learner's own
+    ``except Exception`` cannot swallow it."""
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float):
+    """Interrupt the code inside after ``seconds`` (with SIGALRM: in the main thread of a Unix process, which is
+    where the CLI and a Jupyter kernel run cells; elsewhere no limit is set)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise CheckTimedOut()
+
+    previous = signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -> CheckResult:
+    """Run every check of ``exercise_id`` on ``fn``; the verdict comes from the checks alone. A function that
+    runs past ``seconds`` in one check, or ends the program (``sys.exit``), fails that check."""
     exercise = CATALOG[exercise_id]
     lines = []
     for check in exercise.checks:
         try:
-            check.run(fn)
+            with _time_limit(seconds):
+                check.run(fn)
             lines.append((check.name, True, ""))
+        except CheckTimedOut:
+            lines.append((check.name, False, f"your function did not finish within {seconds:g} s (the check stopped "
+                                             "it): look for a loop that never ends"))
+        except SystemExit as stop:
+            lines.append((check.name, False, f"your function called sys.exit({stop.code!r}); return a value instead"))
         except Fail as fail:
             lines.append((check.name, False, str(fail)))
         except NotImplementedError:

@@ -1,4 +1,5 @@
 import subprocess
+import time
 import sys
 
 import pytest
@@ -148,3 +149,31 @@ def test_cli_lists_exercises():
     for exercise in exercises.CATALOG.values():
         assert exercise.id in proc.stdout and exercise.file in proc.stdout
     assert "not started" in proc.stdout
+
+
+def test_a_function_that_never_returns_fails_its_checks_within_the_time_limit():
+    def forever(logits, top_p):
+        while True:
+            pass
+
+    start = time.perf_counter()
+    result = exercises.run_checks("top_p_filter", forever, seconds=0.5)
+    assert not result.passed and time.perf_counter() - start < 30
+    assert all("did not finish within 0.5 s" in msg for _, ok, msg in result.lines if not ok)
+
+
+def test_a_function_that_exits_the_program_fails_instead_of_passing():
+    def leave(logits, top_p):
+        sys.exit(0)
+
+    result = exercises.run_checks("top_p_filter", leave)
+    assert not result.passed
+    assert all("called sys.exit(0)" in msg for _, ok, msg in result.lines)
+
+
+def test_check_exits_nonzero_from_the_command_line_when_the_function_exits_zero(tmp_path):
+    (tmp_path / "lesson01_sampling.py").write_text("import sys\n\ndef top_p_filter(logits, top_p):\n"
+                                                          "    sys.exit(0)\n")
+    done = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "check", "top_p_filter", "--impl", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "called sys.exit(0)" in done.stdout
