@@ -220,7 +220,8 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
-    saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng) if checkpoint_dir is not None else None
+    identity = resume.run_identity(policy, config, tasks=len(tasks)) if checkpoint_dir is not None else None
+    saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity) if identity else None
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
         samples = [[tuple(s) for s in group] for group in saved["samples"]]
@@ -286,7 +287,7 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
         if on_step is not None:
             on_step(row)
         if checkpoint_dir is not None and config.checkpoint_every and (update + 1) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, state={
+            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity, state={
                 "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

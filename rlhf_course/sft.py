@@ -139,7 +139,8 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     dev = next(model.parameters()).device
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
-    saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler) if checkpoint_dir else None
+    identity = resume.run_identity(model, config, rows=len(encoded)) if checkpoint_dir else None
+    saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, identity) if checkpoint_dir else None
     # losses stay on the device until a callback, the progress bar or a checkpoint reads them (runtime.to_host)
     losses = [torch.tensor(v, device=dev) for v in saved["losses"]] if saved else []
     distributed.broadcast_parameters(model)
@@ -160,7 +161,7 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", refresh=False)
         if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
             resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler,
-                        {"losses": torch.stack(losses).tolist()})
+                        {"losses": torch.stack(losses).tolist()}, identity)
     bar.close()
     model.eval()
     return SFTResult(torch.stack(losses).tolist() if losses else [], total, time.time() - start)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -128,3 +129,24 @@ def test_a_pipeline_stage_leaves_the_plotting_backend_alone(tmp_path):
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
+
+
+def test_an_sft_run_with_another_base_model_refuses_the_first_runs_checkpoint(tmp_path, tok):
+    ds = data.sft_dataset("train", data.DataConfig(train_per_family=10))
+    config = SFTConfig(epochs=1, max_examples=32, batch_size=16, checkpoint_every=1)
+
+    def interrupt(row):  # the run dies in its second step, after the first was saved
+        if row["step"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_sft(models.load_model(dev=torch.device("cpu")), tok, ds, config, on_step=interrupt,
+                  checkpoint_dir=tmp_path / "checkpoint")
+    other = models.load_model(dev=torch.device("cpu"))
+    with torch.no_grad():
+        other.get_input_embeddings().weight.mul_(0.5)  # another base model
+    with pytest.raises(ValueError, match="belongs to another run"):
+        train_sft(other, tok, ds, config, checkpoint_dir=tmp_path / "checkpoint")
+    with pytest.raises(ValueError, match="belongs to another run"):  # the same model with another seed
+        train_sft(models.load_model(dev=torch.device("cpu")), tok, ds, dataclasses.replace(config, seed=1),
+                  checkpoint_dir=tmp_path / "checkpoint")
