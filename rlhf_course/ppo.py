@@ -220,7 +220,9 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
-    identity = resume.run_identity(policy, config, tasks=len(tasks)) if checkpoint_dir is not None else None
+    # a run may be resumed with more updates than it first asked for: nothing in an update depends on the total
+    identity = (resume.run_identity(policy, config, ("checkpoint_every", "updates"), tasks=len(tasks))
+                if checkpoint_dir is not None else None)
     saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity) if identity else None
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]

@@ -39,14 +39,14 @@ def stage_checkpoint(out: str | Path, stage: str, every: int):
     shutil.rmtree(path, ignore_errors=True)
 
 
-def run_identity(module: torch.nn.Module, config, **more) -> dict:
+def run_identity(module: torch.nn.Module, config, ignore: tuple[str, ...] = ("checkpoint_every",), **more) -> dict:
     """What makes a run this run: a fingerprint of ``module``'s starting weights (a digest of their bytes), its
-    settings (``config``, a dataclass, without ``checkpoint_every``) and anything else given (``more``)."""
+    settings (``config``, a dataclass, less the fields in ``ignore``) and anything else given (``more``)."""
     digest = hashlib.sha256()
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k != "checkpoint_every"}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}
     return json.loads(json.dumps({"weights": digest.hexdigest()[:16], "config": settings, **more}, default=repr))
 
 
