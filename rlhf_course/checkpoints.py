@@ -67,6 +67,7 @@ def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.Pipel
             continue
         with _locked(out.with_suffix(".lock")):
             if stage not in _done(out):
-                print(f"Building {stage!r} once into {out} (later lessons reuse it) ...")
+                shown = str(out).replace(str(Path.home()), "~", 1)  # the page shows no one's home directory
+                print(f"Building {stage!r} once into {shown} (later lessons reuse it) ...")
                 pipeline.run(out, [stage], config)
     return out
