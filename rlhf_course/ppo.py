@@ -223,7 +223,8 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     # a run may be resumed with more updates than it first asked for: nothing in an update depends on the total
     identity = (resume.run_identity(policy, config, ("checkpoint_every", "updates"), tasks=len(tasks))
                 if checkpoint_dir is not None else None)
-    saved = resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity) if identity else None
+    saved = (resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity)
+             if checkpoint_dir is not None else None)
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
         samples = [[tuple(s) for s in group] for group in saved["samples"]]

@@ -8,7 +8,7 @@ float32, ``RLHF_COURSE_DECODER`` to pick how generation keeps its KV cache (``la
 ``distributed``) each process takes the GPU of its ``LOCAL_RANK``, and only the first shows progress.
 
 Importing this module takes cuDNN out of PyTorch's attention backends (``RLHF_COURSE_CUDNN_ATTENTION=1`` keeps
-it). On Hopper GPUs PyTorch 2.11 and transformers 5.2x send masked attention to cuDNN first, and cuDNN builds an
+it). On the H200 the bench ran on (PyTorch 2.11), masked attention went to cuDNN's kernels, which build an
 execution plan for every new shape, a tenth of a second or more each; the course's batches change length
 from step to step and its KV cache grows by a column a step, so nearly every step is a new shape (bench/RESULTS.md).
 """
@@ -61,7 +61,8 @@ DECODERS = ("dynamic", "static", "compiled")
 
 def decoder() -> str:
     """How ``generate`` decodes unless told: RLHF_COURSE_DECODER, else "dynamic" (a cache that grows a column
-    a step; fastest to start, and on a CPU as fast as the others)."""
+    a step). It starts at once; "compiled" decodes faster once compiled, but compiling takes tens of seconds,
+    more than a lesson's few batches of decoding gain back (bench/RESULTS.md)."""
     wanted = os.environ.get("RLHF_COURSE_DECODER", "dynamic")
     if wanted not in DECODERS:
         raise ValueError(f"RLHF_COURSE_DECODER={wanted!r}: expected one of {', '.join(DECODERS)}")
