@@ -6,7 +6,11 @@ has to beat it at the same KL. The KL of the best-of-n policy to the policy it s
     KL(best-of-n || pi) <= log n - (n - 1) / n
 
 (Stiennon et al. 2020 quote it as exact; Beirami et al. 2024 show it is an upper bound, reached only when the
-n samples never repeat), so n = 16 costs at most about 1.8 nats. One set of n samples per prompt gives the whole curve k = 1, 2, ..., n:
+n samples never repeat), so n = 16 costs at most about 1.8 nats. A small model repeats itself (many prompts
+have one obvious answer), and then the bound is loose. ``estimated_kl`` gives the course's estimate: the
+exact KL of best-of-k on the distribution of the samples drawn, repeats merged (below).
+
+One set of n samples per prompt gives the whole curve k = 1, 2, ..., n:
 any k of the n samples are a best-of-k draw, and averaging over *all* k-subsets (not just the first k)
 gives the same expectation with much less noise. Sort a prompt's samples by reward; the i-th lowest
 (counting from 1) is the best of a random k-subset with probability C(i-1, k-1) / C(n, k)
@@ -22,9 +26,37 @@ import torch
 from rlhf_course import data, feedback, human, world
 
 
-def analytic_kl(n: int) -> float:
+def kl_upper_bound(n: int) -> float:
     """The upper bound log n - (n - 1) / n on best-of-n's KL to the sampling policy."""
     return math.log(n) - (n - 1) / n
+
+
+def estimated_kl(responses: list[list[str]], scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Per task, the KL of best-of-k to the sampling policy, estimated from that task's samples: (tasks,).
+
+    Each task's samples stand for the policy: a distinct reply drawn c of n times has probability p = c / n.
+    Sort the distinct replies by reward; with F the cumulative probability up to and including a reply,
+    best-of-k picks it with probability F^k - F_prev^k (the largest of k draws lands on it: Beirami et al.
+    2024 derive the same law), and the KL is the sum of q log(q / p) over the distinct replies. This is exact
+    for the samples' distribution; for the policy itself it is an estimate: it sees repeats only as often as
+    n samples show them, so where replies rarely repeat it stays near the upper bound, which it never exceeds.
+    """
+    n = scores.shape[1]
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and the {n} samples drawn, got {k}")
+    kls = []
+    for group, row in zip(responses, scores.tolist()):
+        reward_of = {}
+        count = {}
+        for reply, reward in zip(group, row):
+            reward_of.setdefault(reply, reward)  # one reply, one reward (the first seen; batching may jitter it)
+            count[reply] = count.get(reply, 0) + 1
+        ordered = sorted(count, key=lambda reply: (reward_of[reply], reply))  # lowest reward first
+        p = torch.tensor([count[reply] / n for reply in ordered], dtype=torch.float64)  # (distinct,)
+        cumulative = p.cumsum(0).clamp(max=1.0)
+        picked = cumulative ** k - torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) ** k  # (distinct,)
+        kls.append((picked * (picked / p).log()).sum().item())
+    return torch.tensor(kls, dtype=torch.float64)
 
 
 def sample_and_score(policy, tokenizer, tasks: list[world.Task], n: int, scorer, *, temperature: float = 1.0,
@@ -73,7 +105,8 @@ def per_sample(tasks: list[world.Task], responses: list[list[str]]) -> dict[str,
 
 
 def curve(tasks: list[world.Task], responses: list[list[str]], scores: torch.Tensor, ks: list[int]) -> list[dict]:
-    """Expected gold score, exact match, length, proxy score, and the KL of best-of-k for each k in ``ks``."""
+    """Expected gold score, exact match, length and proxy score of best-of-k for each k in ``ks``, with its KL
+    (``kl``: the estimate, averaged over tasks; ``kl_bound``: log k - (k - 1) / k)."""
     values = {**per_sample(tasks, responses), "proxy_reward": scores}
-    return [{"n": k, "kl": analytic_kl(k),
+    return [{"n": k, "kl": estimated_kl(responses, scores, k).mean().item(), "kl_bound": kl_upper_bound(k),
              **{name: expected_best_of_k(scores, v, k).mean().item() for name, v in values.items()}} for k in ks]

@@ -3,16 +3,19 @@
 Lesson 03 needs the SFT model, lesson 04 the reward model too, lesson 06 the PPO, DPO, GRPO and
 best-of-n results. ``prepared(stages)`` returns a directory that holds those stages' outputs, running
 the pipeline for whatever is missing. The
-directory name carries a fingerprint of the package's code and of the configuration, so a changed
-trainer never reuses a stale model, and a file lock lets several lessons (nbval workers, two open
+directory name carries a fingerprint of the code the pipeline runs (the modules it imports, directly or
+not), of the libraries' versions and of the configuration (its seed included), so a changed trainer or an
+upgraded torch never reuses a stale model, while an edit to a plot or a hint keeps the cache; a file lock lets several lessons (nbval workers, two open
 notebooks) share one build instead of racing.
 
 The cache lives in ``$RLHF_COURSE_CACHE`` (default ``~/.cache/rlhf_course``); deleting it is always safe.
 """
 from __future__ import annotations
 
+import ast
 import fcntl
 import hashlib
+import importlib.metadata
 import json
 import os
 from contextlib import contextmanager
@@ -27,13 +30,37 @@ def cache_root() -> Path:
     return Path(os.environ.get("RLHF_COURSE_CACHE", Path.home() / ".cache" / "rlhf_course"))
 
 
+# the libraries whose kernels and loaders decide the numbers a run produces
+LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets", "accelerate")
+
+
+def pipeline_modules() -> list[Path]:
+    """The package's modules that ``pipeline`` imports, directly or through each other (itself included)."""
+    found, todo = set(), ["pipeline"]
+    while todo:
+        name = todo.pop()
+        if name in found:
+            continue
+        found.add(name)
+        for node in ast.walk(ast.parse((PACKAGE_DIR / f"{name}.py").read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "rlhf_course":
+                todo += [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rlhf_course."):
+                todo.append(node.module.split(".")[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("rlhf_course.")]
+    return sorted(PACKAGE_DIR / f"{name}.py" for name in found)
+
+
 def fingerprint(config: pipeline.PipelineConfig) -> str:
-    """Hash of the package's code, its shipped artifacts and the configuration (not where it is checked out)."""
+    """Hash of the code the pipeline runs, the package's shipped artifacts, the libraries' versions and the
+    configuration (not where the package is checked out)."""
     h = hashlib.sha256(repr(config).replace(str(PACKAGE_DIR), "<package>").encode())
-    for path in sorted(PACKAGE_DIR.rglob("*")):
-        if path.is_file() and path.suffix in (".py", ".json", ".safetensors"):
-            h.update(str(path.relative_to(PACKAGE_DIR)).encode())
-            h.update(path.read_bytes())
+    h.update(repr([(name, importlib.metadata.version(name)) for name in LIBRARIES]).encode())
+    artifacts = [p for p in sorted((PACKAGE_DIR / "artifacts").rglob("*")) if p.is_file()]
+    for path in pipeline_modules() + artifacts:
+        h.update(str(path.relative_to(PACKAGE_DIR)).encode())
+        h.update(path.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -142,7 +142,9 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
             with torch.no_grad():
                 reward_chosen = config.beta * (chosen - ref_chosen)  # (batch,) the implicit rewards
                 reward_rejected = config.beta * (rejected - ref_rejected)
-                measured = torch.stack([(reward_chosen > reward_rejected).float().mean(),
+                # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0
+                wins = (reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()
+                measured = torch.stack([wins.mean(),
                                         (reward_chosen - reward_rejected).mean(),
                                         (chosen - ref_chosen).mean(), (rejected - ref_rejected).mean()])
         optimization.step(distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(),

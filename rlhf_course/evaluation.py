@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 
 import sacrebleu
 
+import torch
+
 from rlhf_course import human, world
 from rlhf_course.language_model import decode_responses, generate
 from rlhf_course.rollouts import collect
@@ -33,6 +35,17 @@ def respond(model, tokenizer, tasks: list[world.Task], *, batch_size: int = 64, 
     return replies
 
 
+def mean_and_se(values: torch.Tensor) -> tuple[float, float]:
+    """Mean of ``values`` (prompts, samples) and its standard error over prompts.
+
+    Samples of one prompt are not independent (they share the prompt's difficulty), so the standard error
+    comes from the spread of the per-prompt means: std / sqrt(prompts).
+    """
+    per_prompt = values.double().mean(dim=1)  # (prompts,)
+    se = per_prompt.std().item() / len(per_prompt) ** 0.5 if len(per_prompt) > 1 else float("nan")
+    return per_prompt.mean().item(), se
+
+
 @dataclass
 class Report:
     accuracy: float
@@ -40,10 +53,13 @@ class Report:
     bleu: float
     gold: float
     replies: list[str] = field(repr=False)
+    accuracy_se: float = float("nan")  # standard errors over the prompts
+    gold_se: float = float("nan")
 
     def table(self) -> str:
         lines = [f"{'family':<14} accuracy"] + [f"{f:<14} {a:.2f}" for f, a in self.by_family.items()]
-        lines.append(f"{'overall':<14} {self.accuracy:.3f}   (translation BLEU {self.bleu:.1f}, gold {self.gold:.3f})")
+        lines.append(f"{'overall':<14} {self.accuracy:.3f} ± {self.accuracy_se:.3f}   (translation BLEU "
+                     f"{self.bleu:.1f}, gold {self.gold:.3f} ± {self.gold_se:.3f}; ± one standard error)")
         return "\n".join(lines)
 
 
@@ -56,9 +72,9 @@ def score(tasks: list[world.Task], replies: list[str]) -> Report:
     by_family = {f: sum(hits[f]) / len(hits[f]) for f in world.FAMILIES if hits[f]}
     pairs = [(world.core_of(r), t.answer) for t, r in zip(tasks, replies) if t.family == "translation"]
     bleu = sacrebleu.corpus_bleu([h for h, _ in pairs], [[ref for _, ref in pairs]]).score if pairs else float("nan")
-    accuracy = sum(sum(h) for h in hits.values()) / len(tasks)
-    gold = sum(human.gold_score(t, r) for t, r in zip(tasks, replies)) / len(tasks)
-    return Report(accuracy, by_family, bleu, gold, replies)
+    accuracy, accuracy_se = mean_and_se(torch.tensor([[float(world.is_correct(t, r))] for t, r in zip(tasks, replies)]))
+    gold, gold_se = mean_and_se(torch.tensor([[human.gold_score(t, r)] for t, r in zip(tasks, replies)]))
+    return Report(accuracy, by_family, bleu, gold, replies, accuracy_se, gold_se)
 
 
 def evaluate(model, tokenizer, tasks: list[world.Task], **kwargs) -> Report:
@@ -70,7 +86,8 @@ def evaluate_policy(policy, reference, tokenizer, tasks: list[world.Task], score
     """A policy as RL sees it: ``samples_per_prompt`` samples at ``temperature`` for each held-out task.
 
     Returns the mean gold score, exact-match accuracy, the reward ``scorer``'s mean (the proxy), and the
-    mean KL to ``reference`` (sum over response tokens of log pi - log pi_ref), plus accuracy by family.
+    mean KL to ``reference`` (sum over response tokens of log pi - log pi_ref), plus accuracy by family, and
+    the standard errors (over prompts) of gold, accuracy and KL as ``gold_se``, ``accuracy_se``, ``kl_se``.
     """
     repeated = [task for task in tasks for _ in range(samples_per_prompt)]
     replies, kls, scores = [], [], []
@@ -81,5 +98,11 @@ def evaluate_policy(policy, reference, tokenizer, tasks: list[world.Task], score
         kls += rollout.kl.tolist()
         scores += rollout.scores.tolist()
     report = score(repeated, replies)
-    return {"gold": report.gold, "accuracy": report.accuracy, "by_family": report.by_family,
-            "proxy_reward": sum(scores) / len(scores), "kl": sum(kls) / len(kls), "samples": len(replies)}
+    per_prompt = (len(tasks), samples_per_prompt)
+    gold, gold_se = mean_and_se(torch.tensor([human.gold_score(t, r) for t, r in zip(repeated, replies)]).view(per_prompt))
+    accuracy, accuracy_se = mean_and_se(torch.tensor([float(world.is_correct(t, r))
+                                                      for t, r in zip(repeated, replies)]).view(per_prompt))
+    kl, kl_se = mean_and_se(torch.tensor(kls).view(per_prompt))
+    return {"gold": gold, "gold_se": gold_se, "accuracy": accuracy, "accuracy_se": accuracy_se,
+            "by_family": report.by_family, "proxy_reward": sum(scores) / len(scores), "kl": kl, "kl_se": kl_se,
+            "samples": len(replies)}

@@ -77,13 +77,17 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
     plots.save(plots.accuracy_by_family(before.by_family, after.by_family), out / "sft_accuracy.png")
     return {
         "base_accuracy": before.accuracy,
+        "base_accuracy_se": before.accuracy_se,
         "accuracy": after.accuracy,
+        "accuracy_se": after.accuracy_se,
         "base_by_family": before.by_family,
         "by_family": after.by_family,
         "base_bleu": before.bleu,
         "bleu": after.bleu,
         "base_gold": before.gold,
+        "base_gold_se": before.gold_se,
         "gold": after.gold,
+        "gold_se": after.gold_se,
         "test_prompts": len(tasks),
         "train_steps": result.steps,
         "final_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
@@ -178,7 +182,8 @@ def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
         sampled = evaluation.evaluate_policy(model, reference, tok, test, scorer, temperature=1.0,
                                              samples_per_prompt=config.eval_samples_per_prompt, seed=10_007)
         greedy = evaluation.evaluate(model, tok, test)
-        return {**sampled, "greedy_gold": greedy.gold, "greedy_accuracy": greedy.accuracy}
+        return {**sampled, "greedy_gold": greedy.gold, "greedy_gold_se": greedy.gold_se,
+                "greedy_accuracy": greedy.accuracy, "greedy_accuracy_se": greedy.accuracy_se}
 
     before = measure(reference)
     runtime.seed_everything(config.seed)
@@ -186,8 +191,9 @@ def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
     after = measure(model)
     plots.save(plots.training_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
     metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
-               for key in ("gold", "accuracy", "greedy_gold", "greedy_accuracy", "proxy_reward", "by_family")}
-    return {**metrics, "kl": after["kl"], "test_samples": after["samples"], "history": result.history,
+               for key in ("gold", "gold_se", "accuracy", "accuracy_se", "greedy_gold", "greedy_gold_se",
+                           "greedy_accuracy", "greedy_accuracy_se", "proxy_reward", "by_family")}
+    return {**metrics, "kl": after["kl"], "kl_se": after["kl_se"], "test_samples": after["samples"], "history": result.history,
             "samples": getattr(result, "samples", [])[-1:], "train_seconds": result.seconds,
             "seconds": time.time() - start}
 
@@ -257,6 +263,7 @@ def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
     rows = best_of_n.curve(test, responses, scores, ks)
     return {"n": rows[-1]["n"], "gold": rows[-1]["gold"], "gold_before": rows[0]["gold"],
             "accuracy": rows[-1]["accuracy"], "accuracy_before": rows[0]["accuracy"], "kl": rows[-1]["kl"],
+            "kl_bound": rows[-1]["kl_bound"],
             "proxy_reward": rows[-1]["proxy_reward"], "curve": rows, "seconds": time.time() - start}
 
 
@@ -297,17 +304,22 @@ def write_report(out: Path, metrics: dict) -> Path:
             lines += [f"## {title}", "",
                       f"{m['test_samples']} sampled replies to held-out prompts, before and after ({m['seconds']:.0f} s):", "",
                       "| measure | SFT | after |", "|---|---|---|"]
-            lines += [f"| {label} | {m[key + '_before']:.3f} | {m[key + '_after']:.3f} |" for key, label in (
+            def cell(key):  # a value with its standard error over prompts, where the stage measured one
+                se = m.get(key + "_se")
+                return f"{m[key]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
+            lines += [f"| {label} | {cell(key + '_before')} | {cell(key + '_after')} |" for key, label in (
                 ("gold", "mean gold score (sampled)"), ("accuracy", "exact match (sampled)"),
                 ("proxy_reward", "reward-model score (the proxy)"), ("greedy_gold", "mean gold score (greedy)"),
                 ("greedy_accuracy", "exact match (greedy)"))]
-            lines += ["", f"KL to the SFT model: {m['kl']:.2f} nats per reply.", "", f"![{name} curves]({name}_curves.png)", ""]
+            lines += ["", f"KL to the SFT model: {m['kl']:.2f} ± {m['kl_se']:.2f} nats per reply (± one standard "
+                      "error over prompts).", "", f"![{name} curves]({name}_curves.png)", ""]
     if "best_of_n" in metrics:
         m = metrics["best_of_n"]
         lines += ["## Best-of-n", "", f"Held-out prompts, n samples from the SFT model, the reward model's favourite kept "
-                  f"({m['seconds']:.0f} s):", "", "| n | KL (nats) | gold | exact match | proxy |", "|---|---|---|---|---|"]
-        lines += [f"| {r['n']} | {r['kl']:.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | {r['proxy_reward']:.3f} |"
-                  for r in m["curve"]]
+                  f"({m['seconds']:.0f} s):", "", "| n | KL estimate (nats) | KL bound | gold | exact match | proxy |",
+                  "|---|---|---|---|---|---|"]
+        lines += [f"| {r['n']} | {r['kl']:.2f} | {r['kl_bound']:.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | "
+                  f"{r['proxy_reward']:.3f} |" for r in m["curve"]]
         lines += [""]
     if any(name in metrics for name in ("best_of_n", "dpo", "grpo")):
         plots.save(plots.frontier(metrics), out / "frontier.png")

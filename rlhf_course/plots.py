@@ -97,26 +97,31 @@ def training_curves(history: list[dict], title: str = "RL", keys: tuple[str, ...
             ax.plot(smooth(values, window), color="C0", lw=1.8)
         ax.set_title(CURVE_LABELS.get(key, key), fontsize=10)
         ax.set_xlabel("step" if "step" in history[0] else "update")
+        ax.set_ylabel(CURVE_LABELS.get(key, key), fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
 
 
 def frontier(metrics: dict):
-    """Gold score against KL to the SFT model on the held-out prompts: one point per trained method, the
-    best-of-n curve, and the SFT model at KL 0 (the shape of the DPO paper's reward-KL figure)."""
+    """Gold score against KL to the SFT model on the held-out prompts: one point per trained method (bars:
+    one standard error over prompts), the best-of-n curve at its estimated KL with the upper bound on that
+    KL beside it, and the SFT model at KL 0 (the shape of the DPO paper's reward-KL figure)."""
     fig, ax = plt.subplots(figsize=(5.5, 4))
     bon = metrics.get("best_of_n")
     if bon:
-        ax.plot([r["kl"] for r in bon["curve"]], [r["gold"] for r in bon["curve"]], "o-", color="0.5",
-                label="best-of-n (n = 1, 2, 4, ...)")
+        gold = [r["gold"] for r in bon["curve"]]
+        ax.plot([r["kl"] for r in bon["curve"]], gold, "o-", color="0.4", label="best-of-n (n = 1, 2, 4, ...)")
+        ax.plot([r["kl_bound"] for r in bon["curve"]], gold, "o--", color="0.75", mfc="none",
+                label="best-of-n at its KL upper bound")
     sft_gold = next((metrics[m]["gold_before"] for m in ("ppo", "dpo", "grpo", "pg") if m in metrics), None)
     if sft_gold is not None:
         ax.scatter([0], [sft_gold], color="k", marker="s", zorder=3, label="SFT")
     for i, (name, label) in enumerate((("pg", "REINFORCE"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO"))):
         if name in metrics:
-            ax.scatter([metrics[name]["kl"]], [metrics[name]["gold_after"]], s=60, color=f"C{i}", zorder=3,
-                       label=label)
+            m = metrics[name]
+            ax.errorbar([m["kl"]], [m["gold_after"]], xerr=[m.get("kl_se", 0)], yerr=[m.get("gold_se_after", 0)],
+                        fmt="o", ms=7, color=f"C{i}", zorder=3, label=label)
     ax.set_xlabel("KL to the SFT model (nats per reply)")
     ax.set_ylabel("mean gold score (held-out, sampled)")
     ax.legend(fontsize=8)
@@ -138,6 +143,7 @@ def compare_runs(runs: dict, keys: tuple[str, ...] = ("score", "gold", "kl"), wi
             ax.plot(smooth([row[key] for row in history], window), color=color, lw=1.8, label=str(label))
         ax.set_title(CURVE_LABELS.get(key, key), fontsize=10)
         ax.set_xlabel("update")
+        ax.set_ylabel(CURVE_LABELS.get(key, key), fontsize=8)
     if runs:
         axes[0][0].legend(frameon=False, fontsize=8)
     fig.tight_layout()

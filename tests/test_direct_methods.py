@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import best_of_n, data, dpo, grpo, human, models, pipeline, rollouts, trl_bridge, world
+from rlhf_course import best_of_n, data, dpo, evaluation, grpo, human, models, pipeline, rollouts, trl_bridge, world
 from rlhf_course import reward_model as rm
 
 
@@ -129,7 +129,26 @@ def test_best_of_n_picks_the_highest_score_and_its_kl():
     index = torch.arange(4.0).expand(2, 4)  # the value of each sample is its position
     assert best_of_n.expected_best_of_k(scores, index, 4).tolist() == [1, 3]  # best of all four: the top score
     assert best_of_n.expected_best_of_k(scores, index, 1).tolist() == [1.5, 1.5]  # best of one: any sample
-    assert best_of_n.analytic_kl(1) == 0 and best_of_n.analytic_kl(16) == pytest.approx(math.log(16) - 15 / 16)
+    assert best_of_n.kl_upper_bound(1) == 0 and best_of_n.kl_upper_bound(16) == pytest.approx(math.log(16) - 15 / 16)
+
+
+def test_best_of_n_kl_estimate_sees_repeats_and_stays_under_the_bound():
+    # one prompt whose 4 samples are one reply drawn 4 times: best-of-k is the policy itself, KL 0
+    # one with 2 replies, each drawn twice: best-of-2 picks the better with probability 3/4, so the KL is
+    # 3/4 log(3/2) + 1/4 log(1/2), below the bound log 2 - 1/2
+    # one with 4 distinct replies: the samples' uniform distribution; best-of-4's KL is below the bound
+    responses = [["a"] * 4, ["x", "y", "x", "y"], ["p", "q", "r", "s"]]
+    scores = torch.tensor([[0.5] * 4, [1.0, 2.0, 1.0, 2.0], [0.1, 0.4, 0.3, 0.2]])
+    kl2 = best_of_n.estimated_kl(responses, scores, 2)
+    assert kl2[0] == 0
+    assert kl2[1].item() == pytest.approx(0.75 * math.log(1.5) + 0.25 * math.log(0.5))
+    picked = torch.tensor([(i / 4) ** 4 - ((i - 1) / 4) ** 4 for i in range(1, 5)], dtype=torch.float64)
+    assert best_of_n.estimated_kl(responses, scores, 4)[2].item() == pytest.approx((picked * (4 * picked).log()).sum())
+    for k in range(1, 5):
+        assert (best_of_n.estimated_kl(responses, scores, k) <= best_of_n.kl_upper_bound(k) + 1e-12).all(), k
+    assert best_of_n.estimated_kl(responses, scores, 1).abs().max() < 1e-12  # best-of-1 is the policy
+    with pytest.raises(ValueError, match="between 1 and the 4 samples"):
+        best_of_n.estimated_kl(responses, scores, 5)
 
 
 def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
@@ -140,6 +159,14 @@ def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
     rows = best_of_n.curve(tasks, responses, gold, [1, 2, 4])
     assert rows[0]["gold"] < rows[1]["gold"] <= rows[2]["gold"]
     assert rows[2]["gold"] == pytest.approx(gold.max(dim=1).values.mean().item())
+
+
+def test_standard_errors_are_over_prompts_not_samples():
+    # two prompts, four samples each: the samples of a prompt agree, so there are two observations, not eight
+    values = torch.tensor([[1.0] * 4, [0.0] * 4])
+    mean, se = evaluation.mean_and_se(values)
+    assert mean == 0.5 and se == pytest.approx(0.5)  # std of (1, 0) is 0.707, over sqrt(2)
+    assert math.isnan(evaluation.mean_and_se(torch.ones(1, 3))[1])  # one prompt: no spread to measure
 
 
 def test_expected_best_of_k_equals_the_average_over_every_k_subset():
@@ -181,13 +208,17 @@ def test_policy_stage_writes_the_promised_metrics(stage_dir, stage):
     assert m["history"] and m["test_samples"] == 2 * 2 * len(world.FAMILIES)
     assert (stage_dir / f"{stage}_model" / "model.safetensors").is_file()
     assert (stage_dir / f"{stage}_curves.png").is_file() and (stage_dir / "frontier.png").is_file()
+    assert m["gold_se_after"] > 0 and m["kl_se"] >= 0 and m["accuracy_se_after"] >= 0  # the tiny model gets none right
+    if stage == "dpo":  # before the first update the policy is the reference: every pair ties, counted as half
+        assert m["history"][0]["reward_accuracy"] == 0.5
 
 
 def test_best_of_n_stage_writes_its_curve(stage_dir):
     pipeline.run(stage_dir, ["best_of_n"], TINY)
     m = json.loads((stage_dir / "metrics.json").read_text())["best_of_n"]
     assert [row["n"] for row in m["curve"]] == [1, 2, 4] and m["n"] == 4
-    assert m["kl"] == pytest.approx(best_of_n.analytic_kl(4)) and isinstance(m["gold"], float)
+    assert m["kl_bound"] == pytest.approx(best_of_n.kl_upper_bound(4)) and isinstance(m["gold"], float)
+    assert 0 <= m["kl"] <= m["kl_bound"]
     assert "## Best-of-n" in (stage_dir / "report.md").read_text()
     tasks, responses, scores = best_of_n.load_samples(stage_dir / "best_of_n_samples.jsonl")
     assert tasks == pipeline.held_out_tasks(TINY) and scores.shape == (len(tasks), 4)

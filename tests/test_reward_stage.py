@@ -114,11 +114,31 @@ def test_report_card_agrees_with_row_by_row_accuracy(stage_dir):
 
 def test_fingerprint_does_not_depend_on_where_the_course_is_checked_out(monkeypatch, tmp_path):
     prints = []
-    for checkout in ("a", "b"):  # the same (here: empty) package in two places
+    for checkout in ("a", "b"):  # the same package in two places
         package = tmp_path / checkout / "rlhf_course"
-        package.mkdir(parents=True)
+        shutil.copytree(checkpoints.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
         monkeypatch.setattr(checkpoints, "PACKAGE_DIR", package)
         prints.append(checkpoints.fingerprint(pipeline.PipelineConfig(base_model=package / "artifacts" / "base_model")))
     assert prints[0] == prints[1]
     other = checkpoints.fingerprint(pipeline.PipelineConfig(base_model=tmp_path / "elsewhere"))
     assert other != prints[1]
+
+
+def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_libraries(monkeypatch, tmp_path):
+    package = tmp_path / "rlhf_course"
+    shutil.copytree(checkpoints.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(checkpoints, "PACKAGE_DIR", package)
+    config = pipeline.PipelineConfig()
+    before = checkpoints.fingerprint(config)
+    with (package / "widgets.py").open("a") as f:  # the pipeline never imports the widgets
+        f.write("\n# a comment\n")
+    assert checkpoints.fingerprint(config) == before
+    with (package / "rollouts.py").open("a") as f:  # imported by the pipeline through the trainers
+        f.write("\n# a comment\n")
+    edited = checkpoints.fingerprint(config)
+    assert edited != before
+    assert checkpoints.fingerprint(pipeline.PipelineConfig(seed=1)) != edited
+    real_version = checkpoints.importlib.metadata.version
+    monkeypatch.setattr(checkpoints.importlib.metadata, "version",
+                        lambda name: "0.0" if name == "torch" else real_version(name))
+    assert checkpoints.fingerprint(config) != edited
