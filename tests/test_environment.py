@@ -20,3 +20,19 @@ def test_environment_yml_lists_the_pyproject_dependencies():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"]) | {"-e ."}
     assert pip_lines_of_environment_yml() == wanted
+
+
+def test_constraints_pin_every_dependency_to_a_version_the_ranges_allow():
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            name, version = line.split("==")
+            pins[name.lower().replace("_", "-")] = version
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for text in project["dependencies"] + project["optional-dependencies"]["dev"]:
+        requirement = Requirement(text)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in pins, f"constraints.txt lacks {name}: run `bash course.sh constraints`"
+        assert requirement.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]}, outside {text}"

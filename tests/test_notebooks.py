@@ -48,3 +48,86 @@ def test_lesson_00_lists_every_exercise_of_the_package():
     printed = "".join("".join(o.get("text", "")) for o in listing["outputs"])
     missing = [name for name in CATALOG if not re.search(rf"\b{name}\b", printed)]
     assert not missing, f"lesson 00's committed catalog lacks {missing}: re-execute it"
+
+
+MATH_OR_CODE = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|`[^`]*`", re.S)
+DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?!\w|\.\d)")
+DURATION = re.compile(r"\b\d+(?:[.,]\d+)?(?:–\d+(?:\.\d+)?)?\s?(?:s|sec|seconds?|min|minutes?|h|hours?)\b")
+
+
+def typed_figures(notebook: dict) -> list[str]:
+    """Figures typed into a lesson's prose that its code does not own.
+
+    The rule, for whoever writes a lesson: a decimal number in a Markdown cell (outside math and code
+    spans) must appear in the lesson's code too, as an asserted bound or a constant the code uses; a
+    measured value is printed by the cell that measures it. Durations never appear in prose: the measured
+    lesson times live in the generated table of lessons/README.md.
+    """
+    code = " ".join("".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code")
+    found = []
+    for cell in notebook["cells"]:
+        if cell["cell_type"] != "markdown":
+            continue
+        prose = MATH_OR_CODE.sub(" ", "".join(cell["source"]))
+        found += [m.group(0) for m in DECIMAL.finditer(prose) if m.group(0) not in code]
+        found += [m.group(0) for m in DURATION.finditer(prose)]
+    return found
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
+def test_prose_states_no_figure_that_the_code_does_not_own(path):
+    assert typed_figures(json.loads(path.read_text())) == [], (
+        "print measured values from code and quote only the bounds the cells assert (see typed_figures)")
+
+
+def test_a_typed_figure_is_caught_and_a_bound_is_not():
+    def notebook(prose):
+        return {"cells": [{"cell_type": "code", "source": ["assert gold > 0.65\n"]},
+                          {"cell_type": "markdown", "source": [prose]}]}
+    assert typed_figures(notebook("Gold rises above 0.65, $\\beta = 0.1$, `lr=3.5`.")) == []
+    assert typed_figures(notebook("Gold rises to 0.709.")) == ["0.709"]
+    assert typed_figures(notebook("It takes about 3 minutes (90 s on a GPU).")) == ["3 minutes", "90 s"]
+
+
+def _measure_tool():
+    import importlib.util
+
+    path = LESSONS[0].parent.parent / "tools" / "measure_lessons.py"
+    spec = importlib.util.spec_from_file_location("measure_lessons", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_time_and_seed_tables_are_the_ones_the_measurements_give():
+    tool = _measure_tool()
+    records = tool.load_records()
+    for path, name, text in ((tool.ROOT / "README.md", "lesson times", tool.time_table(records)),
+                             (tool.LESSONS / "README.md", "lesson times", tool.time_table(records)),
+                             (tool.LESSONS / "README.md", "seed claims", tool.seed_table(records))):
+        begin = f"<!-- {name}: begin (written by tools/measure_lessons.py) -->\n"
+        written = path.read_text().split(begin, 1)[1].split(f"\n<!-- {name}: end -->", 1)[0]
+        assert written == text, f"{path.name}'s {name} table is stale: run `python tools/measure_lessons.py tables`"
+    assert set(records) >= {0, 1, 2}, "measure the lessons on seeds 0, 1 and 2"
+    for seed, record in records.items():  # every lesson ran on every seed, and every claim held
+        assert {p.stem for p in LESSONS} == set(record["lessons"]), seed
+        failed = [(name, c["source"]) for name, lesson in record["lessons"].items() for c in lesson["claims"]
+                  if c["holds"] is not True]
+        assert not failed, f"seed {seed}: {failed}"
+
+
+def test_the_measuring_run_records_each_assertion_and_still_checks_it(tmp_path, monkeypatch):
+    tool = _measure_tool()
+    claims = tmp_path / "claims.jsonl"
+    monkeypatch.setenv("MEASURE_LESSONS_CLAIMS", str(claims))
+    source = "gold = 0.7\nempty = []\nassert gold > 0.5 and max(empty) > 0, 'no'\n"
+    namespace = {}
+    exec(tool.RECORDER, namespace)
+    with pytest.raises(ValueError):  # max() of nothing: the assertion fails as it would have
+        exec(tool.instrumented(source, "99.cell0"), namespace)
+    recorded = json.loads(claims.read_text())
+    assert recorded["source"] == "gold > 0.5 and max(empty) > 0" and recorded["holds"] == "(ValueError)"
+    assert recorded["operands"] == [["gold", 0.7], ["max(empty)", "(ValueError)"]]
+    with pytest.raises(AssertionError):
+        exec(tool.instrumented("assert gold < 0.5", "99.cell1"), namespace)
+    assert json.loads(claims.read_text().splitlines()[1])["holds"] is False

@@ -1,0 +1,250 @@
+"""Run the lessons, record what each assertion measured and how long each lesson took, and write the tables.
+
+    python tools/measure_lessons.py run --seed 0 --inplace   # execute and commit the lessons (seed 0)
+    python tools/measure_lessons.py run --seed 1             # the same lessons on another seed, outputs discarded
+    python tools/measure_lessons.py tables                   # rewrite the tables in README.md and lessons/README.md
+
+Each run executes every lesson with its ``SEED`` parameter set (a cell injected after the `parameters` cell,
+as papermill does) and with each ``assert`` rewritten to record its operands before it is checked, so the
+three-seed table shows the values behind every claim, passed or failed (a failed assertion stops its cell,
+as it would for a student, and the run goes on with the next cell). Measurements go to
+``lessons/measurements/seed<N>.json``; ``tables`` reads them all. Run it the way CI runs the lessons: one
+torch thread (``OMP_NUM_THREADS=1``), the lesson cache already built (times are for a warm cache; the
+cache's own build times come from the pipeline's ``metrics.json``).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import json
+import os
+import platform
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = ROOT / "lessons"
+MEASUREMENTS = LESSONS / "measurements"
+
+RECORDER = '''\
+def __record_claim(claim, source, test, operands):
+    """Written by tools/measure_lessons.py: note an assertion's outcome and operands, then let it be checked."""
+    import json as _json, os as _os
+    try:
+        holds = bool(test())
+    except Exception as error:
+        holds = f"({type(error).__name__})"
+    values = []
+    for text, thunk in operands:
+        try:
+            value = thunk()
+            if not isinstance(value, bool):
+                value = round(float(value), 4) if isinstance(value, (int, float)) or hasattr(value, "item") else repr(value)
+        except Exception as error:  # an operand the assertion's own short-circuit would not have evaluated
+            value = f"({type(error).__name__})"
+        values.append([text, value])
+    with open(_os.environ["MEASURE_LESSONS_CLAIMS"], "a") as f:
+        f.write(_json.dumps({"claim": claim, "source": source, "holds": holds, "operands": values}) + "\\n")
+'''
+
+
+def _operands(node: ast.expr) -> list[ast.expr]:
+    """The sub-expressions worth showing beside an assertion: the sides of its comparisons."""
+    if isinstance(node, ast.BoolOp):
+        return [o for value in node.values for o in _operands(value)]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+        return _operands(node.operand)
+    if isinstance(node, ast.Compare):
+        return [side for side in [node.left, *node.comparators] if not isinstance(side, ast.Constant)]
+    return [node]
+
+
+class _Instrument(ast.NodeTransformer):
+    """Put ``__record_claim(...)`` before every top-level ``assert`` of a cell (and inside its ifs and loops)."""
+
+    def __init__(self, prefix: str, source: str):
+        self.prefix, self.source, self.count = prefix, source, 0
+
+    def visit_FunctionDef(self, node):  # an assertion inside a helper is checked where the helper is called
+        return node
+
+    def visit_Assert(self, node: ast.Assert):
+        self.count += 1
+        no_arguments = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
+        def text(expr):  # as the lesson wrote it
+            return ast.get_source_segment(self.source, expr) or ast.unparse(expr)
+        thunks = ast.List([ast.Tuple([ast.Constant(text(o)), ast.Lambda(no_arguments, o)], ast.Load())
+                           for o in _operands(node.test)], ast.Load())
+        call = ast.Expr(ast.Call(ast.Name("__record_claim", ast.Load()),
+                                 [ast.Constant(f"{self.prefix}.{self.count}"), ast.Constant(text(node.test)),
+                                  ast.Lambda(no_arguments, node.test), thunks], []))
+        return [call, node]
+
+
+def instrumented(source: str, prefix: str) -> str:
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:  # a cell with IPython syntax: run as it is, its assertions (if any) unrecorded
+        return source
+    transformer = _Instrument(prefix, source)
+    tree = ast.fix_missing_locations(transformer.visit(tree))
+    return ast.unparse(tree) if transformer.count else source
+
+
+def machine() -> str:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
+
+
+def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path) -> dict:
+    original = nbformat.read(path, as_version=4)
+    nb = copy.deepcopy(original)
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+    for number, i in enumerate(code):
+        nb.cells[i].source = instrumented(nb.cells[i].source, f"{path.stem[:2]}.cell{number}")
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    injected = [nbformat.v4.new_code_cell(RECORDER)]
+    if tagged:
+        nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(f"SEED = {seed}"))
+        injected.append(nb.cells[tagged[0] + 1])
+    # a lesson without a parameters cell has nothing to seed (lesson 00): it runs as it is on every seed
+    nb.cells.insert(0, injected[0])
+    os.environ["MEASURE_LESSONS_CLAIMS"] = str(claims_file)
+    start = time.time()
+    client = NotebookClient(nb, timeout=3600, kernel_name="python3", allow_errors=not inplace,
+                            resources={"metadata": {"path": str(LESSONS)}}, record_timing=False)
+    client.execute()
+    seconds = time.time() - start
+    errors = [o.get("ename", "") + ": " + o.get("evalue", "")[:200] for c in nb.cells if c.cell_type == "code"
+              for o in c.outputs if o.output_type == "error"]
+    if inplace:  # the committed page: the lesson's own cells, with the outputs this run gave them
+        executed = [c for c in nb.cells if not any(c is cell for cell in injected)]
+        for count, (mine, ran) in enumerate(zip([c for c in original.cells if c.cell_type == "code"],
+                                                [c for c in executed if c.cell_type == "code"]), start=1):
+            mine.outputs, mine.execution_count = ran.outputs, count
+        original.metadata.pop("widgets", None)
+        nbformat.write(original, path)
+    return {"seconds": round(seconds, 1), "errors": errors}
+
+
+def cmd_run(args) -> None:
+    warnings.filterwarnings("ignore", message="Cell is missing an id field")  # the lessons are nbformat 4.4
+    MEASUREMENTS.mkdir(exist_ok=True)
+    out = MEASUREMENTS / f"seed{args.seed}.json"
+    record = json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "lessons": {}}
+    paths = [p for p in sorted(LESSONS.glob("*.ipynb")) if not args.lessons or p.name[:2] in args.lessons]
+    for path in paths:
+        with tempfile.TemporaryDirectory() as tmp:
+            claims_file = Path(tmp) / "claims.jsonl"
+            claims_file.touch()
+            result = run_lesson(path, args.seed, args.inplace, claims_file)
+            claims = [json.loads(line) for line in claims_file.read_text().splitlines()]
+        record["lessons"][path.stem] = {**result, "claims": claims, "machine": machine(),
+                                        "date": time.strftime("%Y-%m-%d")}
+        record["cache_minutes"] = _cache_build_minutes(args.seed)
+        print(f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",
+              flush=True)
+        out.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _cache_build_minutes(seed: int) -> dict[str, float]:
+    """Minutes each pipeline stage took when the lesson cache for ``seed`` was built (its metrics.json)."""
+    from rlhf_course import checkpoints, pipeline
+
+    path = checkpoints.cache_root() / f"pipeline-{checkpoints.fingerprint(pipeline.PipelineConfig(seed=seed))}"
+    metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
+    return {stage: m["seconds"] / 60 for stage, m in metrics.items()}
+
+
+def _value(v) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def time_table(records: dict[int, dict]) -> str:
+    zero = records[0]["lessons"]
+    machines = sorted({lesson["machine"] for lesson in zero.values()})
+    stages = records[0].get("cache_minutes", {})
+    lines = [f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
+             f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}. "
+             "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
+             + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items()) + ".", "",
+             "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) |", "|---|---|---|"]
+    for name, lesson in zero.items():
+        others = [f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min" for s in (1, 2)
+                  if s in records and name in records[s]["lessons"]]
+        lines.append(f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} |")
+    return "\n".join(lines)
+
+
+def seed_table(records: dict[int, dict]) -> str:
+    seeds = sorted(records)
+    lines = ["| lesson | claim (the assertion) | values, seed " + " / ".join(map(str, seeds)) + " | holds on |",
+             "|---|---|---|---|"]
+    for name in records[0]["lessons"]:
+        claims = {}
+        for seed in seeds:
+            for claim in records[seed]["lessons"].get(name, {}).get("claims", []):
+                claims.setdefault((claim["claim"], claim["source"]), {})[seed] = claim
+        for (_, source), by_seed in claims.items():
+            values = []
+            for seed in seeds:
+                claim = by_seed.get(seed)
+                values.append("not reached" if claim is None else
+                              ", ".join(_value(v) for _, v in claim["operands"]) or "-")
+            held = [str(seed) for seed in seeds if by_seed.get(seed, {}).get("holds") is True]
+            verdict = "all" if len(held) == len(seeds) else (", ".join(held) or "none")
+            source = source.replace("|", "\\|")
+            lines.append(f"| {name[:2]} | `{source}` | {' / '.join(values)} | {verdict} |")
+    return "\n".join(lines)
+
+
+def _replace_between(path: Path, name: str, text: str) -> None:
+    begin, end = f"<!-- {name}: begin (written by tools/measure_lessons.py) -->", f"<!-- {name}: end -->"
+    content = path.read_text()
+    if begin not in content:
+        raise SystemExit(f"{path}: no {begin} marker")
+    head, rest = content.split(begin, 1)
+    path.write_text(head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1])
+
+
+def load_records() -> dict[int, dict]:
+    records = {}
+    for path in sorted(MEASUREMENTS.glob("seed*.json")):
+        record = json.loads(path.read_text())
+        records[record["seed"]] = record
+    if 0 not in records:
+        raise SystemExit(f"no {MEASUREMENTS / 'seed0.json'}: run `python tools/measure_lessons.py run --seed 0` first")
+    return records
+
+
+def cmd_tables(args) -> None:
+    records = load_records()
+    _replace_between(LESSONS / "README.md", "lesson times", time_table(records))
+    _replace_between(ROOT / "README.md", "lesson times", time_table(records))
+    _replace_between(LESSONS / "README.md", "seed claims", seed_table(records))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="execute the lessons on one seed and record their claims and times")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--lessons", nargs="*", help="two-digit lesson numbers (default: all)")
+    run.add_argument("--inplace", action="store_true", help="write the outputs into the lessons (stop at an error)")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("tables", help="rewrite the tables from lessons/measurements").set_defaults(func=cmd_tables)
+    args = parser.parse_args()
+    if args.command == "run" and args.inplace and args.seed != 0:
+        parser.error("the committed lessons run on seed 0: --inplace needs --seed 0")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
