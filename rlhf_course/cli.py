@@ -9,6 +9,41 @@ from pathlib import Path
 import matplotlib
 
 
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high]; argparse's error then names the flag and the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low or (high is not None and value > high):
+            accepted = f"from {low} to {high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"expected an integer {accepted}, got {text!r}")
+        return value
+    return parse
+
+
+SEED = _integer(0, 2**32 - 1)  # what numpy's and torch's seeding both accept
+
+
+def _stages(text: str) -> list[str]:
+    from rlhf_course import pipeline
+
+    stages = [s.strip() for s in text.split(",") if s.strip()]
+    unknown = [s for s in stages if s not in pipeline.STAGES]
+    if not stages or unknown:
+        raise argparse.ArgumentTypeError(f"expected comma-separated stages from {', '.join(pipeline.STAGES)}; got "
+                                         f"{text!r}" + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+    return stages
+
+
+def _model_directory(text: str) -> Path:
+    path = Path(text)
+    if not (path / "config.json").is_file():
+        raise argparse.ArgumentTypeError(f"expected a local model directory with a config.json, got {text!r}")
+    return path
+
+
 def _pretrain(args) -> int:
     from rlhf_course import pretrain
 
@@ -22,8 +57,8 @@ def _pretrain(args) -> int:
 def _pipeline(args) -> int:
     from rlhf_course import models, pipeline
 
-    config = pipeline.PipelineConfig(base_model=Path(args.base_model or models.BASE_MODEL_DIR), seed=args.seed)
-    stages = list(pipeline.STAGES) if args.stages is None else [s.strip() for s in args.stages.split(",") if s.strip()]
+    config = pipeline.PipelineConfig(base_model=args.base_model or models.BASE_MODEL_DIR, seed=args.seed)
+    stages = list(pipeline.STAGES) if args.stages is None else args.stages
     metrics = pipeline.run(Path(args.out), stages, config)
     summary = {stage: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for stage, m in metrics.items()}
     print(json.dumps(summary, indent=2, sort_keys=True))
@@ -79,24 +114,25 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("pretrain", help="pretrain the base model on the world's plain text")
     p.add_argument("--out", default="runs/base_model", help="model directory to write")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped model's)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_integer(1), default=None, help="training steps (default: the shipped model's)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_pretrain)
 
     p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md")
     p.add_argument("--out", default="runs/pipeline")
-    p.add_argument("--stages", help="comma-separated stages, e.g. sft,reward (default: every stage)")
-    p.add_argument("--base-model", default=None, help="a local causal-LM directory (default: the shipped model)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stages", type=_stages, help="comma-separated stages, e.g. sft,reward (default: every stage)")
+    p.add_argument("--base-model", type=_model_directory, default=None,
+                   help="a local causal-LM directory (default: the shipped model)")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_pipeline)
 
     p = sub.add_parser("parallel-check", help="a few steps of every trainer, to compare one process with several "
                        "(accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli parallel-check)")
     p.add_argument("--out", default="runs/parallel_check")
-    p.add_argument("--steps", type=int, default=16, help="SFT steps (a quarter as many for reward and DPO)")
-    p.add_argument("--updates", type=int, default=2, help="PPO, GRPO and policy-gradient updates")
-    p.add_argument("--batch-size", type=int, default=16, help="the global batch, split over the processes")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=_integer(4), default=16, help="SFT steps (a quarter as many for reward and DPO)")
+    p.add_argument("--updates", type=_integer(1), default=2, help="PPO, GRPO and policy-gradient updates")
+    p.add_argument("--batch-size", type=_integer(4), default=16, help="the global batch, split over the processes")
+    p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_parallel_check)
 
     p = sub.add_parser("check", help="check an exercise against your code")

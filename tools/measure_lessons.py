@@ -103,7 +103,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
 
 
-def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path) -> dict:
+def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presenter: bool = False) -> dict:
     original = nbformat.read(path, as_version=4)
     nb = copy.deepcopy(original)
     code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
@@ -112,7 +112,8 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path) -> dict:
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     injected = [nbformat.v4.new_code_cell(RECORDER)]
     if tagged:
-        nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(f"SEED = {seed}"))
+        settings = f"SEED = {seed}" + ("\nPRESENTER = True" if presenter else "")
+        nb.cells.insert(tagged[0] + 1, nbformat.v4.new_code_cell(settings))
         injected.append(nb.cells[tagged[0] + 1])
     # a lesson without a parameters cell has nothing to seed (lesson 00): it runs as it is on every seed
     nb.cells.insert(0, injected[0])
@@ -137,14 +138,15 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path) -> dict:
 def cmd_run(args) -> None:
     warnings.filterwarnings("ignore", message="Cell is missing an id field")  # the lessons are nbformat 4.4
     MEASUREMENTS.mkdir(exist_ok=True)
-    out = MEASUREMENTS / f"seed{args.seed}.json"
-    record = json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "lessons": {}}
+    out = MEASUREMENTS / f"{'presenter-' if args.presenter else ''}seed{args.seed}.json"
+    record = json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "presenter": args.presenter,
+                                                                "lessons": {}}
     paths = [p for p in sorted(LESSONS.glob("*.ipynb")) if not args.lessons or p.name[:2] in args.lessons]
     for path in paths:
         with tempfile.TemporaryDirectory() as tmp:
             claims_file = Path(tmp) / "claims.jsonl"
             claims_file.touch()
-            result = run_lesson(path, args.seed, args.inplace, claims_file)
+            result = run_lesson(path, args.seed, args.inplace, claims_file, args.presenter)
             claims = [json.loads(line) for line in claims_file.read_text().splitlines()]
         record["lessons"][path.stem] = {**result, "claims": claims, "machine": machine(),
                                         "date": time.strftime("%Y-%m-%d")}
@@ -175,11 +177,15 @@ def time_table(records: dict[int, dict]) -> str:
              f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}. "
              "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
              + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items()) + ".", "",
-             "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) |", "|---|---|---|"]
+             "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) | presenter mode, seed 0 |",
+             "|---|---|---|---|"]
+    presenter = records[0].get("presenter", {})
     for name, lesson in zero.items():
         others = [f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min" for s in (1, 2)
                   if s in records and name in records[s]["lessons"]]
-        lines.append(f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} |")
+        short = f"{presenter[name]['seconds'] / 60:.1f} min" if name in presenter else "the same lesson"
+        lines.append(f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} "
+                     f"| {short} |")
     return "\n".join(lines)
 
 
@@ -219,6 +225,9 @@ def load_records() -> dict[int, dict]:
     for path in sorted(MEASUREMENTS.glob("seed*.json")):
         record = json.loads(path.read_text())
         records[record["seed"]] = record
+    presenter = MEASUREMENTS / "presenter-seed0.json"
+    if presenter.exists():
+        records[0]["presenter"] = json.loads(presenter.read_text())["lessons"]
     if 0 not in records:
         raise SystemExit(f"no {MEASUREMENTS / 'seed0.json'}: run `python tools/measure_lessons.py run --seed 0` first")
     return records
@@ -238,11 +247,12 @@ def main() -> None:
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--lessons", nargs="*", help="two-digit lesson numbers (default: all)")
     run.add_argument("--inplace", action="store_true", help="write the outputs into the lessons (stop at an error)")
+    run.add_argument("--presenter", action="store_true", help="with PRESENTER = True (the live-demo version)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("tables", help="rewrite the tables from lessons/measurements").set_defaults(func=cmd_tables)
     args = parser.parse_args()
-    if args.command == "run" and args.inplace and args.seed != 0:
-        parser.error("the committed lessons run on seed 0: --inplace needs --seed 0")
+    if args.command == "run" and args.inplace and (args.seed != 0 or args.presenter):
+        parser.error("the committed lessons are the full version on seed 0: --inplace needs --seed 0, no --presenter")
     args.func(args)
 
 
