@@ -12,6 +12,8 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import contextlib
+import io
+import multiprocessing
 import re
 import shutil
 import signal
@@ -1016,6 +1018,7 @@ class CheckResult:
 
 
 CHECK_SECONDS = 30  # far more than any check needs with a correct function: past it, the learner's code is stuck
+CHILD_START_SECONDS = 60  # on top of the checks' limits: the child's start and the loading of the learner's file
 
 
 class CheckTimedOut(BaseException):
@@ -1069,14 +1072,63 @@ def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -
     return CheckResult(exercise_id, lines)
 
 
+def _load_and_run(exercise_id: str, impl: str | Path | None) -> CheckResult:
+    try:
+        return run_checks(exercise_id, load_function(exercise_id, impl))
+    except (FileNotFoundError, AttributeError, SyntaxError, ImportError) as err:
+        return CheckResult(exercise_id, [("loads", False, f"{type(err).__name__}: {err}")])
+
+
+def _check_in_child(exercise_id: str, impl: str | Path | None, connection) -> None:
+    """The child's side of ``check``: load and check the learner's code, send back the results and its prints."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+        result = _load_and_run(exercise_id, impl)
+    connection.send((result.lines, printed.getvalue()))
+    connection.close()
+
+
+def _checking_context():
+    """Children forked from a server that imported the package but never computed: quick to start, and safe
+    with torch's thread pools (which a fork of a process that has used them can deadlock on)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["rlhf_course.exercises"])
+    return context
+
+
 def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True) -> CheckResult:
-    """Run one exercise's checks against the learner's code (``exercises/`` by default)."""
+    """Run one exercise's checks against the learner's code (``exercises/`` by default).
+
+    The learner's code runs in a child process: a function that hangs is stopped (each check has
+    ``CHECK_SECONDS``; the child as a whole is killed past the sum), one that ends the process (``sys.exit``,
+    ``os._exit``, a crash) fails instead of taking the caller with it, and the verdict comes only from the
+    results the child sends back, never from how it exits. What the learner's code prints is shown here.
+    """
     if exercise_id not in CATALOG:
         raise KeyError(f"No exercise {exercise_id!r}; known: {', '.join(CATALOG)}")
-    try:
-        result = run_checks(exercise_id, load_function(exercise_id, impl))
-    except (FileNotFoundError, AttributeError, SyntaxError, ImportError) as err:
-        result = CheckResult(exercise_id, [("loads", False, f"{type(err).__name__}: {err}")])
+    if "forkserver" not in multiprocessing.get_all_start_methods():  # not on this platform: check in-process
+        result = _load_and_run(exercise_id, impl)
+    else:
+        limit = CHECK_SECONDS * len(CATALOG[exercise_id].checks) + CHILD_START_SECONDS
+        receiving, sending = multiprocessing.Pipe(duplex=False)
+        child = _checking_context().Process(target=_check_in_child, args=(exercise_id, impl, sending), daemon=True)
+        child.start()
+        sending.close()
+        try:
+            lines, printed = receiving.recv() if receiving.poll(limit) else (None, "")
+        except EOFError:  # the child ended without a word: the learner's code stopped the process
+            lines, printed = None, ""
+        if lines is None:
+            child.kill()
+        child.join()
+        if printed:
+            print(printed, end="" if printed.endswith("\n") else "\n")
+        if lines is None:
+            why = (f"did not finish within {limit} s" if child.exitcode == -9 else
+                   f"ended the checking process (exit status {child.exitcode}: os._exit, a crash or a kill)")
+            lines = [("runs", False, f"your code {why} before the checks could report; look for a call that "
+                                     "exits or never returns")]
+        result = CheckResult(exercise_id, lines)
     if verbose:
         print(result)
     return result

@@ -1,6 +1,7 @@
 import subprocess
 import time
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -177,3 +178,33 @@ def test_check_exits_nonzero_from_the_command_line_when_the_function_exits_zero(
     done = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "check", "top_p_filter", "--impl", str(tmp_path)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and "called sys.exit(0)" in done.stdout
+
+
+def _learner_file(tmp_path, body: str) -> Path:
+    path = tmp_path / "lesson01_sampling.py"
+    path.write_text("def top_p_filter(logits, top_p):\n" + "".join(f"    {line}\n" for line in body.splitlines()))
+    return path
+
+
+def test_a_learner_function_that_kills_its_process_fails_its_check_and_the_caller_lives_on(tmp_path):
+    result = exercises.check("top_p_filter", _learner_file(tmp_path, "import os\nos._exit(0)"), verbose=False)
+    assert not result.passed and "ended the checking process (exit status 0" in result.lines[0][2]
+    assert exercises.check("top_p_filter", exercises.SOLUTIONS_DIR, verbose=False).passed  # and checking goes on
+
+
+def test_a_learner_function_that_blocks_the_alarm_is_killed_at_the_child_limit(tmp_path, monkeypatch):
+    exercises.check("top_p_filter", exercises.SOLUTIONS_DIR, verbose=False)  # the checking server is up
+    monkeypatch.setattr(exercises, "CHECK_SECONDS", 0.5)
+    monkeypatch.setattr(exercises, "CHILD_START_SECONDS", 3)
+    stubborn = _learner_file(tmp_path, "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n"
+                                       "    pass")
+    start = time.perf_counter()
+    result = exercises.check("top_p_filter", stubborn, verbose=False)
+    assert not result.passed and "did not finish within" in result.lines[0][2]
+    assert time.perf_counter() - start < 30
+
+
+def test_what_the_learner_prints_is_shown_by_the_check(tmp_path, capsys):
+    exercises.check("top_p_filter", _learner_file(tmp_path, "print('shape of logits:', logits.shape)\nreturn logits"))
+    shown = capsys.readouterr().out
+    assert "shape of logits: torch.Size" in shown and "FAIL" in shown
