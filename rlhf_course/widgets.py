@@ -48,7 +48,11 @@ class LabelingSession:
         done = {}
         if not self.path.is_file():
             return done
-        text = self.path.read_text()
+        try:
+            text = self.path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataFileError(f"{self.path}: not a judgments file (byte {err.start + 1} is not UTF-8 text); "
+                                "pass another path, or move this file away to start afresh") from None
         lines = text.split("\n")
         for number, line in enumerate(lines, start=1):
             if not line.strip():

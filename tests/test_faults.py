@@ -36,3 +36,148 @@ def test_an_empty_model_directory_is_refused_before_anything_runs(tmp_path, caps
     with pytest.raises(SystemExit):
         cli.main(["pipeline", "--base-model", str(tmp_path / "model"), "--out", str(tmp_path / "out")])
     assert "config.json" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+# --- data files: every malformed file is a DataFileError (or FileNotFoundError) naming the file and line ----
+import json  # noqa: E402
+import os  # noqa: E402
+import resource  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from rlhf_course import data, models, world  # noqa: E402
+from rlhf_course.data import DataFileError  # noqa: E402
+from rlhf_course.widgets import LabelingSession, pairs_for_labeling  # noqa: E402
+
+GOOD = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
+        "rejected": [{"role": "assistant", "content": "b"}]}
+GOOD_LINE = json.dumps(GOOD).encode() + b"\n"
+
+
+@pytest.mark.parametrize("content, line, says", [
+    (b"\x89PNG\r\n\x1a\n\x00\x00", 1, "not UTF-8 text"),
+    (GOOD_LINE + "caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text"),
+    (b"\xef\xbb\xbf" + GOOD_LINE, 1, "not valid JSON"),
+    (GOOD_LINE + b"[1, 2]\n", 2, "expected a JSON object, got list"),
+    (b"null\n", 1, "expected a JSON object"),
+    (GOOD_LINE + GOOD_LINE[:40], 2, "not valid JSON"),
+    (json.dumps({**GOOD, "chosen": "a"}).encode() + b"\n", 1, "field 'chosen'"),
+    (json.dumps({"prompt": GOOD["prompt"], "chosen": GOOD["chosen"]}).encode() + b"\n", 1, "missing field 'rejected'"),
+    (GOOD_LINE + b"\n\n" + b'{"prompt": 1e999}\n', 4, "field 'prompt'"),
+])
+def test_a_malformed_data_file_names_its_file_and_line(tmp_path, content, line, says):
+    path = tmp_path / "comparisons.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError) as error:
+        data.load_jsonl(path, "preference")
+    assert f"{path}, line {line}: " in str(error.value) and says in str(error.value), str(error.value)
+    assert path.read_bytes() == content  # reading never changes the file
+
+
+@pytest.mark.parametrize("content", [b"", b"\n\n  \n"])
+def test_an_empty_data_file_says_so(tmp_path, content):
+    (tmp_path / "rows.jsonl").write_bytes(content)
+    with pytest.raises(DataFileError, match="the file has no rows"):
+        data.load_jsonl(tmp_path / "rows.jsonl", "preference")
+
+
+@pytest.mark.parametrize("where", ["missing.jsonl", "."])
+def test_a_data_path_that_is_not_a_file_says_so(tmp_path, where):
+    with pytest.raises(FileNotFoundError, match="No data file at"):
+        data.load_jsonl(tmp_path / where, "preference")
+
+
+# --- model directories: named, with what to do; nothing from a pickle, nothing remote --------------------
+def _model_copy(tmp_path, damage) -> "os.PathLike":
+    path = tmp_path / "model"
+    shutil.copytree(models.BASE_MODEL_DIR, path)
+    damage(path)
+    return path
+
+
+def _truncate(name):
+    def damage(path):
+        raw = (path / name).read_bytes()
+        (path / name).write_bytes(raw[:len(raw) // 2])
+    return damage
+
+
+@pytest.mark.parametrize("damage, load, says", [
+    (lambda p: shutil.rmtree(p), models.load_model, "No model at"),
+    (lambda p: (p / "config.json").unlink(), models.load_model, "No model at"),
+    (lambda p: (p / "config.json").unlink(), models.load_tokenizer, "No model at"),
+    (lambda p: (p / "model.safetensors").unlink(), models.load_model, "has no .safetensors weights"),
+    (lambda p: ((p / "model.safetensors").unlink(), (p / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")),
+     models.load_model, "loads safetensors only"),
+    (_truncate("model.safetensors"), models.load_model, "is not a readable safetensors file"),
+    (lambda p: (p / "model.safetensors").write_bytes(b"\0" * 100), models.load_model, "is not a readable safetensors"),
+    (lambda p: (p / "tokenizer.json").unlink(), models.load_tokenizer, "has no tokenizer.json"),
+    (lambda p: (p / "config.json").write_text("{not json"), models.load_model, "config.json"),
+])
+def test_a_damaged_model_directory_is_named_with_what_is_wrong(tmp_path, damage, load, says):
+    path = _model_copy(tmp_path, damage)
+    with pytest.raises((FileNotFoundError, ValueError, OSError)) as error:
+        load(path)
+    assert says in str(error.value) and str(path) in str(error.value), str(error.value)
+
+
+# --- the labeling file: a full disk, two writers, a file that is not a judgments file ----------------------
+@pytest.fixture
+def pairs():
+    tasks = world.generate_tasks("validation", 3)
+    candidates = [[world.render(t, "polite"), world.render(t, "curt")] for t in tasks]
+    return pairs_for_labeling(tasks, candidates, n=8)
+
+
+def test_a_binary_file_in_place_of_the_judgments_is_an_error_that_names_it_and_keeps_it(tmp_path, pairs):
+    path = tmp_path / "judgments.jsonl"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff")
+    with pytest.raises(DataFileError, match="not a judgments file"):
+        LabelingSession(pairs, path)
+    assert path.read_bytes() == b"\x89PNG\r\n\x1a\n\x00\xff"
+
+
+def test_two_sessions_writing_one_file_keep_every_judgment(tmp_path, pairs):
+    path = tmp_path / "judgments.jsonl"
+    first, second = LabelingSession(pairs, path), LabelingSession(pairs[::-1], path)
+    for _ in range(3):
+        first.record("a")
+        second.record("b")
+    resumed = LabelingSession(pairs, path)
+    assert len(resumed.judgments) == 6 and len(path.read_text().splitlines()) == 6
+
+
+def test_a_disk_that_fills_in_the_middle_of_a_judgment_loses_nothing_saved(tmp_path, pairs):
+    path = tmp_path / "judgments.jsonl"
+    session = LabelingSession(pairs, path)
+    session.record("a")
+    session.record("b")
+    saved = path.read_bytes()
+    # a child process whose file-size limit ends the next write partway through its line (EFBIG, as a full disk)
+    script = (f"import resource, signal, sys; sys.path[:0] = {sys.path!r}\n"
+              "from tests.test_faults import _session\n"
+              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(saved) + 40}, resource.RLIM_INFINITY))\n"
+              f"session = _session({str(path)!r})\n"
+              "try:\n    session.record('tie')\nexcept OSError as err:\n    print('write failed:', err.errno)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          cwd=str(_root()))
+    assert "write failed" in done.stdout, done.stderr
+    assert path.read_bytes().startswith(saved) and path.stat().st_size > len(saved)  # a torn line after them
+    resumed = LabelingSession(pairs, path)
+    assert len(resumed.judgments) == 2  # the half-written judgment was never made
+    resumed.record("b")
+    assert len(LabelingSession(pairs, path).judgments) == 3  # and the file stays readable after the next one
+
+
+def _root():
+    from pathlib import Path
+    return Path(__file__).resolve().parent.parent
+
+
+def _session(path):
+    tasks = world.generate_tasks("validation", 3)
+    candidates = [[world.render(t, "polite"), world.render(t, "curt")] for t in tasks]
+    return LabelingSession(pairs_for_labeling(tasks, candidates, n=8), path)
+
