@@ -181,3 +181,42 @@ def _session(path):
     candidates = [[world.render(t, "polite"), world.render(t, "curt")] for t in tasks]
     return LabelingSession(pairs_for_labeling(tasks, candidates, n=8), path)
 
+
+
+# --- a learner's function that passed its checks but breaks in training ----------------------------------
+import torch  # noqa: E402
+
+from rlhf_course import ppo, registry  # noqa: E402
+from rlhf_course.registry import ExerciseOutputError  # noqa: E402
+
+
+@pytest.fixture
+def plugged():
+    yield registry.plug_in
+    registry.reset()
+
+
+def test_a_plugged_in_function_that_returns_nan_stops_training_naming_the_exercise(plugged):
+    def whiten(values, mask, shift_mean=True):  # right on the checks' inputs, NaN on a constant row
+        return (values - values.mean()) / values.std() * mask
+    plugged("whiten", whiten)
+    with pytest.raises(ExerciseOutputError, match=r"Exercise 'whiten' \(your whiten\): it returned NaN"):
+        ppo.whiten(torch.ones(2, 3), torch.ones(2, 3))
+
+
+def test_nan_that_comes_in_is_not_blamed_on_the_learner(plugged):
+    def whiten(values, mask, shift_mean=True):
+        return values * mask
+    plugged("whiten", whiten)
+    values = torch.tensor([[float("nan"), 1.0]])
+    assert ppo.whiten(values, torch.ones(1, 2)).isnan().any()  # passed through: the cause is upstream
+
+
+def test_an_infinite_loss_from_a_plugged_in_function_stops_training(plugged):
+    from rlhf_course import reward_model
+
+    def bradley_terry_loss(chosen, rejected):
+        return -torch.log(torch.sigmoid(chosen - rejected)).mean()  # log(0) for a large negative margin
+    plugged("bradley_terry_loss", bradley_terry_loss)
+    with pytest.raises(ExerciseOutputError, match="a loss must be finite"):
+        reward_model.bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([0.0]))
