@@ -1,11 +1,23 @@
 """Bad input answered clearly: each case names what was expected and where, and nothing saved is lost.
 
-The cases here are the command line's; tests/test_labeling.py, test_resume.py, test_exercises.py and
-test_models.py hold the faults of the labeling file, checkpoints, the checker and model loading.
+Command-line values, data files, model directories, the labeling file (a full disk, two writers), and a
+learner's function that passed its checks but misbehaves in training. tests/test_labeling.py,
+test_resume.py, test_exercises.py and test_models.py hold more: torn labeling files, checkpoints of another
+run, the checker's time limit and child process, hostile model code.
 """
-import pytest
+import json
+import random
+import shutil
+import subprocess
+import sys
 
-from rlhf_course import cli
+import pytest
+import torch
+
+from rlhf_course import cli, data, models, ppo, registry, world
+from rlhf_course.data import DataFileError
+from rlhf_course.registry import ExerciseOutputError
+from rlhf_course.widgets import LabelingSession, pairs_for_labeling
 
 
 @pytest.mark.parametrize("argv, flag, expected", [
@@ -39,16 +51,7 @@ def test_an_empty_model_directory_is_refused_before_anything_runs(tmp_path, caps
 
 
 # --- data files: every malformed file is a DataFileError (or FileNotFoundError) naming the file and line ----
-import json  # noqa: E402
-import os  # noqa: E402
-import resource  # noqa: E402
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 
-from rlhf_course import data, models, world  # noqa: E402
-from rlhf_course.data import DataFileError  # noqa: E402
-from rlhf_course.widgets import LabelingSession, pairs_for_labeling  # noqa: E402
 
 GOOD = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
         "rejected": [{"role": "assistant", "content": "b"}]}
@@ -89,7 +92,7 @@ def test_a_data_path_that_is_not_a_file_says_so(tmp_path, where):
 
 
 # --- model directories: named, with what to do; nothing from a pickle, nothing remote --------------------
-def _model_copy(tmp_path, damage) -> "os.PathLike":
+def _model_copy(tmp_path, damage):
     path = tmp_path / "model"
     shutil.copytree(models.BASE_MODEL_DIR, path)
     damage(path)
@@ -184,10 +187,7 @@ def _session(path):
 
 
 # --- a learner's function that passed its checks but breaks in training ----------------------------------
-import torch  # noqa: E402
 
-from rlhf_course import ppo, registry  # noqa: E402
-from rlhf_course.registry import ExerciseOutputError  # noqa: E402
 
 
 @pytest.fixture
@@ -220,3 +220,30 @@ def test_an_infinite_loss_from_a_plugged_in_function_stops_training(plugged):
     plugged("bradley_terry_loss", bradley_terry_loss)
     with pytest.raises(ExerciseOutputError, match="a loss must be finite"):
         reward_model.bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([0.0]))
+
+
+@pytest.mark.parametrize("value, says", [("gpu", "is not a device: expected cpu, cuda or cuda:N"),
+                                         ("cuda:0", "asks for a GPU, but torch sees none")])
+def test_a_bad_device_setting_names_the_variable(monkeypatch, value, says):
+    from rlhf_course import runtime
+
+    if value.startswith("cuda") and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the setting is valid here")
+    monkeypatch.setenv("RLHF_COURSE_DEVICE", value)
+    with pytest.raises(ValueError, match=f"RLHF_COURSE_DEVICE='{value}'"):
+        runtime.device()
+    with pytest.raises(ValueError, match=says):
+        runtime.device()
+
+
+def test_an_over_long_demonstration_is_named_by_its_row_in_the_data_set():
+    from rlhf_course import sft
+
+    tok, model = models.load_tokenizer(), models.load_model(dev=torch.device("cpu"))
+    rows = data.sft_dataset("validation").to_list()[:30]
+    rows[17] = {**rows[17], "completion": [{"role": "assistant", "content": "word " * 2000}]}
+    config = sft.SFTConfig(epochs=1, max_examples=25, seed=3)
+    picked = random.Random(3).sample(range(30), 25)
+    assert 17 in picked  # the sample keeps the long row, at another place in it
+    with pytest.raises(ValueError, match=r"first: row 17 of the data set"):
+        sft.train_sft(model, tok, rows, config)
