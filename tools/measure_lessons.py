@@ -118,6 +118,7 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
     # a lesson without a parameters cell has nothing to seed (lesson 00): it runs as it is on every seed
     nb.cells.insert(0, injected[0])
     os.environ["MEASURE_LESSONS_CLAIMS"] = str(claims_file)
+    load = os.getloadavg()[0]  # what else was running: the times depend on it
     start = time.time()
     client = NotebookClient(nb, timeout=3600, kernel_name="python3", allow_errors=not inplace,
                             resources={"metadata": {"path": str(LESSONS)}}, record_timing=False)
@@ -132,7 +133,7 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
             mine.outputs, mine.execution_count = ran.outputs, count
         original.metadata.pop("widgets", None)
         nbformat.write(original, path)
-    return {"seconds": round(seconds, 1), "errors": errors}
+    return {"seconds": round(seconds, 1), "errors": errors, "load_before": round(load, 2)}
 
 
 def cmd_run(args) -> None:
@@ -162,7 +163,7 @@ def _cache_build_minutes(seed: int) -> dict[str, float]:
 
     path = checkpoints.cache_root() / f"pipeline-{checkpoints.fingerprint(pipeline.PipelineConfig(seed=seed))}"
     metrics = json.loads((path / "metrics.json").read_text()) if (path / "metrics.json").exists() else {}
-    return {stage: m["seconds"] / 60 for stage, m in metrics.items()}
+    return {stage: metrics[stage]["seconds"] / 60 for stage in pipeline.STAGES if stage in metrics}
 
 
 def _value(v) -> str:
@@ -173,13 +174,15 @@ def time_table(records: dict[int, dict]) -> str:
     zero = records[0]["lessons"]
     machines = sorted({lesson["machine"] for lesson in zero.values()})
     stages = records[0].get("cache_minutes", {})
+    loads = sorted(lesson.get("load_before", float("nan")) for lesson in zero.values())
     lines = [f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
-             f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}. "
+             f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}; the machine's load average "
+             f"as each lesson started was {loads[0]:.1f} to {loads[-1]:.1f} (other jobs ran beside it). "
              "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
              + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items()) + ".", "",
              "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) | presenter mode, seed 0 |",
              "|---|---|---|---|"]
-    presenter = records[0].get("presenter", {})
+    presenter = records[0].get("presenter_lessons", {})
     for name, lesson in zero.items():
         others = [f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min" for s in (1, 2)
                   if s in records and name in records[s]["lessons"]]
@@ -227,7 +230,7 @@ def load_records() -> dict[int, dict]:
         records[record["seed"]] = record
     presenter = MEASUREMENTS / "presenter-seed0.json"
     if presenter.exists():
-        records[0]["presenter"] = json.loads(presenter.read_text())["lessons"]
+        records[0]["presenter_lessons"] = json.loads(presenter.read_text())["lessons"]
     if 0 not in records:
         raise SystemExit(f"no {MEASUREMENTS / 'seed0.json'}: run `python tools/measure_lessons.py run --seed 0` first")
     return records
