@@ -174,7 +174,7 @@ def time_table(records: dict[int, dict]) -> str:
     zero = records[0]["lessons"]
     machines = sorted({lesson["machine"] for lesson in zero.values()})
     stages = records[0].get("cache_minutes", {})
-    loads = sorted(lesson.get("load_before", float("nan")) for lesson in zero.values())
+    loads = sorted(lesson["load_before"] for lesson in zero.values() if "load_before" in lesson) or [float("nan")]
     lines = [f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
              f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}; the machine's load average "
              f"as each lesson started was {loads[0]:.1f} to {loads[-1]:.1f} (other jobs ran beside it). "
