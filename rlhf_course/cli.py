@@ -26,6 +26,13 @@ def _integer(low: int, high: int | None = None):
 SEED = _integer(0, 2**32 - 1)  # what numpy's and torch's seeding both accept
 
 
+def _multiple_of_4(text: str) -> int:
+    value = _integer(4)(text)
+    if value % 4:
+        raise argparse.ArgumentTypeError(f"expected a multiple of 4, got {text!r}")
+    return value
+
+
 def _stages(text: str) -> list[str]:
     from rlhf_course import pipeline
 
@@ -131,7 +138,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/parallel_check")
     p.add_argument("--steps", type=_integer(4), default=16, help="SFT steps (a quarter as many for reward and DPO)")
     p.add_argument("--updates", type=_integer(1), default=2, help="PPO, GRPO and policy-gradient updates")
-    p.add_argument("--batch-size", type=_integer(4), default=16, help="the global batch, split over the processes")
+    p.add_argument("--batch-size", type=_multiple_of_4, default=16,
+                   help="the global batch, split over the processes (a multiple of 4: GRPO takes a quarter as prompts)")
     p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_parallel_check)
 

@@ -1096,6 +1096,23 @@ def _checking_context():
     return context
 
 
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Start a child without it re-running the caller's script: multiprocessing imports the ``__main__`` of a
+    script into its children, which re-runs a script without an ``if __name__ == "__main__"`` guard (a
+    learner's ``check.py``, say). The checking child needs nothing from it."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or getattr(main, "__spec__", None) is not None:  # a module run with -m, a kernel, a shell
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
 def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True) -> CheckResult:
     """Run one exercise's checks against the learner's code (``exercises/`` by default).
 
@@ -1112,20 +1129,29 @@ def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True
         limit = CHECK_SECONDS * len(CATALOG[exercise_id].checks) + CHILD_START_SECONDS
         receiving, sending = multiprocessing.Pipe(duplex=False)
         child = _checking_context().Process(target=_check_in_child, args=(exercise_id, impl, sending), daemon=True)
-        child.start()
-        sending.close()
+        lines, printed, timed_out = None, "", False
         try:
-            lines, printed = receiving.recv() if receiving.poll(limit) else (None, "")
-        except EOFError:  # the child ended without a word: the learner's code stopped the process
-            lines, printed = None, ""
-        if lines is None:
-            child.kill()
-        child.join()
+            with _main_script_hidden():
+                child.start()
+            sending.close()
+            if receiving.poll(limit):
+                try:
+                    lines, printed = receiving.recv()
+                except EOFError:  # the child ended without a word: the learner's code stopped the process
+                    pass
+            else:
+                timed_out = True
+        finally:  # a learner's thread that outlives the checks, or a Ctrl-C here, must not keep the child
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
+                child.join()
         if printed:
             print(printed, end="" if printed.endswith("\n") else "\n")
         if lines is None:
-            why = (f"did not finish within {limit} s" if child.exitcode == -9 else
-                   f"ended the checking process (exit status {child.exitcode}: os._exit, a crash or a kill)")
+            why = (f"did not finish within {limit:g} s" if timed_out else
+                   f"ended the checking process (exit status {child.exitcode}: sys.exit or os._exit outside a "
+                   "function, a crash, or a kill)")
             lines = [("runs", False, f"your code {why} before the checks could report; look for a call that "
                                      "exits or never returns")]
         result = CheckResult(exercise_id, lines)

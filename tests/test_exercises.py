@@ -208,3 +208,20 @@ def test_what_the_learner_prints_is_shown_by_the_check(tmp_path, capsys):
     exercises.check("top_p_filter", _learner_file(tmp_path, "print('shape of logits:', logits.shape)\nreturn logits"))
     shown = capsys.readouterr().out
     assert "shape of logits: torch.Size" in shown and "FAIL" in shown
+
+
+def test_a_thread_the_learner_leaves_running_does_not_hold_the_check(tmp_path):
+    lingering = _learner_file(tmp_path, "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
+                                        "raise NotImplementedError")
+    start = time.perf_counter()
+    result = exercises.check("top_p_filter", lingering, verbose=False)
+    assert not result.passed and time.perf_counter() - start < 30
+
+
+def test_check_from_a_script_without_a_main_guard_checks_instead_of_rerunning_it(tmp_path):
+    script = tmp_path / "my_check.py"
+    script.write_text("from rlhf_course import exercises\nprint('script body ran')\n"
+                      f"print('passed:', exercises.check('top_p_filter', {str(exercises.SOLUTIONS_DIR)!r}, "
+                      "verbose=False).passed)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.stdout.count("script body ran") == 1 and "passed: True" in done.stdout, done.stdout + done.stderr

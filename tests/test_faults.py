@@ -33,6 +33,7 @@ from rlhf_course.widgets import LabelingSession, pairs_for_labeling
     (["parallel-check", "--steps", "2"], "--steps", "an integer of at least 4"),
     (["parallel-check", "--updates", "0"], "--updates", "an integer of at least 1"),
     (["parallel-check", "--batch-size", "1"], "--batch-size", "an integer of at least 4"),
+    (["parallel-check", "--batch-size", "6"], "--batch-size", "a multiple of 4"),
 ])
 def test_a_bad_command_line_value_names_the_flag_and_what_it_accepts(argv, flag, expected, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:

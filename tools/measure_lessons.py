@@ -5,7 +5,8 @@
     python tools/measure_lessons.py tables                   # rewrite the tables in README.md and lessons/README.md
 
 Each run executes every lesson with its ``SEED`` parameter set (a cell injected after the `parameters` cell,
-as papermill does) and with each ``assert`` rewritten to record its operands before it is checked, so the
+as papermill does) and with each ``assert`` rewritten to record its outcome and operands before it is checked
+(so an assertion's expression is evaluated twice, once for the record; the lessons' assertions are pure), so the
 three-seed table shows the values behind every claim, passed or failed (a failed assertion stops its cell,
 as it would for a student, and the run goes on with the next cell). Measurements go to
 ``lessons/measurements/seed<N>.json``; ``tables`` reads them all. Run it the way CI runs the lessons: one
@@ -33,7 +34,7 @@ LESSONS = ROOT / "lessons"
 MEASUREMENTS = LESSONS / "measurements"
 
 RECORDER = '''\
-def __record_claim(claim, source, test, operands):
+def _record_claim_(claim, source, test, operands):
     """Written by tools/measure_lessons.py: note an assertion's outcome and operands, then let it be checked."""
     import json as _json, os as _os
     try:
@@ -45,7 +46,7 @@ def __record_claim(claim, source, test, operands):
         try:
             value = thunk()
             if not isinstance(value, bool):
-                value = round(float(value), 4) if isinstance(value, (int, float)) or hasattr(value, "item") else repr(value)
+                value = float(f"{float(value):.4g}") if isinstance(value, (int, float)) or hasattr(value, "item") else repr(value)
         except Exception as error:  # an operand the assertion's own short-circuit would not have evaluated
             value = f"({type(error).__name__})"
         values.append([text, value])
@@ -66,7 +67,7 @@ def _operands(node: ast.expr) -> list[ast.expr]:
 
 
 class _Instrument(ast.NodeTransformer):
-    """Put ``__record_claim(...)`` before every top-level ``assert`` of a cell (and inside its ifs and loops)."""
+    """Put ``_record_claim_(...)`` before every top-level ``assert`` of a cell (and inside its ifs and loops)."""
 
     def __init__(self, prefix: str, source: str):
         self.prefix, self.source, self.count = prefix, source, 0
@@ -81,7 +82,7 @@ class _Instrument(ast.NodeTransformer):
             return ast.get_source_segment(self.source, expr) or ast.unparse(expr)
         thunks = ast.List([ast.Tuple([ast.Constant(text(o)), ast.Lambda(no_arguments, o)], ast.Load())
                            for o in _operands(node.test)], ast.Load())
-        call = ast.Expr(ast.Call(ast.Name("__record_claim", ast.Load()),
+        call = ast.Expr(ast.Call(ast.Name("_record_claim_", ast.Load()),
                                  [ast.Constant(f"{self.prefix}.{self.count}"), ast.Constant(text(node.test)),
                                   ast.Lambda(no_arguments, node.test), thunks], []))
         return [call, node]
@@ -130,6 +131,9 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
         executed = [c for c in nb.cells if not any(c is cell for cell in injected)]
         for count, (mine, ran) in enumerate(zip([c for c in original.cells if c.cell_type == "code"],
                                                 [c for c in executed if c.cell_type == "code"]), start=1):
+            for output in ran.outputs:  # "Out[n]" matches "In[n]" once the injected cells are gone
+                if output.output_type == "execute_result":
+                    output.execution_count = count
             mine.outputs, mine.execution_count = ran.outputs, count
         original.metadata.pop("widgets", None)
         nbformat.write(original, path)
@@ -229,7 +233,7 @@ def load_records() -> dict[int, dict]:
         record = json.loads(path.read_text())
         records[record["seed"]] = record
     presenter = MEASUREMENTS / "presenter-seed0.json"
-    if presenter.exists():
+    if presenter.exists() and 0 in records:
         records[0]["presenter_lessons"] = json.loads(presenter.read_text())["lessons"]
     if 0 not in records:
         raise SystemExit(f"no {MEASUREMENTS / 'seed0.json'}: run `python tools/measure_lessons.py run --seed 0` first")
