@@ -230,3 +230,12 @@ def test_dpo_stage_without_comparisons_says_what_to_run(tmp_path):
     rm.build(tmp_path / "sft_model", dev=torch.device("cpu")).save_pretrained(tmp_path / "reward_model")
     with pytest.raises(FileNotFoundError, match="run the 'reward' stage first"):
         pipeline.run(tmp_path, ["dpo"], TINY)
+
+
+def test_best_of_n_kl_estimate_treats_equal_rewards_as_one_level():
+    # two different replies with the same reward: best-of-k picks among them as the policy does, so KL 0
+    assert best_of_n.estimated_kl([["x", "y"]], torch.tensor([[1.0, 1.0]]), 2).item() == 0
+    # large k on many distinct replies: no 0 * log 0 = NaN, and never above the bound
+    many = [[str(i) for i in range(150)]]
+    kl = best_of_n.estimated_kl(many, torch.arange(150.0).view(1, -1), 150).item()
+    assert 0 < kl <= best_of_n.kl_upper_bound(150)

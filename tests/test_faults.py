@@ -116,7 +116,8 @@ def _truncate(name):
      models.load_model, "loads safetensors only"),
     (_truncate("model.safetensors"), models.load_model, "is not a readable safetensors file"),
     (lambda p: (p / "model.safetensors").write_bytes(b"\0" * 100), models.load_model, "is not a readable safetensors"),
-    (lambda p: (p / "tokenizer.json").unlink(), models.load_tokenizer, "has no tokenizer.json"),
+    (lambda p: ((p / "tokenizer.json").unlink(), (p / "tokenizer_config.json").unlink()), models.load_tokenizer,
+     "has no tokenizer files"),
     (lambda p: (p / "config.json").write_text("{not json"), models.load_model, "config.json"),
 ])
 def test_a_damaged_model_directory_is_named_with_what_is_wrong(tmp_path, damage, load, says):

@@ -142,3 +142,10 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
     monkeypatch.setattr(checkpoints.importlib.metadata, "version",
                         lambda name: "0.0" if name == "torch" else real_version(name))
     assert checkpoints.fingerprint(config) != edited
+
+
+def test_fingerprint_follows_the_settings_that_change_a_run(monkeypatch):
+    config = pipeline.PipelineConfig()
+    before = checkpoints.fingerprint(config)
+    monkeypatch.setenv("RLHF_COURSE_DECODER", "static")
+    assert checkpoints.fingerprint(config) != before
