@@ -171,7 +171,10 @@ def _cache_build_minutes(seed: int) -> dict[str, float]:
 
 
 def _value(v) -> str:
-    return f"{v:g}" if isinstance(v, float) else str(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    text = str(v)
+    return text if len(text) <= 24 else text[:20] + " ..."  # a list the assertion looked into, say
 
 
 def time_table(records: dict[int, dict]) -> str:
