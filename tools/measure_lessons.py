@@ -216,7 +216,7 @@ def seed_table(records: dict[int, dict]) -> str:
                               ", ".join(_value(v) for _, v in claim["operands"]) or "-")
             held = [str(seed) for seed in seeds if by_seed.get(seed, {}).get("holds") is True]
             verdict = "all" if len(held) == len(seeds) else (", ".join(held) or "none")
-            source = source.replace("|", "\\|")
+            source = " ".join(source.split()).replace("|", "\\|")  # one line, whatever the lesson's layout
             lines.append(f"| {name[:2]} | `{source}` | {' / '.join(values)} | {verdict} |")
     return "\n".join(lines)
 
