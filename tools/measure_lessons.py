@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import copy
+import fcntl
 import json
 import os
 import platform
@@ -140,6 +142,13 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
     return {"seconds": round(seconds, 1), "errors": errors, "load_before": round(load, 2)}
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def cmd_run(args) -> None:
     warnings.filterwarnings("ignore", message="Cell is missing an id field")  # the lessons are nbformat 4.4
     MEASUREMENTS.mkdir(exist_ok=True)
@@ -153,12 +162,15 @@ def cmd_run(args) -> None:
             claims_file.touch()
             result = run_lesson(path, args.seed, args.inplace, claims_file, args.presenter)
             claims = [json.loads(line) for line in claims_file.read_text().splitlines()]
-        record["lessons"][path.stem] = {**result, "claims": claims, "machine": machine(),
-                                        "date": time.strftime("%Y-%m-%d")}
-        record["cache_minutes"] = _cache_build_minutes(args.seed)
+        with _locked(out):  # another run may have written other lessons of this seed meanwhile: merge
+            record = json.loads(out.read_text()) if out.exists() else record
+            record["lessons"][path.stem] = {**result, "claims": claims, "machine": machine(),
+                                            "date": time.strftime("%Y-%m-%d")}
+            record["lessons"] = dict(sorted(record["lessons"].items()))
+            record["cache_minutes"] = _cache_build_minutes(args.seed)
+            out.write_text(json.dumps(record, indent=1) + "\n")
         print(f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",
               flush=True)
-        out.write_text(json.dumps(record, indent=1) + "\n")
 
 
 def _cache_build_minutes(seed: int) -> dict[str, float]:
