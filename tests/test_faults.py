@@ -10,6 +10,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -249,3 +250,68 @@ def test_an_over_long_demonstration_is_named_by_its_row_in_the_data_set():
     assert 17 in picked  # the sample keeps the long row, at another place in it
     with pytest.raises(ValueError, match=r"first: row 17 of the data set"):
         sft.train_sft(model, tok, rows, config)
+
+
+# --- kills at random moments: a training run and a labeling session pick up where they were ------------------
+KILLED_SFT = """
+import sys, torch
+from safetensors.torch import save_file
+from rlhf_course import data, models
+from rlhf_course.sft import SFTConfig, train_sft
+model, tok = models.load_model(dev=torch.device("cpu")), models.load_tokenizer()
+rows = data.sft_dataset("train", data.DataConfig(train_per_family=40))
+config = SFTConfig(epochs=2, max_examples=64, batch_size=16, warmup_steps=3, checkpoint_every=1)
+train_sft(model, tok, rows, config, on_step=lambda row: print("step", row["step"], flush=True),
+          checkpoint_dir=sys.argv[1])
+save_file({k: v.clone() for k, v in model.state_dict().items()}, sys.argv[2])
+"""
+
+
+def _run_and_kill(argv, rng, kills: int) -> None:
+    """Start ``argv`` ``kills`` times, each killed (SIGKILL) at a random moment after its first step, then
+    once more to the end."""
+    for _ in range(kills):
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=str(_root()))
+        for line in child.stdout:  # wait for it to be under way, then kill it mid-step or mid-save
+            if line.startswith("step"):
+                break
+        time.sleep(rng.uniform(0.0, 1.5))
+        child.kill()
+        child.wait()
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, cwd=str(_root()))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_an_sft_run_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_path):
+    from safetensors.torch import load_file
+
+    script = tmp_path / "train.py"
+    script.write_text(KILLED_SFT)
+    whole = subprocess.run([sys.executable, str(script), str(tmp_path / "whole_checkpoint"), str(tmp_path / "whole.st")],
+                           capture_output=True, text=True, timeout=600, cwd=str(_root()))
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    _run_and_kill([sys.executable, str(script), str(tmp_path / "checkpoint"), str(tmp_path / "killed.st")],
+                  random.Random(0), kills=3)
+    a, b = load_file(tmp_path / "whole.st"), load_file(tmp_path / "killed.st")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+KILLED_LABELING = """
+import sys
+sys.path.insert(0, sys.argv[2])  # the repository, for the tests' helpers
+from tests.test_faults import _session
+session = _session(sys.argv[1])
+while session.current() is not None:
+    session.record("ab"[len(session.judgments) % 2])
+    print("step", len(session.judgments), flush=True)
+"""
+
+
+def test_a_labeling_session_killed_at_random_moments_keeps_every_judgment_it_finished(tmp_path):
+    script = tmp_path / "label.py"
+    script.write_text(KILLED_LABELING)
+    path = tmp_path / "judgments.jsonl"
+    _run_and_kill([sys.executable, str(script), str(path), str(_root())], random.Random(1), kills=3)
+    session = _session(path)
+    assert session.current() is None and len(session.judgments) == len(session.pairs)
+    assert len(path.read_text().splitlines()) == len(session.pairs)  # each judgment once, none torn or doubled
