@@ -47,15 +47,16 @@ def estimated_kl(responses: list[list[str]], scores: torch.Tensor, k: int) -> to
     kls = []
     for group, row in zip(responses, scores.tolist()):
         reward_of = {}
-        count = {}
         for reply, reward in zip(group, row):
             reward_of.setdefault(reply, reward)  # one reply, one reward (the first seen; batching may jitter it)
-            count[reply] = count.get(reply, 0) + 1
-        ordered = sorted(count, key=lambda reply: (reward_of[reply], reply))  # lowest reward first
-        p = torch.tensor([count[reply] / n for reply in ordered], dtype=torch.float64)  # (distinct,)
+        mass = {}  # each reward level's probability: its replies' draws, over n
+        for reply in group:
+            mass[reward_of[reply]] = mass.get(reward_of[reply], 0.0) + 1 / n
+        # within a level best-of-k picks in proportion to p, so only the levels carry KL
+        p = torch.tensor([mass[level] for level in sorted(mass)], dtype=torch.float64)  # (levels,), lowest first
         cumulative = p.cumsum(0).clamp(max=1.0)
-        picked = cumulative ** k - torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) ** k  # (distinct,)
-        kls.append((picked * (picked / p).log()).sum().item())
+        picked = cumulative ** k - torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) ** k  # (levels,)
+        kls.append(max(torch.xlogy(picked, picked / p).sum().item(), 0.0))
     return torch.tensor(kls, dtype=torch.float64)
 
 

@@ -31,7 +31,10 @@ def cache_root() -> Path:
 
 
 # the libraries whose kernels and loaders decide the numbers a run produces
-LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets", "accelerate")
+LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets", "accelerate", "peft",
+             "sacrebleu")
+# the environment variables that change what a run computes (runtime.py and language_model.py read them)
+SETTINGS = ("RLHF_COURSE_DEVICE", "RLHF_COURSE_AUTOCAST", "RLHF_COURSE_DECODER", "RLHF_COURSE_CUDNN_ATTENTION")
 
 
 def pipeline_modules() -> list[Path]:
@@ -57,6 +60,7 @@ def fingerprint(config: pipeline.PipelineConfig) -> str:
     configuration (not where the package is checked out)."""
     h = hashlib.sha256(repr(config).replace(str(PACKAGE_DIR), "<package>").encode())
     h.update(repr([(name, importlib.metadata.version(name)) for name in LIBRARIES]).encode())
+    h.update(repr([(name, os.environ.get(name)) for name in SETTINGS]).encode())
     artifacts = [p for p in sorted((PACKAGE_DIR / "artifacts").rglob("*")) if p.is_file()]
     for path in pipeline_modules() + artifacts:
         h.update(str(path.relative_to(PACKAGE_DIR)).encode())

@@ -113,11 +113,16 @@ def load_jsonl(path: str | Path, schema: str | None = None) -> Dataset:
     if not path.is_file():
         raise FileNotFoundError(f"No data file at {path}")
     rows = []
-    with path.open() as f:
-        for number, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, start=1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise DataFileError(f"{where}: not UTF-8 text (byte {err.start + 1} of the line); is this a JSONL "
+                                    "file?") from None
             if not line.strip():
                 continue
-            where = f"{path}, line {number}"
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
@@ -69,7 +70,12 @@ def check_model_dir(path: Path) -> Path:
 
 
 def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast:
-    tok = AutoTokenizer.from_pretrained(check_model_dir(path), local_files_only=True, trust_remote_code=False)
+    path = check_model_dir(path)
+    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
+                                                    "tokenizer.model")):
+        raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json or tokenizer_config.json): save the "
+                                "model's tokenizer into it with tokenizer.save_pretrained()")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(
             f"The tokenizer at {path} needs a pad token distinct from its EOS token; otherwise masking "
@@ -121,6 +127,12 @@ def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = Non
     path = check_model_dir(path)
     if not any(path.glob("*.safetensors")):
         raise FileNotFoundError(f"{path} has no .safetensors weights; the course loads safetensors only.")
+    for weights in path.glob("*.safetensors"):
+        try:
+            safe_open(weights, framework="pt").keys()
+        except Exception as err:  # safetensors raises its own error type, which names neither file nor fix
+            raise ValueError(f"{weights} is not a readable safetensors file ({err}): it was cut short or "
+                             "overwritten; save the model again or rebuild it") from None
     model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
     )

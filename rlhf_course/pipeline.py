@@ -311,14 +311,15 @@ def write_report(out: Path, metrics: dict) -> Path:
                 ("gold", "mean gold score (sampled)"), ("accuracy", "exact match (sampled)"),
                 ("proxy_reward", "reward-model score (the proxy)"), ("greedy_gold", "mean gold score (greedy)"),
                 ("greedy_accuracy", "exact match (greedy)"))]
-            lines += ["", f"KL to the SFT model: {m['kl']:.2f} ± {m['kl_se']:.2f} nats per reply (± one standard "
-                      "error over prompts).", "", f"![{name} curves]({name}_curves.png)", ""]
+            kl_se = f" ± {m['kl_se']:.2f}" if "kl_se" in m else ""
+            lines += ["", f"KL to the SFT model: {m['kl']:.2f}{kl_se} nats per reply (± one standard error over "
+                      "prompts).", "", f"![{name} curves]({name}_curves.png)", ""]
     if "best_of_n" in metrics:
         m = metrics["best_of_n"]
         lines += ["## Best-of-n", "", f"Held-out prompts, n samples from the SFT model, the reward model's favourite kept "
                   f"({m['seconds']:.0f} s):", "", "| n | KL estimate (nats) | KL bound | gold | exact match | proxy |",
                   "|---|---|---|---|---|---|"]
-        lines += [f"| {r['n']} | {r['kl']:.2f} | {r['kl_bound']:.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | "
+        lines += [f"| {r['n']} | {r['kl']:.2f} | {r.get('kl_bound', float('nan')):.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | "
                   f"{r['proxy_reward']:.3f} |" for r in m["curve"]]
         lines += [""]
     if any(name in metrics for name in ("best_of_n", "dpo", "grpo")):

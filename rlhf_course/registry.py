@@ -44,6 +44,7 @@ def replaceable(name: str, validate: Callable):
             out = piece.learner(*args, **kwargs)
             try:
                 piece.validate(out, *args, **kwargs)
+                _expect_finite(out, args, kwargs)
             except ExerciseOutputError as err:
                 raise ExerciseOutputError(f"Exercise '{name}' (your {piece.learner.__name__}): {err}") from None
             return out
@@ -53,6 +54,32 @@ def replaceable(name: str, validate: Callable):
         return dispatch
 
     return decorate
+
+
+def _tensors(value) -> list:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for item in value for t in _tensors(item)]
+    if isinstance(value, dict):
+        return [t for item in value.values() for t in _tensors(item)]
+    return []
+
+
+def _expect_finite(out, args, kwargs) -> None:
+    """NaN in what the learner's function returned (from inputs without NaN), or an infinite scalar (a loss),
+    stops training here: passing the checks does not cover every input a training run gives it."""
+    floats = [t for t in _tensors(out) if t.is_floating_point()]
+    if not floats or any(t.is_floating_point() and t.isnan().any() for t in _tensors((args, kwargs))):
+        return
+    for t in floats:
+        if t.isnan().any():
+            raise ExerciseOutputError(f"it returned NaN in {int(t.isnan().sum())} of {t.numel()} values, from "
+                                      "inputs without any; look for a division by zero or the log of 0 or less")
+        if t.dim() == 0 and t.isinf():
+            raise ExerciseOutputError(f"it returned {t.item()} (a loss must be finite); look for the log of 0")
 
 
 def plug_in(name: str, fn: Callable) -> None:

@@ -30,7 +30,14 @@ if os.environ.get("RLHF_COURSE_CUDNN_ATTENTION", "0") != "1":
 def device() -> torch.device:
     wanted = os.environ.get("RLHF_COURSE_DEVICE")
     if wanted:
-        return torch.device(wanted)
+        try:
+            chosen = torch.device(wanted)
+        except RuntimeError:
+            raise ValueError(f"RLHF_COURSE_DEVICE={wanted!r} is not a device: expected cpu, cuda or cuda:N") from None
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"RLHF_COURSE_DEVICE={wanted!r} asks for a GPU, but torch sees none here: unset it "
+                             "or set it to cpu")
+        return chosen
     if not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

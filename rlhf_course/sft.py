@@ -124,14 +124,17 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     rows = list(dataset)
-    if config.max_examples is not None:
-        rows = rng.sample(rows, min(config.max_examples, len(rows)))
+    numbers = list(range(len(rows)))  # each row's place in ``dataset``, for error messages
+    if config.max_examples is not None:  # the same draw as sampling the rows themselves
+        numbers = rng.sample(numbers, min(config.max_examples, len(rows)))
+        rows = [rows[i] for i in numbers]
     encoded = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
     limit = models.context_length(model)
     too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
     if too_long:
         raise ValueError(f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
-                         f"(first: row {too_long[0]}, {len(encoded[too_long[0]][0])} tokens)")
+                         f"(first: row {numbers[too_long[0]]} of the data set, counting from 0, "
+                         f"{len(encoded[too_long[0]][0])} tokens); shorten them or use a model with a longer context")
     # every epoch's batches, drawn up front: a resumed run draws the same ones and skips those it has done
     steps = [indices for _ in range(config.epochs)
              for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)]
