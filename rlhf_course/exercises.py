@@ -1141,8 +1141,9 @@ def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True
                     pass
             else:
                 timed_out = True
-        finally:  # a learner's thread that outlives the checks, or a Ctrl-C here, must not keep the child
-            child.join(timeout=5)
+        finally:  # a hung child, a learner's thread that outlives the checks, or a Ctrl-C here: no child is kept
+            receiving.close()
+            child.join(timeout=0 if timed_out else 5)
             if child.is_alive():
                 child.kill()
                 child.join()
