@@ -1,3 +1,4 @@
+import importlib
 import subprocess
 import time
 import sys
@@ -8,7 +9,7 @@ import torch
 
 from rlhf_course import exercises, registry
 from rlhf_course.language_model import next_token_loss, pad_batch
-from wrong_implementations import WRONG
+from known_wrong import WRONG
 
 
 @pytest.mark.parametrize("exercise_id", list(exercises.CATALOG))
@@ -36,6 +37,20 @@ def test_known_wrong_implementation_fails_with_its_hint(exercise_id, wrong, hint
     assert not result.passed
     messages = " ".join(msg for _, ok, msg in result.lines if not ok)
     assert hint in messages, messages
+
+
+def test_each_lesson_has_one_solution_one_checks_module_and_one_known_wrong_module_of_the_same_name():
+    checks_dir = Path(exercises.__file__).parent / "checks"
+    known_wrong = Path(__file__).parent / "known_wrong"
+    solutions = {p.stem for p in exercises.SOLUTIONS_DIR.glob("lesson*.py")}
+    assert {p.stem for p in checks_dir.glob("lesson*.py")} == solutions
+    assert {p.stem for p in known_wrong.glob("lesson*.py")} == solutions
+    for exercise in exercises.CATALOG.values():  # each exercise is written in the file its checks module names
+        assert f"def {exercise.id}(" in (exercises.SOLUTIONS_DIR / exercise.file).read_text(), exercise.id
+        assert exercise.file == f"lesson{exercise.lesson}" + exercise.file[len("lessonNN"):]
+    for module in solutions:
+        wrong = importlib.import_module(f"known_wrong.{module}").WRONG
+        assert set(wrong) == {e.id for e in exercises.CATALOG.values() if e.file == f"{module}.py"}, module
 
 
 def test_exercises_are_generated_from_solutions():

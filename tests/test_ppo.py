@@ -8,7 +8,7 @@ import torch
 
 from rlhf_course import data, models, pipeline, policy_gradient as pg, ppo, ppo_probes, registry, rollouts, world
 from rlhf_course import reward_model as rm
-from wrong_implementations import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
+from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
 
 
 def gae_per_step(rewards, values, mask, gamma, lam):

@@ -1,0 +1,47 @@
+"""What a lesson's checks module declares: its exercises, each with its checks, and the helpers checks share."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from rlhf_course import registry
+
+
+class Fail(Exception):
+    """A check failed; the message says what was wrong and the likely mistake."""
+
+
+@dataclass
+class Check:
+    name: str
+    run: Callable[[Callable], None]  # raises Fail (or anything else) when the learner's function is wrong
+
+
+@dataclass
+class Exercise:
+    """One replaceable piece of the package (``registry``) that a learner writes. Declared in the checks module
+    of its lesson, ``checks/<file>.py``; the lesson and the learner's file come from that module's name."""
+    id: str
+    difficulty: str
+    summary: str
+    checks: list[Check]
+    lesson: str = ""  # "02", from checks/lesson02_sft.py
+    file: str = ""  # "lesson02_sft.py": the learner's file in exercises/, its completed version in solutions/
+
+    @property
+    def reference(self) -> Callable:
+        return registry.PIECES[self.id].reference
+
+
+def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
+    return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
+
+
+def diagnose(got: torch.Tensor, mistakes: dict[str, torch.Tensor], default: str) -> str:
+    """The hint of the known mistake whose output matches the learner's, else ``default``."""
+    for hint, value in mistakes.items():
+        if close(got.detach(), value):
+            return hint
+    return default

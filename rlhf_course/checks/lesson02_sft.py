@@ -1,0 +1,199 @@
+"""Lesson 02's exercises: padding a batch, response-only labels, the next-token loss.
+
+Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
+and its message names the mistake the output looks like.
+"""
+import torch
+
+from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.language_model import IGNORE_INDEX, next_token_loss
+from rlhf_course.sft import sft_labels
+
+
+# --- pad_batch --------------------------------------------------------------------------------
+PAD = 1
+SEQS = [[5, 6, 7], [8], [9, 10]]
+
+
+def _pad_shape(fn):
+    ids, mask = fn(SEQS, PAD, side="right")
+    if tuple(ids.shape) != (3, 3) or tuple(mask.shape) != (3, 3):
+        raise Fail(f"expected shape (3, 3) (batch, longest sequence), got {tuple(ids.shape)} and {tuple(mask.shape)}; "
+                   "the width must be the length of the longest sequence")
+    if ids.dtype != torch.long or mask.dtype != torch.long:
+        raise Fail(f"expected two torch.long tensors, got {ids.dtype} and {mask.dtype}")
+
+
+def _pad_mask(fn):
+    for side in ("right", "left"):
+        ids, mask = fn(SEQS, PAD, side=side)
+        if mask.sum().item() != 6 or set(mask.unique().tolist()) - {0, 1}:
+            raise Fail(f"side={side!r}: the attention mask should hold 1 for the 6 real tokens and 0 for the 3 pads, "
+                       f"got {mask.tolist()}; is it inverted?")
+        if not torch.equal(mask.bool(), ids != PAD):
+            raise Fail(f"side={side!r}: attention_mask must be 1 exactly where the real tokens are (mask {mask.tolist()}, "
+                       f"ids {ids.tolist()})")
+
+
+def _pad_value(fn):
+    ids, _ = fn(SEQS, PAD, side="right")
+    if (ids == 0).any():
+        raise Fail(f"padding should use pad_id={PAD}, got {ids.tolist()}; fill with pad_id, not 0 "
+                   "(token 0 is a real token)")
+
+
+def _pad_sides(fn):
+    right = torch.tensor([[5, 6, 7], [8, PAD, PAD], [9, 10, PAD]])
+    left = torch.tensor([[5, 6, 7], [PAD, PAD, 8], [PAD, 9, 10]])
+    got_right, _ = fn(SEQS, PAD, side="right")
+    if not torch.equal(got_right, right):
+        raise Fail(f"side='right' should put tokens first and padding after: expected {right.tolist()}, "
+                   f"got {got_right.tolist()}")
+    got_left, _ = fn(SEQS, PAD, side="left")
+    if not torch.equal(got_left, left):
+        raise Fail(f"side='left' should put padding first so every sequence ends in the last column: "
+                   f"expected {left.tolist()}, got {got_left.tolist()}; did you ignore the side argument?")
+
+
+# --- sft_labels -------------------------------------------------------------------------------
+def _labels_inputs():
+    input_ids = torch.tensor([[11, 12, 13, 21, 22, 2, 0, 0],
+                              [11, 12, 13, 14, 21, 2, 0, 0],
+                              [11, 12, 21, 22, 23, 24, 25, 2]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0],
+                                   [1, 1, 1, 1, 1, 1, 0, 0],
+                                   [1, 1, 1, 1, 1, 1, 1, 1]])
+    prompt_lengths = torch.tensor([3, 4, 2])
+    return input_ids, attention_mask, prompt_lengths
+
+
+def _labels_call(fn):
+    ids, mask, lengths = _labels_inputs()
+    out = fn(ids.clone(), mask, lengths)
+    if not isinstance(out, torch.Tensor) or out.shape != ids.shape or out.dtype != torch.long:
+        raise Fail(f"expected a torch.long tensor of shape {tuple(ids.shape)} (batch, seq), got "
+                   f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}")
+    return out
+
+
+def _labels_prompt(fn):
+    out = _labels_call(fn)
+    _, _, lengths = _labels_inputs()
+    for row, n in enumerate(lengths.tolist()):
+        if (out[row, :n] != IGNORE_INDEX).any():
+            raise Fail(f"row {row}: the {n} prompt tokens should be -100, got {out[row, :n].tolist()}; "
+                       "the model must not be trained to predict the prompt")
+
+
+def _labels_padding(fn):
+    out = _labels_call(fn)
+    _, mask, _ = _labels_inputs()
+    if (out[mask == 0] != IGNORE_INDEX).any():
+        raise Fail(f"padding positions should be -100, got labels {out.tolist()}; use attention_mask == 0")
+
+
+def _labels_response(fn):
+    out = _labels_call(fn)
+    ids, mask, lengths = _labels_inputs()
+    want = sft_labels.reference(ids, mask, lengths)
+    if torch.equal(out, want):
+        return
+    if torch.equal(out[:, :-1], ids[:, 1:].masked_fill(want[:, 1:] == IGNORE_INDEX, IGNORE_INDEX)):
+        raise Fail("the labels are shifted by one: keep labels aligned with input_ids; the loss does the shift")
+    first = [out[r, n].item() for r, n in enumerate(lengths.tolist())]
+    if any(f == IGNORE_INDEX for f in first):
+        raise Fail(f"the first response token (at position prompt_length) was masked: off by one at the prompt "
+                   f"boundary; expected {want.tolist()}, got {out.tolist()}")
+    raise Fail(f"response tokens (EOS included) must keep their ids: expected {want.tolist()}, got {out.tolist()}")
+
+
+def _labels_not_in_place(fn):
+    ids, mask, lengths = _labels_inputs()
+    before = ids.clone()
+    fn(ids, mask, lengths)
+    if not torch.equal(ids, before):
+        raise Fail("input_ids were modified in place: they are also the model's input, so clone before "
+                   "writing -100 (or use masked_fill)")
+
+
+# --- next_token_loss --------------------------------------------------------------------------
+def _loss_inputs():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(3, 7, 11, generator=gen)
+    labels = torch.randint(0, 11, (3, 7), generator=gen)
+    labels[0, :2] = IGNORE_INDEX  # prompt
+    labels[1, :4] = IGNORE_INDEX
+    labels[1, 6:] = IGNORE_INDEX  # padding
+    labels[2, :1] = IGNORE_INDEX
+    labels[2, 3:] = IGNORE_INDEX
+    return logits, labels
+
+
+def _nll(logits, labels):
+    """(per-position NLL, mask) with no shift; masked positions hold 0."""
+    mask = labels != IGNORE_INDEX
+    lp = torch.log_softmax(logits.double(), -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -lp * mask, mask
+
+
+def _loss_scalar(fn):
+    logits, labels = _loss_inputs()
+    logits.requires_grad_(True)
+    out = fn(logits, labels)
+    if not isinstance(out, torch.Tensor) or out.dim() != 0:
+        raise Fail(f"expected a 0-d tensor (a scalar), got {out!r}")
+    if not out.requires_grad:
+        raise Fail("the loss has no gradient: do not call .item(), .detach() or torch.no_grad() inside the loss")
+
+
+def _loss_value(fn):
+    logits, labels = _loss_inputs()
+    got = fn(logits, labels)
+    want = next_token_loss.reference(logits, labels)
+    if close(got, want):
+        return
+    shifted, smask = _nll(logits[:, :-1], labels[:, 1:])
+    unshifted, umask = _nll(logits, labels)
+    mistakes = {
+        "forgot to shift: the logits at position t predict the token at t+1 (use logits[:, :-1] with labels[:, 1:])":
+            unshifted.sum() / umask.sum(),
+        "divided by every position, padding and prompt included: average over the tokens whose label is not -100":
+            shifted.sum() / smask.numel(),
+        "averaged per sequence first: take the mean over all response tokens of the batch (token mean)":
+            (shifted.sum(1) / smask.sum(1)).mean(),
+        "wrong sign: the loss is the *negative* log-likelihood and must be positive": -want,
+        "summed instead of averaged: divide by the number of counted tokens": shifted.sum(),
+    }
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               diagnose(got, mistakes, "use log_softmax over the vocabulary and pick the log-probability "
+                                        "of each next token"))
+
+
+def _loss_ignores_masked(fn):
+    logits, labels = _loss_inputs()
+    changed = logits.clone()
+    changed[1, 5:] += 10 * torch.randn_like(changed[1, 5:])  # logits predicting padding (labels[1, 6:]) or past end
+    if not close(fn(logits, labels), fn(changed, labels)):
+        raise Fail("the loss changed when logits at padded positions changed: positions whose label is -100 "
+                   "must not count")
+
+
+EXERCISES = [
+    Exercise("pad_batch", "*", "pad token lists into input_ids and attention_mask", [
+        Check("returns (batch, longest) long tensors", _pad_shape),
+        Check("attention mask marks the real tokens", _pad_mask),
+        Check("pads with pad_id", _pad_value),
+        Check("pads on the requested side", _pad_sides),
+    ]),
+    Exercise("sft_labels", "*", "labels for response-only loss", [
+        Check("masks the prompt", _labels_prompt),
+        Check("masks the padding", _labels_padding),
+        Check("keeps the response and its EOS", _labels_response),
+        Check("leaves input_ids unchanged", _labels_not_in_place),
+    ]),
+    Exercise("next_token_loss", "**", "token-mean next-token NLL with a mask", [
+        Check("returns a scalar with a gradient", _loss_scalar),
+        Check("matches the reference value", _loss_value),
+        Check("ignores positions labelled -100", _loss_ignores_masked),
+    ]),
+]

@@ -1,0 +1,154 @@
+"""Lesson 04's exercises: log-probabilities of sampled tokens, the KL-penalized rewards, the REINFORCE loss.
+
+Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
+and its message names the mistake the output looks like.
+"""
+import torch
+
+from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.policy_gradient import reinforce_loss
+from rlhf_course.rollouts import kl_penalized_rewards, token_logprobs
+
+
+# --- token_logprobs ------------------------------------------------------------------------------
+def _tl_inputs():
+    gen = torch.Generator().manual_seed(4)
+    return torch.randn(2, 4, 6, generator=gen), torch.randint(6, (2, 4), generator=gen)
+
+
+def _tl_shape(fn):
+    logits, tokens = _tl_inputs()
+    out = fn(logits, tokens, 1.0)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 4):
+        raise Fail(f"expected one log-probability per token, shape (2, 4), got {getattr(out, 'shape', type(out).__name__)}; "
+                   "the logits are already aligned with the tokens (no shift needed here): gather along the vocabulary")
+
+
+def _tl_value(fn):
+    logits, tokens = _tl_inputs()
+    got, want = fn(logits, tokens, 1.0), token_logprobs.reference(logits, tokens, 1.0)
+    if close(got, want):
+        return
+    picked = lambda x: x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # noqa: E731
+    mistakes = {"you returned probabilities: take log_softmax": picked(torch.softmax(logits, -1)),
+                "you returned raw logits: normalise with log_softmax over the vocabulary": picked(logits),
+                "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)":
+                    picked(torch.log_softmax(logits, 1))}
+    raise Fail(f"expected {want[0].tolist()}, got {got[0].tolist()}: " +
+               diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]"))
+
+
+def _tl_temperature(fn):
+    logits, tokens = _tl_inputs()
+    got, want = fn(logits, tokens, 0.7), token_logprobs.reference(logits, tokens, 0.7)
+    if close(got, want):
+        return
+    mistakes = {"the temperature was ignored: the samples came from softmax(logits / temperature), so the "
+                "log-probabilities must too": token_logprobs.reference(logits, tokens, 1.0),
+                "you multiplied by the temperature: divide the logits by it": token_logprobs.reference(logits * 0.7, tokens, 1.0)}
+    raise Fail(diagnose(got, mistakes, "with temperature 0.7 the result differs from log_softmax(logits / 0.7)"))
+
+
+def _tl_gradient(fn):
+    logits, tokens = _tl_inputs()
+    logits.requires_grad_(True)
+    if not fn(logits, tokens, 1.0).requires_grad:
+        raise Fail("the log-probabilities have no gradient: the policy is trained through them")
+
+
+# --- kl_penalized_rewards ----------------------------------------------------------------------
+def _klr_inputs():
+    gen = torch.Generator().manual_seed(5)
+    logprobs, ref = -torch.rand(3, 5, generator=gen), -torch.rand(3, 5, generator=gen)
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    return torch.tensor([2.0, -1.0, 0.5]), logprobs, ref, mask
+
+
+def _klr_value(fn):
+    scores, logprobs, ref, mask = _klr_inputs()
+    got = fn(scores, logprobs, ref, mask, 0.1)
+    want = kl_penalized_rewards.reference(scores, logprobs, ref, mask, 0.1)
+    if close(got, want):
+        return
+    kl = -0.1 * (logprobs - ref)
+    rows = torch.arange(3)
+
+    def with_score_at(columns, base):
+        out = base.clone()
+        out[rows, columns] += scores
+        return out
+
+    mistakes = {
+        "the score went on the last column, which is padding for shorter responses: put it on each response's last "
+        "real token": with_score_at(torch.tensor([4, 4, 4]), kl * mask),
+        "the score went on the first padding position (old TRL PPO did this): the last real token is at "
+        "(number of response tokens) - 1": with_score_at(torch.tensor([4, 3, 1]), kl * mask),
+        "the KL penalty has the wrong sign: it is -kl_coef * (log pi - log pi_ref)": with_score_at(
+            torch.tensor([4, 2, 0]), -kl * mask),
+        "the padding got a KL penalty: multiply it by the response mask": with_score_at(torch.tensor([4, 2, 0]), kl),
+        "the score was added to every token: only the last token gets it": kl * mask + scores.unsqueeze(1) * mask,
+        "the KL penalty is missing": with_score_at(torch.tensor([4, 2, 0]), torch.zeros_like(kl)),
+    }
+    raise Fail(f"row 1 expected {[round(v, 3) for v in want[1].tolist()]}, got "
+               f"{[round(v, 3) for v in got[1].tolist()]}: " +
+               diagnose(got, mistakes, "rewards = -kl_coef * (logprobs - ref_logprobs) * mask, plus the score at the last real token"))
+
+
+def _klr_not_in_place(fn):
+    scores, logprobs, ref, mask = _klr_inputs()
+    before = logprobs.clone()
+    fn(scores, logprobs, ref, mask, 0.1)
+    if not torch.equal(logprobs, before):
+        raise Fail("logprobs were modified in place: the PPO ratio needs them unchanged")
+
+
+# --- reinforce_loss --------------------------------------------------------------------------------
+def _rl_inputs():
+    gen = torch.Generator().manual_seed(6)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    return -torch.rand(3, 4, generator=gen), torch.randn(3, 4, generator=gen), mask
+
+
+def _rl_value(fn):
+    logprobs, adv, mask = _rl_inputs()
+    got, want = fn(logprobs, adv, mask), reinforce_loss.reference(logprobs, adv, mask)
+    if close(got, want):
+        return
+    per_token = logprobs * adv
+    mistakes = {"wrong sign: minimising the loss must *raise* the log-probability of tokens with positive advantage":
+                    (per_token * mask).sum(1).mean(),
+                "averaged over tokens: sum each response's terms, then average over responses "
+                "(the policy gradient is a sum over the steps of an episode)": -(per_token * mask).sum() / mask.sum(),
+                "padding was included: multiply by the mask": -per_token.sum(1).mean(),
+                "summed over the batch: average over responses": -(per_token * mask).sum()}
+    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
+               diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t"))
+
+
+def _rl_detached(fn):
+    logprobs, adv, mask = _rl_inputs()
+    logprobs.requires_grad_(True)
+    adv.requires_grad_(True)
+    fn(logprobs, adv, mask).backward()
+    if logprobs.grad is None or logprobs.grad.abs().sum() == 0:
+        raise Fail("no gradient reached the log-probabilities")
+    if adv.grad is not None and adv.grad.abs().sum() > 0:
+        raise Fail("gradient flowed into the advantages: they are weights, not something to optimise; use .detach()")
+
+
+EXERCISES = [
+    Exercise("token_logprobs", "*", "log-probabilities of the sampled tokens", [
+        Check("returns one value per token", _tl_shape),
+        Check("matches the reference at temperature 1", _tl_value),
+        Check("divides the logits by the temperature", _tl_temperature),
+        Check("keeps the gradient", _tl_gradient),
+    ]),
+    Exercise("kl_penalized_rewards", "**", "per-token KL penalty plus the score", [
+        Check("matches the reference", _klr_value),
+        Check("leaves its inputs unchanged", _klr_not_in_place),
+    ]),
+    Exercise("reinforce_loss", "*", "the REINFORCE loss with a mask", [
+        Check("matches the reference", _rl_value),
+        Check("trains the log-probabilities, not the advantages", _rl_detached),
+    ]),
+]

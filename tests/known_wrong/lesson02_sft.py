@@ -1,0 +1,149 @@
+"""Plausible mistakes in lesson 02's exercises, one function each, with the words its check's hint must contain.
+
+Each is written the way a student would write it, not derived from the reference, so a check that
+recognises it is recognising the mistake and not a copy of its own code.
+"""
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+# --- pad_batch ------------------------------------------------------------------------------
+def _pad(sequences, pad_id, left, fill_mask_ones=True):
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for i, s in enumerate(sequences):
+        cols = slice(width - len(s), width) if left else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s)
+        mask[i, cols] = 1
+    return ids, mask
+
+
+def pad_ignores_side(sequences, pad_id, side="right"):
+    return _pad(sequences, pad_id, left=False)
+
+
+def pad_inverted_mask(sequences, pad_id, side="right"):
+    ids, mask = _pad(sequences, pad_id, left=side == "left")
+    return ids, 1 - mask
+
+
+def pad_with_zero(sequences, pad_id, side="right"):
+    ids, mask = _pad(sequences, 0, left=side == "left")
+    return ids, mask
+
+
+def pad_to_first_length(sequences, pad_id, side="right"):
+    """Uses the first sequence's length as the width (works only when it is the longest)."""
+    width = len(sequences[-1])
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        s = s[:width]
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+    return ids, mask
+
+
+# --- sft_labels -----------------------------------------------------------------------------
+def labels_no_padding_mask(input_ids, attention_mask, prompt_lengths):
+    labels = input_ids.clone()
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, :n] = IGNORE
+    return labels
+
+
+def labels_off_by_one(input_ids, attention_mask, prompt_lengths):
+    """Masks one token too many: the first response token is lost."""
+    labels = input_ids.clone()
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, : n + 1] = IGNORE
+    labels[attention_mask == 0] = IGNORE
+    return labels
+
+
+def labels_prompt_short(input_ids, attention_mask, prompt_lengths):
+    """Masks one token too few: the last prompt token is trained on."""
+    labels = input_ids.clone()
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, : n - 1] = IGNORE
+    labels[attention_mask == 0] = IGNORE
+    return labels
+
+
+def labels_in_place(input_ids, attention_mask, prompt_lengths):
+    for i, n in enumerate(prompt_lengths.tolist()):
+        input_ids[i, :n] = IGNORE
+    input_ids[attention_mask == 0] = IGNORE
+    return input_ids
+
+
+def labels_shifted(input_ids, attention_mask, prompt_lengths):
+    """Shifts the labels itself (and the loss shifts again)."""
+    labels = torch.full_like(input_ids, IGNORE)
+    labels[:, :-1] = input_ids[:, 1:]
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, : n - 1] = IGNORE
+    labels[:, :-1][attention_mask[:, 1:] == 0] = IGNORE
+    return labels
+
+
+# --- next_token_loss ------------------------------------------------------------------------
+def loss_no_shift(logits, labels):
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+
+
+def loss_mean_over_all(logits, labels):
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+    return per_token.mean()
+
+
+def loss_sequence_mean(logits, labels):
+    per_token = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE, reduction="none")
+    counted = (labels[:, 1:] != IGNORE).sum(1)
+    return (per_token.sum(1) / counted).mean()
+
+
+def loss_wrong_sign(logits, labels):
+    return -F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE)
+
+
+def loss_detached(logits, labels):
+    value = F.cross_entropy(logits[:, :-1].transpose(1, 2), labels[:, 1:], ignore_index=IGNORE).item()
+    return torch.tensor(value)
+
+
+def loss_probs_not_log(logits, labels):
+    """Averages 1 - p(correct) instead of -log p(correct)."""
+    probs = torch.softmax(logits[:, :-1], -1)
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    p = probs.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return ((1 - p) * mask).sum() / mask.sum()
+
+
+WRONG = {
+    "pad_batch": [
+        (pad_ignores_side, "ignore the side"),
+        (pad_inverted_mask, "inverted"),
+        (pad_with_zero, "not 0"),
+        (pad_to_first_length, "longest sequence"),
+    ],
+    "sft_labels": [
+        (labels_no_padding_mask, "attention_mask == 0"),
+        (labels_off_by_one, "off by one"),
+        (labels_prompt_short, "must not be trained to predict the prompt"),
+        (labels_in_place, "modified in place"),
+        (labels_shifted, "shifted by one"),
+    ],
+    "next_token_loss": [
+        (loss_no_shift, "forgot to shift"),
+        (loss_mean_over_all, "every position"),
+        (loss_sequence_mean, "per sequence"),
+        (loss_wrong_sign, "wrong sign"),
+        (loss_detached, "no gradient"),
+        (loss_probs_not_log, "log_softmax"),
+    ],
+}

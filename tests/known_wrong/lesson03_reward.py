@@ -1,0 +1,96 @@
+"""Plausible mistakes in lesson 03's exercises, one function each, with the words its check's hint must contain.
+
+Each is written the way a student would write it, not derived from the reference, so a check that
+recognises it is recognising the mistake and not a copy of its own code.
+"""
+import torch
+import torch.nn.functional as F
+
+
+# --- last_token_rewards ---------------------------------------------------------------------
+def last_column(values, attention_mask):
+    return values[:, -1]
+
+
+def first_pad_position(values, attention_mask):
+    """Reads one past the last real token (where old TRL PPO put the score); clamps for full rows."""
+    index = attention_mask.sum(1).clamp(max=values.shape[1] - 1)
+    return values[torch.arange(values.shape[0]), index]
+
+
+def first_token(values, attention_mask):
+    return values[:, 0]
+
+
+def last_via_python_list(values, attention_mask):
+    lengths = attention_mask.sum(1).tolist()
+    return torch.tensor([values[i, n - 1].item() for i, n in enumerate(lengths)])
+
+
+# --- bradley_terry_loss ---------------------------------------------------------------------
+def bt_swapped(chosen, rejected, margin=None):
+    diff = rejected - chosen if margin is None else rejected - chosen - margin
+    return -F.logsigmoid(diff).mean()
+
+
+def bt_sigmoid_not_log(chosen, rejected, margin=None):
+    diff = chosen - rejected - (0 if margin is None else margin)
+    return -torch.sigmoid(diff).mean()
+
+
+def bt_ignores_margin(chosen, rejected, margin=None):
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def bt_adds_margin(chosen, rejected, margin=None):
+    return -F.logsigmoid(chosen - rejected + (0 if margin is None else margin)).mean()
+
+
+def bt_unstable(chosen, rejected, margin=None):
+    diff = chosen - rejected - (0 if margin is None else margin)
+    return -torch.log(torch.sigmoid(diff)).mean()
+
+
+# --- pairwise_accuracy ----------------------------------------------------------------------
+def acc_ties_win(chosen, rejected):
+    return (chosen >= rejected).float().mean()
+
+
+def acc_ties_lose(chosen, rejected):
+    return (chosen > rejected).float().mean()
+
+
+def acc_count(chosen, rejected):
+    return (chosen > rejected).float().sum() + 0.5 * (chosen == rejected).float().sum()
+
+
+def acc_reversed(chosen, rejected):
+    return (rejected > chosen).float().mean()
+
+
+def acc_integer(chosen, rejected):
+    return (chosen > rejected).long().sum() // len(chosen)
+
+
+WRONG = {
+    "last_token_rewards": [
+        (last_column, "last column"),
+        (first_pad_position, "first padding position"),
+        (first_token, "first token"),
+        (last_via_python_list, "no gradient"),
+    ],
+    "bradley_terry_loss": [
+        (bt_swapped, "wrong sign"),
+        (bt_sigmoid_not_log, "log of the sigmoid"),
+        (bt_ignores_margin, "margin was ignored"),
+        (bt_adds_margin, "margin was added"),
+        (bt_unstable, "logsigmoid"),
+    ],
+    "pairwise_accuracy": [
+        (acc_ties_win, "ties counted as correct"),
+        (acc_ties_lose, "ties counted as wrong"),
+        (acc_count, "returned a count"),
+        (acc_reversed, "reversed"),
+        (acc_integer, "float"),
+    ],
+}

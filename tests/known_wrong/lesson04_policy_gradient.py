@@ -1,0 +1,108 @@
+"""Plausible mistakes in lesson 04's exercises, one function each, with the words its check's hint must contain.
+
+Each is written the way a student would write it, not derived from the reference, so a check that
+recognises it is recognising the mistake and not a copy of its own code.
+"""
+import torch
+
+
+# --- token_logprobs -------------------------------------------------------------------------
+def tl_probs_not_log(logits, tokens, temperature=1.0):
+    return torch.softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_ignores_temperature(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_times_temperature(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits * temperature, -1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_shifts_again(logits, tokens, temperature=1.0):
+    """Shifts as for the next-token loss, though the logits are already aligned."""
+    lp = torch.log_softmax(logits[:, :-1] / temperature, -1)
+    return lp.gather(-1, tokens[:, 1:].unsqueeze(-1)).squeeze(-1)
+
+
+def tl_wrong_dim(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits / temperature, 1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+# --- kl_penalized_rewards -------------------------------------------------------------------
+def klr_last_column(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
+    rewards[:, -1] += scores
+    return rewards
+
+
+def klr_first_pad(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
+    index = response_mask.sum(1).clamp(max=rewards.shape[1] - 1)
+    rewards[torch.arange(len(scores)), index] += scores
+    return rewards
+
+
+def klr_sign(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = kl_coef * (logprobs - ref_logprobs) * response_mask
+    rewards[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return rewards
+
+
+def klr_no_mask(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -kl_coef * (logprobs - ref_logprobs)
+    rewards[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return rewards
+
+
+def klr_score_everywhere(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    return (-kl_coef * (logprobs - ref_logprobs) + scores[:, None]) * response_mask
+
+
+def klr_in_place(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    logprobs -= ref_logprobs
+    logprobs *= -kl_coef * response_mask
+    logprobs[torch.arange(len(scores)), response_mask.sum(1) - 1] += scores
+    return logprobs
+
+
+# --- reinforce_loss -------------------------------------------------------------------------
+def rl_wrong_sign(logprobs, advantages, mask):
+    return (logprobs * advantages.detach() * mask).sum(1).mean()
+
+
+def rl_token_mean(logprobs, advantages, mask):
+    return -(logprobs * advantages.detach() * mask).sum() / mask.sum()
+
+
+def rl_no_mask(logprobs, advantages, mask):
+    return -(logprobs * advantages.detach()).sum(1).mean()
+
+
+def rl_no_detach(logprobs, advantages, mask):
+    return -(logprobs * advantages * mask).sum(1).mean()
+
+
+WRONG = {
+    "token_logprobs": [
+        (tl_probs_not_log, "returned probabilities"),
+        (tl_ignores_temperature, "temperature was ignored"),
+        (tl_times_temperature, "multiplied by the temperature"),
+        (tl_shifts_again, "already aligned"),
+        (tl_wrong_dim, "wrong dimension"),
+    ],
+    "kl_penalized_rewards": [
+        (klr_last_column, "last column"),
+        (klr_first_pad, "first padding position"),
+        (klr_sign, "wrong sign"),
+        (klr_no_mask, "padding got a KL penalty"),
+        (klr_score_everywhere, "added to every token"),
+        (klr_in_place, "modified in place"),
+    ],
+    "reinforce_loss": [
+        (rl_wrong_sign, "wrong sign"),
+        (rl_token_mean, "averaged over tokens"),
+        (rl_no_mask, "padding was included"),
+        (rl_no_detach, "flowed into the advantages"),
+    ],
+}

@@ -1,0 +1,149 @@
+"""Plausible mistakes in lesson 05's exercises, one function each, with the words its check's hint must contain.
+
+Each is written the way a student would write it, not derived from the reference, so a check that
+recognises it is recognising the mistake and not a copy of its own code.
+"""
+import torch
+
+
+# --- whiten ---------------------------------------------------------------------------------
+def wh_includes_padding(x, mask, shift_mean=True):
+    out = (x - x.mean()) / x.std(unbiased=False)
+    return (out if shift_mean else out + x.mean()) * mask
+
+
+def wh_padding_kept(x, mask, shift_mean=True):
+    m = mask.float()
+    mean = (x * m).sum() / m.sum()
+    std = (((x - mean) ** 2 * m).sum() / m.sum()).sqrt()
+    return (x - mean) / std if shift_mean else (x - mean) / std + mean
+
+
+def wh_unbiased(x, mask, shift_mean=True):
+    values = x[mask.bool()]
+    out = (x - values.mean()) / values.std()
+    return (out if shift_mean else out + values.mean()) * mask
+
+
+def wh_ignores_shift(x, mask, shift_mean=True):
+    values = x[mask.bool()]
+    return (x - values.mean()) / values.std(unbiased=False) * mask
+
+
+# --- gae --------------------------------------------------------------------------------------
+def _gae_loop(rewards, values, mask, gamma, lam, use_padding=False, gamma_in_delta=True):
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        if t + 1 < rewards.shape[1]:
+            nxt = values[:, t + 1] if use_padding else values[:, t + 1] * mask[:, t + 1]
+        else:
+            nxt = torch.zeros_like(running)
+        delta = rewards[:, t] + (gamma if gamma_in_delta else 1.0) * nxt - values[:, t]
+        running = (delta + gamma * lam * running) * mask[:, t]
+        adv[:, t] = running
+    return adv
+
+
+def gae_no_lambda(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, 1.0)
+    return adv, (adv + values) * mask
+
+
+def gae_bootstraps_padding(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam, use_padding=True)
+    return adv, (adv + values) * mask
+
+
+def gae_returns_are_advantages(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam)
+    return adv, adv
+
+
+def gae_gamma_missing_in_delta(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam, gamma_in_delta=False)
+    return adv, (adv + values) * mask
+
+
+def gae_padding_returns(rewards, values, mask, gamma=1.0, lam=0.95):
+    adv = _gae_loop(rewards, values, mask, gamma, lam)
+    return adv, adv + values
+
+
+# --- ppo_policy_loss --------------------------------------------------------------------------
+def _masked(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def pl_min_not_max(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return _masked(torch.minimum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_unclipped(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    return _masked(-advantages * (logprobs - old_logprobs).exp(), mask)
+
+
+def pl_inverted_ratio(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (old_logprobs - logprobs).exp()
+    return _masked(torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_wrong_sign(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return _masked(torch.minimum(advantages * ratio, advantages * ratio.clamp(1 - clip_range, 1 + clip_range)), mask)
+
+
+def pl_no_mask(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = (logprobs - old_logprobs).exp()
+    return torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+
+
+# --- ppo_value_loss ---------------------------------------------------------------------------
+def vl_unclipped(values, old_values, returns, mask, clip_range=0.2):
+    return 0.5 * _masked((values - returns) ** 2, mask)
+
+
+def vl_min(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * _masked(torch.minimum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def vl_no_half(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return _masked(torch.maximum((values - returns) ** 2, (clipped - returns) ** 2), mask)
+
+
+def vl_no_mask(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
+
+
+WRONG = {
+    "whiten": [
+        (wh_includes_padding, "padding entered the mean"),
+        (wh_padding_kept, "should come back as 0"),
+        (wh_unbiased, "population variance"),
+        (wh_ignores_shift, "shift_mean=False was ignored"),
+    ],
+    "gae": [
+        (gae_no_lambda, "lambda was ignored"),
+        (gae_bootstraps_padding, "padding position"),
+        (gae_returns_are_advantages, "returns equal the advantages"),
+        (gae_gamma_missing_in_delta, "gamma was left out"),
+        (gae_padding_returns, "padding positions should hold 0"),
+    ],
+    "ppo_policy_loss": [
+        (pl_min_not_max, "min where the loss needs max"),
+        (pl_unclipped, "no clipping"),
+        (pl_inverted_ratio, "ratio is inverted"),
+        (pl_wrong_sign, "wrong sign"),
+        (pl_no_mask, "padding was included"),
+    ],
+    "ppo_value_loss": [
+        (vl_unclipped, "no clipping"),
+        (vl_min, "min where it needs max"),
+        (vl_no_half, "0.5 in front"),
+        (vl_no_mask, "padding was included"),
+    ],
+}

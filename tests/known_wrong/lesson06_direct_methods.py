@@ -1,0 +1,173 @@
+"""Plausible mistakes in lesson 06's exercises, one function each, with the words its check's hint must contain.
+
+Each is written the way a student would write it, not derived from the reference, so a check that
+recognises it is recognising the mistake and not a copy of its own code.
+"""
+import torch
+import torch.nn.functional as F
+
+IGNORE = -100
+
+
+# --- sequence_logprobs ------------------------------------------------------------------------
+def sl_no_shift(logits, labels):
+    """Pairs each position's logits with its own token instead of the next one."""
+    logp = torch.log_softmax(logits, -1)
+    keep = labels != IGNORE
+    return (logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum(1)
+
+
+def sl_raw_logits(logits, labels):
+    """Gathers the logits themselves, not their log-softmax."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = labels != IGNORE
+    return (logits.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * keep).sum(1)
+
+
+def sl_mean(logits, labels):
+    """Averages over the response tokens (a per-token mean, as in the SFT loss)."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    keep = (labels != IGNORE).float()
+    taken = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (taken * keep).sum(1) / keep.sum(1)
+
+
+def sl_no_mask(logits, labels):
+    """Counts every position, prompt and padding included."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    return torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1).sum(1)
+
+
+# --- dpo_loss ---------------------------------------------------------------------------------
+def _margin(pc, pr, rc, rr):
+    return (pc - rc) - (pr - rr)
+
+
+def dpo_no_beta(pc, pr, rc, rr, beta, kind="dpo"):
+    return -F.logsigmoid(_margin(pc, pr, rc, rr)).mean() if kind == "dpo" else ((_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean()
+
+
+def dpo_no_reference(pc, pr, rc, rr, beta, kind="dpo"):
+    return -F.logsigmoid(beta * (pc - pr)).mean()
+
+
+def dpo_swapped(pc, pr, rc, rr, beta, kind="dpo"):
+    return -F.logsigmoid(beta * ((pr - rr) - (pc - rc))).mean()
+
+
+def dpo_unstable(pc, pr, rc, rr, beta, kind="dpo"):
+    """Right on ordinary margins, but log(sigmoid) underflows to -inf on large ones."""
+    margin = _margin(pc, pr, rc, rr)
+    if kind == "ipo":
+        return ((margin - 1 / (2 * beta)) ** 2).mean()
+    if kind != "dpo":
+        raise ValueError(kind)
+    return -torch.log(torch.sigmoid(beta * margin)).mean()
+
+
+def dpo_ipo_target(pc, pr, rc, rr, beta, kind="dpo"):
+    margin = _margin(pc, pr, rc, rr)
+    return -F.logsigmoid(beta * margin).mean() if kind == "dpo" else ((margin - 1 / beta) ** 2).mean()
+
+
+def dpo_silent_kind(pc, pr, rc, rr, beta, kind="dpo"):
+    """Any kind other than "ipo" falls back to DPO."""
+    margin = _margin(pc, pr, rc, rr)
+    return ((margin - 1 / (2 * beta)) ** 2).mean() if kind == "ipo" else -F.logsigmoid(beta * margin).mean()
+
+
+# --- group_advantages ------------------------------------------------------------------------
+def ga_population_std(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    return ((g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True, unbiased=False) + 1e-4)).view(-1)
+
+
+def ga_batch_stats(rewards, group_size):
+    return (rewards - rewards.mean()) / (rewards.std() + 1e-4)
+
+
+def ga_no_scale(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    return (g - g.mean(1, keepdim=True)).view(-1)
+
+
+def ga_wrong_stride(rewards, group_size):
+    """Reshapes to (group_size, groups): each 'group' takes every k-th reward."""
+    g = rewards.view(group_size, -1)
+    return ((g - g.mean(0)) / (g.std(0) + 1e-4)).reshape(-1)
+
+
+def ga_no_epsilon(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    return ((g - g.mean(1, keepdim=True)) / g.std(1, keepdim=True)).view(-1)
+
+
+# --- grpo_loss --------------------------------------------------------------------------------
+def _grpo(logprobs, old, ref, adv, mask, clip_range, beta, *, pick=torch.min, clip=True, kl="k3_ratio", token_mean=False):
+    ratio = torch.exp(logprobs - old)
+    a = adv[:, None]
+    second = ratio.clamp(1 - clip_range, 1 + clip_range) if clip else ratio
+    log_r = ref - logprobs
+    k3 = torch.exp(log_r) - log_r - 1
+    penalty = {"k3_ratio": k3 * ratio, "k3": k3, "k1": logprobs - ref}[kl]
+    per_token = (-pick(ratio * a, second * a) + beta * penalty) * mask
+    if token_mean:
+        return per_token.sum() / mask.sum()
+    return (per_token.sum(1) / mask.sum(1)).mean()
+
+
+def gl_max(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, mask, clip_range, beta, pick=torch.max)
+
+
+def gl_no_clip(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, mask, clip_range, beta, clip=False)
+
+
+def gl_k3_unweighted(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, mask, clip_range, beta, kl="k3")
+
+
+def gl_k1(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, mask, clip_range, beta, kl="k1")
+
+
+def gl_token_mean(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, mask, clip_range, beta, token_mean=True)
+
+
+def gl_no_mask(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
+    return _grpo(logprobs, old, ref, adv, torch.ones_like(logprobs), clip_range, beta)
+
+
+WRONG = {
+    "sequence_logprobs": [
+        (sl_no_shift, "no shift"),
+        (sl_raw_logits, "raw logits"),
+        (sl_mean, "sum"),
+        (sl_no_mask, "prompt and padding"),
+    ],
+    "dpo_loss": [
+        (dpo_no_beta, "beta is missing"),
+        (dpo_no_reference, "reference was ignored"),
+        (dpo_swapped, "swapped"),
+        (dpo_unstable, "not finite"),
+        (dpo_ipo_target, "1 / (2 * beta)"),
+        (dpo_silent_kind, "unknown kind"),
+    ],
+    "group_advantages": [
+        (ga_population_std, "unbiased"),
+        (ga_batch_stats, "whole batch"),
+        (ga_no_scale, "standard deviation"),
+        (ga_wrong_stride, "stride"),
+        (ga_no_epsilon, "1e-4"),
+    ],
+    "grpo_loss": [
+        (gl_max, "pessimistic"),
+        (gl_no_clip, "no clipping"),
+        (gl_k3_unweighted, "weighted by the ratio"),
+        (gl_k1, "k1"),
+        (gl_token_mean, "within each response first"),
+        (gl_no_mask, "padding was included"),
+    ],
+}
