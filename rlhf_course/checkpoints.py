@@ -2,11 +2,11 @@
 
 Lesson 03 needs the SFT model, lesson 04 the reward model too, lesson 06 the PPO, DPO, GRPO and
 best-of-n results. ``prepared(stages)`` returns a directory that holds those stages' outputs, running
-the pipeline for whatever is missing. The
-directory name carries a fingerprint of the code the pipeline runs (the modules it imports, directly or
-not), of the libraries' versions and of the configuration (its seed included), so a changed trainer or an
-upgraded torch never reuses a stale model, while an edit to a plot or a hint keeps the cache; a file lock lets several lessons (nbval workers, two open
-notebooks) share one build instead of racing.
+the pipeline for whatever is missing. The directory name carries a fingerprint of the code the pipeline
+runs (the modules it imports, directly or not), of the libraries' versions and of the configuration (its
+seed included), so a changed trainer or an upgraded torch never reuses a stale model, while an edit to a
+figure, the report or a hint keeps the cache (the pipeline imports none of them: see ``report``). A file
+lock lets several lessons (nbval workers, two open notebooks) share one build instead of racing.
 
 The cache lives in ``$RLHF_COURSE_CACHE`` (default ``~/.cache/rlhf_course``); deleting it is always safe.
 """

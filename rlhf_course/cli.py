@@ -52,21 +52,20 @@ def _model_directory(text: str) -> Path:
 
 
 def _pretrain(args) -> int:
-    from rlhf_course import pretrain
+    from rlhf_course import config_flags, pretrain
 
-    config = pretrain.PretrainConfig(seed=args.seed)
-    if args.steps is not None:
-        config.steps = args.steps
+    config = config_flags.build(pretrain.PretrainConfig, args)
     pretrain.main(Path(args.out), config)
     return 0
 
 
 def _pipeline(args) -> int:
-    from rlhf_course import models, pipeline
+    from rlhf_course import config_flags, pipeline, report
 
-    config = pipeline.PipelineConfig(base_model=args.base_model or models.BASE_MODEL_DIR, seed=args.seed)
+    config = config_flags.build(pipeline.PipelineConfig, args)
     stages = list(pipeline.STAGES) if args.stages is None else args.stages
     metrics = pipeline.run(Path(args.out), stages, config)
+    report.write(Path(args.out), metrics)
     summary = {stage: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for stage, m in metrics.items()}
     print(json.dumps(summary, indent=2, sort_keys=True))
     print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
@@ -116,21 +115,25 @@ def _make_exercises(args) -> int:
 
 
 def main(argv=None) -> int:
+    from rlhf_course import config_flags, pipeline, pretrain
+
     parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain the base model on the world's plain text")
     p.add_argument("--out", default="runs/base_model", help="model directory to write")
-    p.add_argument("--steps", type=_integer(1), default=None, help="training steps (default: the shipped model's)")
-    p.add_argument("--seed", type=SEED, default=0)
+    # every field of PretrainConfig (its defaults built the shipped model)
+    config_flags.add_flags(p, pretrain.PretrainConfig, types_={"steps": _integer(1), "seed": SEED})
     p.set_defaults(fn=_pretrain)
 
-    p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md")
+    p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md",
+                       description="Run the course's stages into --out. Every setting of the run is a flag: "
+                                   "--ppo.lr 3e-5 sets PPOConfig.lr; --help lists them with their defaults.")
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--stages", type=_stages, help="comma-separated stages, e.g. sft,reward (default: every stage)")
-    p.add_argument("--base-model", type=_model_directory, default=None,
-                   help="a local causal-LM directory (default: the shipped model)")
-    p.add_argument("--seed", type=SEED, default=0)
+    # every field of PipelineConfig; each stage's own seed is --seed (the pipeline sets it), so it has no flag
+    config_flags.add_flags(p, pipeline.PipelineConfig, skip=tuple(f"{stage}.seed" for stage in pipeline.TRAINING_STAGES),
+                           types_={"base_model": _model_directory, "seed": SEED})
     p.set_defaults(fn=_pipeline)
 
     p = sub.add_parser("parallel-check", help="a few steps of every trainer, to compare one process with several "

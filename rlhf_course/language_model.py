@@ -124,8 +124,10 @@ def _decode_step(model, input_ids, attention_mask, position_ids, cache: dict):
 
 def _cache_argument(model, cache) -> dict:
     """transformers 5.24 renamed forward's ``past_key_values`` to ``cache`` (the old name warns, which a compiled
-    step cannot do); older versions and wrappers with ``**kwargs`` take the old name."""
-    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+    step cannot do); older versions take the old name. A peft wrapper's forward takes ``**kwargs`` and hands
+    them to the model it wraps, so that model's forward decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return {"cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values": cache}
 
 
 @functools.cache

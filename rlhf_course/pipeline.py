@@ -2,8 +2,9 @@
 
 Each stage reads what earlier stages left in the output directory, writes its own artifacts there,
 and returns a dict of metrics that lands in ``DIR/metrics.json`` under the stage's name. Metrics of
-stages run earlier are kept, so stages can be run one at a time. ``DIR/report.md`` shows the numbers
-and the plots.
+stages run earlier are kept, so stages can be run one at a time. The stages draw nothing: ``report``
+turns the metrics into figures and ``DIR/report.md``, so the lesson cache (keyed by the code the pipeline
+imports) survives a change to a figure.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, plots, resume, reward_evaluation,
+from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, resume, reward_evaluation,
                          reward_model, rollouts, runtime, world)
 from rlhf_course.dpo import DPOConfig, train_dpo
 from rlhf_course.grpo import GRPOConfig, train_grpo
@@ -73,8 +74,6 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
                            dataclasses.replace(config.sft, seed=config.seed), on_step, checkpoint)
         after = evaluation.evaluate(model, tok, tasks)
         models.save(model, tok, out / "sft_model")
-    plots.save(plots.loss_curve(result.losses, "SFT loss (response tokens)"), out / "sft_loss.png")
-    plots.save(plots.accuracy_by_family(before.by_family, after.by_family), out / "sft_accuracy.png")
     return {
         "base_accuracy": before.accuracy,
         "base_accuracy_se": before.accuracy_se,
@@ -91,6 +90,7 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
         "test_prompts": len(tasks),
         "train_steps": result.steps,
         "final_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
+        "losses": result.losses,
         "seconds": time.time() - start,
     }
 
@@ -142,8 +142,6 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     training_seconds = time.time() - start - feedback_seconds
 
     metrics = reward_evaluation.evaluate(model, tok, test_raw, test_tasks, test_samples)
-    plots.save(plots.validation_curve(result.val_accuracy, metrics["noise_ceiling"]), out / "reward_validation.png")
-    plots.save(plots.calibration(metrics["calibration"]), out / "reward_calibration.png")
     return {
         **metrics,
         "train_comparisons": len(rows),
@@ -189,7 +187,6 @@ def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
     runtime.seed_everything(config.seed)
     model, result = train(sft_dir, reference, tok, scorer, stage_config)
     after = measure(model)
-    plots.save(plots.training_curves(result.history, title=name.upper()), out / f"{name}_curves.png")
     metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
                for key in ("gold", "gold_se", "accuracy", "accuracy_se", "greedy_gold", "greedy_gold_se",
                            "greedy_accuracy", "greedy_accuracy_se", "proxy_reward", "by_family")}
@@ -272,64 +269,6 @@ STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage
 TRAINING_STAGES = {"sft", "reward", "pg", "ppo", "dpo", "grpo"}  # the ones whose training steps ``on_step`` sees
 
 
-def write_report(out: Path, metrics: dict) -> Path:
-    lines = ["# rlhf-course pipeline report", ""]
-    if "sft" in metrics:
-        m = metrics["sft"]
-        lines += ["## Instruction tuning (SFT)", "",
-                  f"Exact match on {m['test_prompts']} held-out test prompts: base model **{m['base_accuracy']:.3f}**, "
-                  f"after SFT **{m['accuracy']:.3f}** ({m['seconds']:.0f} s, {m['train_steps']} steps).", "",
-                  "| family | base | SFT |", "|---|---|---|"]
-        lines += [f"| {f} | {m['base_by_family'].get(f, 0):.2f} | {a:.2f} |" for f, a in m["by_family"].items()]
-        lines += ["", f"Translation BLEU: {m['base_bleu']:.1f} -> {m['bleu']:.1f}. "
-                      f"Mean gold score: {m['base_gold']:.3f} -> {m['gold']:.3f}.", "",
-                  "![SFT loss](sft_loss.png)", "", "![accuracy by family](sft_accuracy.png)", ""]
-    if "reward" in metrics:
-        m = metrics["reward"]
-        lines += ["## Reward model", "",
-                  f"{m['train_comparisons']} labeled comparisons (after {m['automatic_comparisons']} automatic ones), "
-                  f"{m['seconds']:.0f} s. On {m['test_comparisons']} held-out comparisons:", "",
-                  "| measure | value |", "|---|---|",
-                  f"| accuracy against the labels | {m['accuracy']:.3f} |",
-                  f"| noise ceiling (labels against gold) | {m['noise_ceiling']:.3f} |",
-                  f"| accuracy against the gold ordering | {m['gold_accuracy']:.3f} |",
-                  f"| accuracy on pairs differing only in correctness | {m['correctness_accuracy']:.3f} |",
-                  f"| Spearman correlation with the gold score (pooled) | {m['gold_spearman']:.3f} |",
-                  f"| the same within each prompt's samples | {m['gold_spearman_within_prompt']:.3f} |", "",
-                  "![validation accuracy](reward_validation.png)", "", "![calibration](reward_calibration.png)", ""]
-    for name, title in (("pg", "Policy gradient (REINFORCE)"), ("ppo", "PPO"), ("dpo", "DPO (no reward model)"),
-                        ("grpo", "GRPO (verifiable reward, no reward model)")):
-        if name in metrics:
-            m = metrics[name]
-            lines += [f"## {title}", "",
-                      f"{m['test_samples']} sampled replies to held-out prompts, before and after ({m['seconds']:.0f} s):", "",
-                      "| measure | SFT | after |", "|---|---|---|"]
-            def cell(key):  # a value with its standard error over prompts, where the stage measured one
-                se = m.get(key + "_se")
-                return f"{m[key]:.3f}" + (f" ± {se:.3f}" if se is not None else "")
-            lines += [f"| {label} | {cell(key + '_before')} | {cell(key + '_after')} |" for key, label in (
-                ("gold", "mean gold score (sampled)"), ("accuracy", "exact match (sampled)"),
-                ("proxy_reward", "reward-model score (the proxy)"), ("greedy_gold", "mean gold score (greedy)"),
-                ("greedy_accuracy", "exact match (greedy)"))]
-            kl_se = f" ± {m['kl_se']:.2f}" if "kl_se" in m else ""
-            lines += ["", f"KL to the SFT model: {m['kl']:.2f}{kl_se} nats per reply (± one standard error over "
-                      "prompts).", "", f"![{name} curves]({name}_curves.png)", ""]
-    if "best_of_n" in metrics:
-        m = metrics["best_of_n"]
-        lines += ["## Best-of-n", "", f"Held-out prompts, n samples from the SFT model, the reward model's favourite kept "
-                  f"({m['seconds']:.0f} s):", "", "| n | KL estimate (nats) | KL bound | gold | exact match | proxy |",
-                  "|---|---|---|---|---|---|"]
-        lines += [f"| {r['n']} | {r['kl']:.2f} | {r.get('kl_bound', float('nan')):.2f} | {r['gold']:.3f} | {r['accuracy']:.3f} | "
-                  f"{r['proxy_reward']:.3f} |" for r in m["curve"]]
-        lines += [""]
-    if any(name in metrics for name in ("best_of_n", "dpo", "grpo")):
-        plots.save(plots.frontier(metrics), out / "frontier.png")
-        lines += ["## Gold score against KL", "", "![frontier](frontier.png)", ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    return path
-
-
 def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(), on_step=None) -> dict:
     """Run ``stages`` into ``out``, merging their metrics into ``out/metrics.json`` as each one ends.
 
@@ -352,5 +291,4 @@ def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(),
             tmp = metrics_path.with_suffix(".json.tmp")
             tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
             tmp.replace(metrics_path)
-    write_report(out, metrics)
     return metrics

@@ -8,7 +8,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import best_of_n, data, dpo, evaluation, grpo, human, models, pipeline, rollouts, trl_bridge, world
+from rlhf_course import best_of_n, data, dpo, evaluation, grpo, human, models, pipeline, report, rollouts, trl_bridge, world
 from rlhf_course import reward_model as rm
 
 
@@ -207,6 +207,7 @@ def test_policy_stage_writes_the_promised_metrics(stage_dir, stage):
         assert isinstance(m[key], float), key
     assert m["history"] and m["test_samples"] == 2 * 2 * len(world.FAMILIES)
     assert (stage_dir / f"{stage}_model" / "model.safetensors").is_file()
+    report.write(stage_dir, metrics)
     assert (stage_dir / f"{stage}_curves.png").is_file() and (stage_dir / "frontier.png").is_file()
     assert m["gold_se_after"] > 0 and m["kl_se"] >= 0 and m["accuracy_se_after"] >= 0  # the tiny model gets none right
     if stage == "dpo":  # before the first update the policy is the reference: every pair ties, counted as half
@@ -219,6 +220,7 @@ def test_best_of_n_stage_writes_its_curve(stage_dir):
     assert [row["n"] for row in m["curve"]] == [1, 2, 4] and m["n"] == 4
     assert m["kl_bound"] == pytest.approx(best_of_n.kl_upper_bound(4)) and isinstance(m["gold"], float)
     assert 0 <= m["kl"] <= m["kl_bound"]
+    report.write(stage_dir, {"best_of_n": m})
     assert "## Best-of-n" in (stage_dir / "report.md").read_text()
     tasks, responses, scores = best_of_n.load_samples(stage_dir / "best_of_n_samples.jsonl")
     assert tasks == pipeline.held_out_tasks(TINY) and scores.shape == (len(tasks), 4)

@@ -36,3 +36,18 @@ def test_constraints_pin_every_dependency_to_a_version_the_ranges_allow():
         name = requirement.name.lower().replace("_", "-")
         assert name in pins, f"constraints.txt lacks {name}: run `bash course.sh constraints`"
         assert requirement.specifier.contains(pins[name]), f"constraints.txt pins {name}=={pins[name]}, outside {text}"
+
+
+def test_a_deprecated_library_call_is_blamed_on_the_course_only_when_the_course_made_it():
+    import conftest
+
+    library = {}
+    exec(compile("import sys\ndef deprecated():\n    return sys._getframe()\n",
+                 "/venv/lib/site-packages/somelib/api.py", "exec"), library)
+    callers = {}
+    for name, filename in (("course", conftest.PACKAGE + "/somewhere.py"),
+                           ("other library", "/venv/lib/site-packages/otherlib/api.py")):
+        scope = {"deprecated": library["deprecated"]}
+        exec(compile("def call():\n    return deprecated()\n", filename, "exec"), scope)
+        callers[name] = conftest._course_call_that_is_deprecated(scope["call"]())
+    assert callers == {"course": "somewhere.py:2", "other library": None}

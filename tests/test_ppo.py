@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rlhf_course import data, models, pipeline, policy_gradient as pg, ppo, ppo_probes, registry, rollouts, world
+from rlhf_course import data, models, pipeline, policy_gradient as pg, ppo, ppo_probes, registry, report, rollouts, world
 from rlhf_course import reward_model as rm
 from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
 
@@ -156,6 +156,7 @@ def test_rl_stage_writes_the_promised_metrics(tmp_path, stage):
         assert isinstance(m[key], float), key
     assert len(m["history"]) == 2 and m["test_samples"] == 2 * 2 * len(world.FAMILIES)
     assert (tmp_path / f"{stage}_model" / "model.safetensors").is_file()
+    report.write(tmp_path, {stage: m})
     assert (tmp_path / f"{stage}_curves.png").is_file()
     if stage == "ppo":
         assert (tmp_path / "ppo_model" / "value_head.safetensors").is_file()

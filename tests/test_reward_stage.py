@@ -5,7 +5,7 @@ import shutil
 import pytest
 import torch
 
-from rlhf_course import checkpoints, data, feedback, models, pipeline, reward_evaluation, reward_model as rm, world
+from rlhf_course import checkpoints, data, feedback, models, pipeline, report, reward_evaluation, reward_model as rm, world
 
 TINY = pipeline.PipelineConfig(
     data=data.DataConfig(train_per_family=10, eval_per_family=3),
@@ -33,6 +33,7 @@ def test_reward_stage_writes_the_promised_metrics_and_files(stage_dir):
     assert len(raw) >= m["train_comparisons"]  # double-judged pairs appear twice in the raw file
     model = rm.load(stage_dir / "reward_model", dev=torch.device("cpu"))
     assert model.config.num_labels == 1 and model.config.reward_std > 0
+    report.write(stage_dir, {"reward": m})
     assert (stage_dir / "reward_calibration.png").is_file() and "Reward model" in (stage_dir / "report.md").read_text()
 
 
@@ -130,11 +131,16 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
     monkeypatch.setattr(checkpoints, "PACKAGE_DIR", package)
     config = pipeline.PipelineConfig()
     before = checkpoints.fingerprint(config)
-    with (package / "widgets.py").open("a") as f:  # the pipeline never imports the widgets
-        f.write("\n# a comment\n")
-    assert checkpoints.fingerprint(config) == before
-    with (package / "rollouts.py").open("a") as f:  # imported by the pipeline through the trainers
-        f.write("\n# a comment\n")
+    # what the pipeline never runs: a hint, a figure, the report, a widget (and the lessons, outside the package)
+    for name, old, new in [("checks/lesson02_sft.py", "is it inverted?", "did you swap 0 and 1?"),
+                           ("plots.py", 'color="C0"', 'color="C3"'), ("report.py", "## Reward model", "## Reward"),
+                           ("widgets.py", '"""', '"""\n')]:
+        source = (package / name).read_text()
+        assert old in source, (name, old)
+        (package / name).write_text(source.replace(old, new, 1))
+        assert checkpoints.fingerprint(config) == before, name
+    sft = (package / "sft.py").read_text()  # the SFT loss: imported by the pipeline
+    (package / "sft.py").write_text(sft.replace("return next_token_loss(logits, batch", "return 2 * next_token_loss(logits, batch"))
     edited = checkpoints.fingerprint(config)
     assert edited != before
     assert checkpoints.fingerprint(pipeline.PipelineConfig(seed=1)) != edited

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from rlhf_course import data, exercises, models, pipeline, registry, sft, trl_bridge, world
+from rlhf_course import data, exercises, models, pipeline, registry, report, sft, trl_bridge, world
 from rlhf_course.sft import SFTConfig, collate, encode, train_sft
 
 
@@ -50,7 +50,9 @@ def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
     saved = json.loads((tmp_path / "a" / "metrics.json").read_text())["sft"]
     assert {"base_accuracy", "accuracy", "seconds"} <= set(saved)
     assert 0 <= saved["accuracy"] <= 1 and saved["test_prompts"] == 3 * len(world.FAMILIES)
-    assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "sft_model" / "model.safetensors").is_file()
+    assert (tmp_path / "a" / "sft_model" / "model.safetensors").is_file()
+    report.write(tmp_path / "a", {"sft": saved})
+    assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "sft_loss.png").is_file()
 
 
 def test_pipeline_seed_reaches_training(tmp_path):
