@@ -6,6 +6,7 @@ Runs ``config.ppo_updates`` updates of the course's PPO after one warm-up update
 device's queue drained at its start and end (which costs a little overlap), then one more update runs under
 ``torch.profiler`` for the busiest kernels and the share of wall time the GPU spent computing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def timing(name, fn):
         sync()
         spent[name] += time.perf_counter() - start
         return out
+
     return wrapped
 
 
@@ -55,9 +57,19 @@ def main(argv=None):
 
         def train(updates):
             policy, reference = ppo.PolicyWithValue(models.load_model(path)), models.load_model(path)
-            return ppo.train_ppo(policy, reference, rollouts.correctness_scorer, tok, tasks, ppo.PPOConfig(
-                updates=updates, batch_size=config.ppo_batch, minibatch_size=max(1, config.ppo_batch // 4),
-                max_new_tokens=config.new_tokens))
+            return ppo.train_ppo(
+                policy,
+                reference,
+                rollouts.correctness_scorer,
+                tok,
+                tasks,
+                ppo.PPOConfig(
+                    updates=updates,
+                    batch_size=config.ppo_batch,
+                    minibatch_size=max(1, config.ppo_batch // 4),
+                    max_new_tokens=config.new_tokens,
+                ),
+            )
 
         train(1)  # warm-up: compiling, kernel selection
         rollouts.generate = timing("decoding (generate)", rollouts.generate)
@@ -66,13 +78,17 @@ def main(argv=None):
         start = time.perf_counter()
         train(config.ppo_updates)
         wall = time.perf_counter() - start
-        print(f"PPO, {config.ppo_updates} updates of {config.ppo_batch} episodes, {config.new_tokens} new tokens, "
-              f"decoder {config.decoder}, on {runtime.device()}: {wall:.2f} s in all, "
-              f"{config.ppo_updates * config.ppo_batch / wall:.1f} episodes/s")
+        print(
+            f"PPO, {config.ppo_updates} updates of {config.ppo_batch} episodes, {config.new_tokens} new tokens, "
+            f"decoder {config.decoder}, on {runtime.device()}: {wall:.2f} s in all, "
+            f"{config.ppo_updates * config.ppo_batch / wall:.1f} episodes/s"
+        )
         for name, seconds in spent.items():
             print(f"  {name:<42}{seconds:>8.2f} s  {100 * seconds / wall:>5.1f}%")
-        print("  (decoding is part of the rollout; the rest of the wall time is the forward passes of the minibatches,"
-              " advantages, statistics and model loading)")
+        print(
+            "  (decoding is part of the rollout; the rest of the wall time is the forward passes of the minibatches,"
+            " advantages, statistics and model loading)"
+        )
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)

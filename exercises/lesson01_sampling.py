@@ -3,6 +3,7 @@
 Write the body of ``top_p_filter``, then check it from the lesson or with
 ``rlhf-course check top_p_filter``.
 """
+
 import torch
 
 

@@ -4,6 +4,7 @@ Write each function body, then check it from the lesson or with ``rlhf-course ch
 (IDs: pad_batch, sft_labels, next_token_loss). Functions that pass are plugged into the real
 SFT training loop by ``rlhf_course.exercises.plug_in_passing()``.
 """
+
 import torch
 
 IGNORE_INDEX = -100

@@ -3,6 +3,7 @@
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
 (IDs: token_logprobs, kl_penalized_rewards, reinforce_loss).
 """
+
 import torch
 
 
@@ -16,8 +17,13 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     raise NotImplementedError()
 
 
-def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         response_mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+) -> torch.Tensor:
     """Per-token rewards for RL fine-tuning.
 
     Every response token gets -kl_coef * (logprobs - ref_logprobs); the last response token also gets

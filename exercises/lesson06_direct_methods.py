@@ -3,6 +3,7 @@
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
 (IDs: sequence_logprobs, dpo_loss, group_advantages, grpo_loss).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -17,8 +18,14 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     raise NotImplementedError()
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, kind: str = "dpo") -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    kind: str = "dpo",
+) -> torch.Tensor:
     """Mean preference loss over a batch. Inputs: (batch,) log-probabilities of the chosen and rejected
     responses under the policy and the frozen reference.
 
@@ -37,8 +44,15 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     raise NotImplementedError()
 
 
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-              advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2, beta: float = 0.04) -> torch.Tensor:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    beta: float = 0.04,
+) -> torch.Tensor:
     """GRPO's loss. logprobs, old_logprobs, ref_logprobs, mask: (batch, resp); advantages: (batch,).
 
     Per token: ratio = exp(logprobs - old_logprobs);

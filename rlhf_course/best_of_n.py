@@ -16,6 +16,7 @@ gives the same expectation with much less noise. Sort a prompt's samples by rewa
 (counting from 1) is the best of a random k-subset with probability C(i-1, k-1) / C(n, k)
 (Nakano et al. 2021 and Gao et al. 2022 use this estimator).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,13 +56,14 @@ def estimated_kl(responses: list[list[str]], scores: torch.Tensor, k: int) -> to
         # within a level best-of-k picks in proportion to p, so only the levels carry KL
         p = torch.tensor([mass[level] for level in sorted(mass)], dtype=torch.float64)  # (levels,), lowest first
         cumulative = p.cumsum(0).clamp(max=1.0)
-        picked = cumulative ** k - torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) ** k  # (levels,)
+        picked = cumulative**k - torch.cat([cumulative.new_zeros(1), cumulative[:-1]]) ** k  # (levels,)
         kls.append(max(torch.xlogy(picked, picked / p).sum().item(), 0.0))
     return torch.tensor(kls, dtype=torch.float64)
 
 
-def sample_and_score(policy, tokenizer, tasks: list[world.Task], n: int, scorer, *, temperature: float = 1.0,
-                     seed: int = 0) -> tuple[list[list[str]], torch.Tensor]:
+def sample_and_score(
+    policy, tokenizer, tasks: list[world.Task], n: int, scorer, *, temperature: float = 1.0, seed: int = 0
+) -> tuple[list[list[str]], torch.Tensor]:
     """n samples per task and their reward: (responses per task, scores (tasks, n))."""
     responses = feedback.sample_candidates(policy, tokenizer, tasks, n, temperature, seed)
     flat_tasks = [task for task in tasks for _ in range(n)]
@@ -70,8 +72,13 @@ def sample_and_score(policy, tokenizer, tasks: list[world.Task], n: int, scorer,
 
 
 def save_samples(tasks: list[world.Task], responses: list[list[str]], scores: torch.Tensor, path: str | Path) -> Path:
-    return data.save_jsonl([{"task": feedback.task_record(t), "responses": group, "scores": row}
-                            for t, group, row in zip(tasks, responses, scores.tolist())], path)
+    return data.save_jsonl(
+        [
+            {"task": feedback.task_record(t), "responses": group, "scores": row}
+            for t, group, row in zip(tasks, responses, scores.tolist())
+        ],
+        path,
+    )
 
 
 def load_samples(path: str | Path) -> tuple[list[world.Task], list[list[str]], torch.Tensor]:
@@ -80,10 +87,15 @@ def load_samples(path: str | Path) -> tuple[list[world.Task], list[list[str]], t
     n = len(rows[0]["responses"])
     for number, row in enumerate(rows, start=1):
         if not len(row["responses"]) == len(row["scores"]) == n:
-            raise data.DataFileError(f"{path}, row {number}: expected {n} responses and {n} scores, got "
-                                     f"{len(row['responses'])} and {len(row['scores'])}")
-    return ([feedback.task_of(r["task"]) for r in rows], [r["responses"] for r in rows],
-            torch.tensor([r["scores"] for r in rows], dtype=torch.float32))
+            raise data.DataFileError(
+                f"{path}, row {number}: expected {n} responses and {n} scores, got "
+                f"{len(row['responses'])} and {len(row['scores'])}"
+            )
+    return (
+        [feedback.task_of(r["task"]) for r in rows],
+        [r["responses"] for r in rows],
+        torch.tensor([r["scores"] for r in rows], dtype=torch.float32),
+    )
 
 
 def expected_best_of_k(scores: torch.Tensor, values: torch.Tensor, k: int) -> torch.Tensor:
@@ -99,15 +111,27 @@ def expected_best_of_k(scores: torch.Tensor, values: torch.Tensor, k: int) -> to
 
 def per_sample(tasks: list[world.Task], responses: list[list[str]]) -> dict[str, torch.Tensor]:
     """Gold score, exact match and length in words of every sample: each (tasks, n)."""
+
     def table(fn):
         return torch.tensor([[float(fn(t, r)) for r in group] for t, group in zip(tasks, responses)])
-    return {"gold": table(human.gold_score), "accuracy": table(world.is_correct),
-            "words": table(lambda t, r: len(r.split()))}
+
+    return {
+        "gold": table(human.gold_score),
+        "accuracy": table(world.is_correct),
+        "words": table(lambda t, r: len(r.split())),
+    }
 
 
 def curve(tasks: list[world.Task], responses: list[list[str]], scores: torch.Tensor, ks: list[int]) -> list[dict]:
     """Expected gold score, exact match, length and proxy score of best-of-k for each k in ``ks``, with its KL
     (``kl``: the estimate, averaged over tasks; ``kl_bound``: log k - (k - 1) / k)."""
     values = {**per_sample(tasks, responses), "proxy_reward": scores}
-    return [{"n": k, "kl": estimated_kl(responses, scores, k).mean().item(), "kl_bound": kl_upper_bound(k),
-             **{name: expected_best_of_k(scores, v, k).mean().item() for name, v in values.items()}} for k in ks]
+    return [
+        {
+            "n": k,
+            "kl": estimated_kl(responses, scores, k).mean().item(),
+            "kl_bound": kl_upper_bound(k),
+            **{name: expected_best_of_k(scores, v, k).mean().item() for name, v in values.items()},
+        }
+        for k in ks
+    ]

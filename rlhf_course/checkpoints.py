@@ -10,6 +10,7 @@ lock lets several lessons (nbval workers, two open notebooks) share one build in
 
 The cache lives in ``$RLHF_COURSE_CACHE`` (default ``~/.cache/rlhf_course``); deleting it is always safe.
 """
+
 from __future__ import annotations
 
 import ast
@@ -31,8 +32,17 @@ def cache_root() -> Path:
 
 
 # the libraries whose kernels and loaders decide the numbers a run produces
-LIBRARIES = ("torch", "transformers", "tokenizers", "safetensors", "numpy", "datasets", "accelerate", "peft",
-             "sacrebleu")
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "numpy",
+    "datasets",
+    "accelerate",
+    "peft",
+    "sacrebleu",
+)
 # the environment variables that change what a run computes (runtime.py and language_model.py read them)
 SETTINGS = ("RLHF_COURSE_DEVICE", "RLHF_COURSE_AUTOCAST", "RLHF_COURSE_DECODER", "RLHF_COURSE_CUDNN_ATTENTION")
 

@@ -1,4 +1,5 @@
 """The `rlhf-course` command."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,6 +12,7 @@ import matplotlib
 
 def _integer(low: int, high: int | None = None):
     """An argparse type: an integer in [low, high]; argparse's error then names the flag and the range."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -20,6 +22,7 @@ def _integer(low: int, high: int | None = None):
             accepted = f"from {low} to {high}" if high is not None else f"of at least {low}"
             raise argparse.ArgumentTypeError(f"expected an integer {accepted}, got {text!r}")
         return value
+
     return parse
 
 
@@ -39,8 +42,10 @@ def _stages(text: str) -> list[str]:
     stages = [s.strip() for s in text.split(",") if s.strip()]
     unknown = [s for s in stages if s not in pipeline.STAGES]
     if not stages or unknown:
-        raise argparse.ArgumentTypeError(f"expected comma-separated stages from {', '.join(pipeline.STAGES)}; got "
-                                         f"{text!r}" + (f" ({', '.join(unknown)} unknown)" if unknown else ""))
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated stages from {', '.join(pipeline.STAGES)}; got "
+            f"{text!r}" + (f" ({', '.join(unknown)} unknown)" if unknown else "")
+        )
     return stages
 
 
@@ -77,8 +82,15 @@ def _parallel_check(args) -> int:
 
     summary = parallel_check.run(args.out, args.steps, args.updates, args.batch_size, args.seed)
     if distributed.is_main():
-        print(json.dumps({"processes": summary["processes"], "sft_losses": summary["sft"],
-                          "ppo_scores": [row["score"] for row in summary["ppo"]]}))
+        print(
+            json.dumps(
+                {
+                    "processes": summary["processes"],
+                    "sft_losses": summary["sft"],
+                    "ppo_scores": [row["score"] for row in summary["ppo"]],
+                }
+            )
+        )
     return 0
 
 
@@ -99,9 +111,13 @@ def _exercises(args) -> int:
     print(f"{'id':<16} {'lesson':<7} {'difficulty':<11} {'file':<22} status")
     for ex in exercises.CATALOG.values():
         result = exercises.check(ex.id, args.impl, verbose=False)
-        status = ("passes" if result.passed else
-                  "not started" if all("not implemented" in msg for _, ok, msg in result.lines if not ok)
-                  else f"{sum(ok for _, ok, _ in result.lines)}/{len(result.lines)} checks pass")
+        status = (
+            "passes"
+            if result.passed
+            else "not started"
+            if all("not implemented" in msg for _, ok, msg in result.lines if not ok)
+            else f"{sum(ok for _, ok, _ in result.lines)}/{len(result.lines)} checks pass"
+        )
         print(f"{ex.id:<16} {ex.lesson:<7} {ex.difficulty:<11} {ex.file:<22} {status}")
     return 0
 
@@ -126,23 +142,37 @@ def main(argv=None) -> int:
     config_flags.add_flags(p, pretrain.PretrainConfig, types_={"steps": _integer(1), "seed": SEED})
     p.set_defaults(fn=_pretrain)
 
-    p = sub.add_parser("pipeline", help="run the course's stages and write metrics.json and report.md",
-                       description="Run the course's stages into --out. Every setting of the run is a flag: "
-                                   "--ppo.lr 3e-5 sets PPOConfig.lr; --help lists them with their defaults.")
+    p = sub.add_parser(
+        "pipeline",
+        help="run the course's stages and write metrics.json and report.md",
+        description="Run the course's stages into --out. Every setting of the run is a flag: "
+        "--ppo.lr 3e-5 sets PPOConfig.lr; --help lists them with their defaults.",
+    )
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--stages", type=_stages, help="comma-separated stages, e.g. sft,reward (default: every stage)")
     # every field of PipelineConfig; each stage's own seed is --seed (the pipeline sets it), so it has no flag
-    config_flags.add_flags(p, pipeline.PipelineConfig, skip=tuple(f"{stage}.seed" for stage in pipeline.TRAINING_STAGES),
-                           types_={"base_model": _model_directory, "seed": SEED})
+    config_flags.add_flags(
+        p,
+        pipeline.PipelineConfig,
+        skip=tuple(f"{stage}.seed" for stage in pipeline.TRAINING_STAGES),
+        types_={"base_model": _model_directory, "seed": SEED},
+    )
     p.set_defaults(fn=_pipeline)
 
-    p = sub.add_parser("parallel-check", help="a few steps of every trainer, to compare one process with several "
-                       "(accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli parallel-check)")
+    p = sub.add_parser(
+        "parallel-check",
+        help="a few steps of every trainer, to compare one process with several "
+        "(accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli parallel-check)",
+    )
     p.add_argument("--out", default="runs/parallel_check")
     p.add_argument("--steps", type=_integer(4), default=16, help="SFT steps (a quarter as many for reward and DPO)")
     p.add_argument("--updates", type=_integer(1), default=2, help="PPO, GRPO and policy-gradient updates")
-    p.add_argument("--batch-size", type=_multiple_of_4, default=16,
-                   help="the global batch, split over the processes (a multiple of 4: GRPO takes a quarter as prompts)")
+    p.add_argument(
+        "--batch-size",
+        type=_multiple_of_4,
+        default=16,
+        help="the global batch, split over the processes (a multiple of 4: GRPO takes a quarter as prompts)",
+    )
     p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_parallel_check)
 
@@ -155,9 +185,14 @@ def main(argv=None) -> int:
     p.add_argument("--impl", default=None)
     p.set_defaults(fn=_exercises)
 
-    p = sub.add_parser("make-exercises", help="write the missing stubs of exercises/ from solutions/ (your files are kept)")
-    p.add_argument("--replace", action="store_true",
-                   help="for instructors: overwrite files that differ from their stub, keeping each as NAME.py.bak")
+    p = sub.add_parser(
+        "make-exercises", help="write the missing stubs of exercises/ from solutions/ (your files are kept)"
+    )
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="for instructors: overwrite files that differ from their stub, keeping each as NAME.py.bak",
+    )
     p.set_defaults(fn=_make_exercises)
 
     args = parser.parse_args(argv)

@@ -4,6 +4,7 @@ A nested dataclass's fields take its field's name as a prefix; underscores may a
 (``--base-model``). A value that does not parse as the field's type is refused by argparse, which names
 the flag and says what it expected.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,26 +22,33 @@ def _parser(kind, name: str):
         parse_inner = _parser(inner, name)
         return lambda text: None if text.lower() == "none" else parse_inner(text)
     if typing.get_origin(kind) is typing.Literal:
+
         def literal(text: str):
             if text not in args:
                 raise argparse.ArgumentTypeError(f"expected one of {', '.join(map(str, args))}; got {text!r}")
             return text
+
         return literal
     if kind is bool:
+
         def boolean(text: str) -> bool:
             if text.lower() in ("true", "1", "yes"):
                 return True
             if text.lower() in ("false", "0", "no"):
                 return False
             raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
         return boolean
     if kind in (int, float):
+
         def number(text: str):
             try:
                 return kind(text)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
-                                                 f"got {text!r}") from None
+                raise argparse.ArgumentTypeError(
+                    f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+                ) from None
+
         return number
     if kind in (str, Path):
         return kind
@@ -69,9 +77,14 @@ def add_flags(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), 
         if section not in groups:
             groups[section] = parser.add_argument_group(f"--{section}.* settings" if section else "settings")
         options = [f"--{name}"] + ([f"--{name.replace('_', '-')}"] if "_" in name else [])
-        groups[section].add_argument(*options, dest=name, default=argparse.SUPPRESS, metavar=_metavar(kind),
-                                     type=(types_ or {}).get(name, _parser(kind, name)),
-                                     help=f"default: {default}")
+        groups[section].add_argument(
+            *options,
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=_metavar(kind),
+            type=(types_ or {}).get(name, _parser(kind, name)),
+            help=f"default: {default}",
+        )
 
 
 def _metavar(kind) -> str:

@@ -7,6 +7,7 @@
 
 JSONL loading checks every line and names the file and line of the first problem.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,8 +43,15 @@ def sft_dataset(split: str, config: DataConfig = DataConfig()) -> Dataset:
     rows = []
     for task in world.generate_tasks(split, per_family, config.seed):
         reply = world.demonstration(task, rng, config.demo_mix)
-        rows.append({"prompt": task.prompt, "completion": [{"role": "assistant", "content": reply}],
-                     "family": task.family, "answer": task.answer, "key": task.key})
+        rows.append(
+            {
+                "prompt": task.prompt,
+                "completion": [{"role": "assistant", "content": reply}],
+                "family": task.family,
+                "answer": task.answer,
+                "key": task.key,
+            }
+        )
     return Dataset.from_list(rows)
 
 
@@ -65,10 +73,15 @@ def _check_messages(messages, field, where):
     if not isinstance(messages, list) or not messages:
         raise DataFileError(f"{where}: field {field!r} should be a non-empty list of messages")
     for m in messages:
-        if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
-                and isinstance(m.get("content"), str)):
-            raise DataFileError(f"{where}: field {field!r} should be a list of {{'role', 'content'}} "
-                                f"messages with role system/user/assistant, got {m!r}")
+        if not (
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+        ):
+            raise DataFileError(
+                f"{where}: field {field!r} should be a list of {{'role', 'content'}} "
+                f"messages with role system/user/assistant, got {m!r}"
+            )
         if field != "prompt" and not m["content"].strip():
             raise DataFileError(f"{where}: field {field!r} has an empty response")
 
@@ -86,8 +99,11 @@ def validate_row(row, schema: str, where: str) -> None:
             raise DataFileError(f"{where}: field {name!r} should be a non-empty string, got {value!r}")
         elif kind == "texts" and not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
             raise DataFileError(f"{where}: field {name!r} should be a non-empty list of strings")
-        elif kind == "numbers" and not (isinstance(value, list) and value
-                                        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+        elif kind == "numbers" and not (
+            isinstance(value, list)
+            and value
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
             raise DataFileError(f"{where}: field {name!r} should be a non-empty list of numbers")
         elif kind == "task" and not (isinstance(value, dict) and {"family", "prompt", "answer", "key"} <= set(value)):
             raise DataFileError(f"{where}: field {name!r} should be a task record with family, prompt, answer, key")
@@ -119,8 +135,9 @@ def load_jsonl(path: str | Path, schema: str | None = None) -> Dataset:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise DataFileError(f"{where}: not UTF-8 text (byte {err.start + 1} of the line); is this a JSONL "
-                                    "file?") from None
+                raise DataFileError(
+                    f"{where}: not UTF-8 text (byte {err.start + 1} of the line); is this a JSONL file?"
+                ) from None
             if not line.strip():
                 continue
             try:

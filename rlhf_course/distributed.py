@@ -20,6 +20,7 @@ batch, so every process takes the same optimizer step (``optimization.step``) an
 never drift apart. (DDP averages gradients instead, so its users scale their losses by the number of
 processes; summing says what is meant.) Rollouts are split the same way: see ``rollouts.collect``.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,14 +43,28 @@ def launch(processes: int, program: list[str], env: dict | None = None, timeout:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        command += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-                    "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-                    "--dynamo_backend", "no"]  # precision is the course's own (runtime.autocast)
+        command += [
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--main_process_port",
+            str(port),
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]  # precision is the course's own (runtime.autocast)
     done = subprocess.run(command + program, env=env, timeout=timeout, capture_output=True, text=True)
     if done.returncode:
         printed = (done.stdout + done.stderr)[-4000:]
-        raise RuntimeError(f"{' '.join(program)} failed in {processes} process(es) "
-                           f"(exit status {done.returncode}); the end of its output:\n{printed}")
+        raise RuntimeError(
+            f"{' '.join(program)} failed in {processes} process(es) "
+            f"(exit status {done.returncode}); the end of its output:\n{printed}"
+        )
 
 
 def world_size() -> int:
@@ -84,15 +99,17 @@ def shard_rows(n: int) -> range:
 
 def shard(items):
     """This process's rows of a list or a tensor (a view): ``items[rank::world]``."""
-    return items[rank()::world_size()]
+    return items[rank() :: world_size()]
 
 
 def check_minibatches(batch_size: int, minibatch_size: int) -> None:
     """Fail early, saying why, when some minibatch would leave a process without rows."""
     smallest = min(minibatch_size, batch_size % minibatch_size or minibatch_size)
     if smallest < world_size():
-        raise ValueError(f"every minibatch needs a row for each of the {world_size()} processes, but a batch of "
-                         f"{batch_size} in minibatches of {minibatch_size} leaves one of {smallest}")
+        raise ValueError(
+            f"every minibatch needs a row for each of the {world_size()} processes, but a batch of "
+            f"{batch_size} in minibatches of {minibatch_size} leaves one of {smallest}"
+        )
 
 
 def sum_(tensor: torch.Tensor) -> torch.Tensor:
@@ -144,9 +161,9 @@ def sum_gradients(parameters) -> None:
     flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])  # (total parameters + len(params),)
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
-    for p, processes_with_grad in zip(params, flat[-len(params):].tolist()):
+    for p, processes_with_grad in zip(params, flat[-len(params) :].tolist()):
         # views into the summed buffer: no second copy of the gradients
-        p.grad = flat[offset:offset + p.numel()].view_as(p) if processes_with_grad else None
+        p.grad = flat[offset : offset + p.numel()].view_as(p) if processes_with_grad else None
         offset += p.numel()
 
 
@@ -168,7 +185,7 @@ def gather_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
     rows = -(-n // world)  # the largest share; smaller shares are padded with a row that is cut off below
     wire = torch.uint8 if tensor.dtype == torch.bool else tensor.dtype  # gloo sends no bools
     padded = torch.zeros((rows, *tensor.shape[1:]), dtype=wire, device=tensor.device)
-    padded[:tensor.shape[0]] = tensor
+    padded[: tensor.shape[0]] = tensor
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded)
     # local row j of process r is global row j * world + r

@@ -14,6 +14,7 @@ averaged over each response's tokens so that the target margin does not depend o
 
 The reference model never changes, so its log-probabilities are computed once before training.
 """
+
 from __future__ import annotations
 
 import random
@@ -52,8 +53,14 @@ def _validate_preference_loss(out, policy_chosen, policy_rejected, ref_chosen, r
 
 
 @replaceable("dpo_loss", _validate_preference_loss)
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float, kind: str = "dpo") -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float,
+    kind: str = "dpo",
+) -> torch.Tensor:
     """Mean preference loss over a batch of pairs. All inputs are (batch,) log-probabilities of the chosen
     and rejected responses under the policy and the reference. ``kind``: "dpo" (sigmoid) or "ipo" (squared)."""
     margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)  # (batch,) difference of log-ratios
@@ -67,7 +74,9 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_cho
 @dataclass
 class DPOConfig:
     loss: Literal["dpo", "ipo"] = "dpo"
-    beta: float = 0.3  # 0.1 let the policy drift (KL 2-3.7 nats, exact match fell on one seed); 0.3 stays near the SFT model
+    beta: float = (
+        0.3  # 0.1 let the policy drift (KL 2-3.7 nats, exact match fell on one seed); 0.3 stays near the SFT model
+    )
     epochs: int = 1
     batch_size: int = 32
     lr: float = 5e-5
@@ -84,8 +93,9 @@ class DPOResult:
 
 def encode_pairs(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
     """``(ids, prompt_length)`` for every chosen response, then every rejected one (TRL's row format)."""
-    return ([encode(tokenizer, r["prompt"], r["chosen"]) for r in rows]
-            + [encode(tokenizer, r["prompt"], r["rejected"]) for r in rows])
+    return [encode(tokenizer, r["prompt"], r["chosen"]) for r in rows] + [
+        encode(tokenizer, r["prompt"], r["rejected"]) for r in rows
+    ]
 
 
 def batch_logprobs(model, encoded: list[tuple[list[int], int]], pad_id: int, *, length_normalised: bool = False):
@@ -104,12 +114,17 @@ def batch_logprobs(model, encoded: list[tuple[list[int], int]], pad_id: int, *, 
 def reference_logprobs(reference, encoded, pad_id: int, batch_size: int = 128, **kwargs) -> torch.Tensor:
     """The frozen reference's log-probabilities, computed once: (n,) on the CPU."""
     reference.eval()
-    return torch.cat([batch_logprobs(reference, encoded[i:i + batch_size], pad_id, **kwargs).cpu()
-                      for i in range(0, len(encoded), batch_size)])
+    return torch.cat(
+        [
+            batch_logprobs(reference, encoded[i : i + batch_size], pad_id, **kwargs).cpu()
+            for i in range(0, len(encoded), batch_size)
+        ]
+    )
 
 
-def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig = DPOConfig(),
-              on_step=None) -> DPOResult:
+def train_dpo(
+    policy, reference, tokenizer, rows: list[dict], config: DPOConfig = DPOConfig(), on_step=None
+) -> DPOResult:
     """Train ``policy`` on preference rows ``{"prompt", "chosen", "rejected"}`` against the frozen ``reference``.
     Under a multi-process launcher each process trains on its share of every batch (see ``distributed``)."""
     if config.loss not in ("dpo", "ipo"):
@@ -135,9 +150,10 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
         # a batch smaller than the number of processes leaves some without pairs
         loss, measured = torch.zeros((), device=dev), torch.zeros(4, device=dev)
         if pairs:
-            logps = batch_logprobs(policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad,
-                                   length_normalised=normalised)
-            chosen, rejected = logps[:len(pairs)], logps[len(pairs):]  # (batch,) each
+            logps = batch_logprobs(
+                policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad, length_normalised=normalised
+            )
+            chosen, rejected = logps[: len(pairs)], logps[len(pairs) :]  # (batch,) each
             ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
             loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
             with torch.no_grad():
@@ -145,14 +161,23 @@ def train_dpo(policy, reference, tokenizer, rows: list[dict], config: DPOConfig 
                 reward_rejected = config.beta * (rejected - ref_rejected)
                 # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0
                 wins = (reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()
-                measured = torch.stack([wins.mean(),
-                                        (reward_chosen - reward_rejected).mean(),
-                                        (chosen - ref_chosen).mean(), (rejected - ref_rejected).mean()])
-        optimization.step(distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(),
-                          config.max_grad_norm, scheduler)
+                measured = torch.stack(
+                    [
+                        wins.mean(),
+                        (reward_chosen - reward_rejected).mean(),
+                        (chosen - ref_chosen).mean(),
+                        (rejected - ref_rejected).mean(),
+                    ]
+                )
+        optimization.step(
+            distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(), config.max_grad_norm, scheduler
+        )
         measured = distributed.mean(measured, len(pairs))  # tensors, read back at the end (runtime.to_host)
-        row = {"step": step, "loss": distributed.mean(loss, len(pairs)),
-               **dict(zip(("reward_accuracy", "reward_margin", "chosen_logratio", "rejected_logratio"), measured))}
+        row = {
+            "step": step,
+            "loss": distributed.mean(loss, len(pairs)),
+            **dict(zip(("reward_accuracy", "reward_margin", "chosen_logratio", "rejected_logratio"), measured)),
+        }
         history.append(row)
         if on_step is not None:
             on_step(runtime.to_host([row])[0])

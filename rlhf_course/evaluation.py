@@ -5,6 +5,7 @@ sign-offs) with the task's answer, so a polite correct answer counts as correct 
 not. BLEU comes from sacrebleu, the maintained reference implementation. The gold score is the
 simulated human's hidden utility: lessons may look at it, training never does.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -20,17 +21,33 @@ from rlhf_course.rollouts import collect
 from rlhf_course.sft import encode
 
 
-def respond(model, tokenizer, tasks: list[world.Task], *, batch_size: int = 64, max_new_tokens: int = 40,
-            temperature: float = 0.0, top_p: float = 1.0, seed: int = 0) -> list[str]:
+def respond(
+    model,
+    tokenizer,
+    tasks: list[world.Task],
+    *,
+    batch_size: int = 64,
+    max_new_tokens: int = 40,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> list[str]:
     """The model's reply to each task (greedy by default), batched with the KV cache."""
     model.eval()
     replies = []
     for start in range(0, len(tasks), batch_size):
-        chunk = tasks[start:start + batch_size]
+        chunk = tasks[start : start + batch_size]
         prompts = [encode(tokenizer, task.prompt)[0] for task in chunk]
-        sequences, mask = generate(model, prompts, pad_id=tokenizer.pad_token_id, eos_id=tokenizer.eos_token_id,
-                                   max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                                   seed=seed + start)
+        sequences, mask = generate(
+            model,
+            prompts,
+            pad_id=tokenizer.pad_token_id,
+            eos_id=tokenizer.eos_token_id,
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed + start,
+        )
         replies.extend(decode_responses(tokenizer, sequences, mask))
     return replies
 
@@ -58,8 +75,10 @@ class Report:
 
     def table(self) -> str:
         lines = [f"{'family':<14} accuracy"] + [f"{f:<14} {a:.2f}" for f, a in self.by_family.items()]
-        lines.append(f"{'overall':<14} {self.accuracy:.3f} ± {self.accuracy_se:.3f}   (translation BLEU "
-                     f"{self.bleu:.1f}, gold {self.gold:.3f} ± {self.gold_se:.3f}; ± one standard error)")
+        lines.append(
+            f"{'overall':<14} {self.accuracy:.3f} ± {self.accuracy_se:.3f}   (translation BLEU "
+            f"{self.bleu:.1f}, gold {self.gold:.3f} ± {self.gold_se:.3f}; ± one standard error)"
+        )
         return "\n".join(lines)
 
 
@@ -81,8 +100,18 @@ def evaluate(model, tokenizer, tasks: list[world.Task], **kwargs) -> Report:
     return score(tasks, respond(model, tokenizer, tasks, **kwargs))
 
 
-def evaluate_policy(policy, reference, tokenizer, tasks: list[world.Task], scorer, *, samples_per_prompt: int = 4,
-                    temperature: float = 1.0, batch_size: int = 128, seed: int = 0) -> dict:
+def evaluate_policy(
+    policy,
+    reference,
+    tokenizer,
+    tasks: list[world.Task],
+    scorer,
+    *,
+    samples_per_prompt: int = 4,
+    temperature: float = 1.0,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> dict:
     """A policy as RL sees it: ``samples_per_prompt`` samples at ``temperature`` for each held-out task.
 
     Returns the mean gold score, exact-match accuracy, the reward ``scorer``'s mean (the proxy), and the
@@ -92,17 +121,36 @@ def evaluate_policy(policy, reference, tokenizer, tasks: list[world.Task], score
     repeated = [task for task in tasks for _ in range(samples_per_prompt)]
     replies, kls, scores = [], [], []
     for start in range(0, len(repeated), batch_size):
-        rollout = collect(policy, reference, scorer, tokenizer, repeated[start:start + batch_size],
-                          temperature=temperature, no_eos_penalty=None, seed=seed + start)
+        rollout = collect(
+            policy,
+            reference,
+            scorer,
+            tokenizer,
+            repeated[start : start + batch_size],
+            temperature=temperature,
+            no_eos_penalty=None,
+            seed=seed + start,
+        )
         replies += rollout.responses
         kls += rollout.kl.tolist()
         scores += rollout.scores.tolist()
     report = score(repeated, replies)
     per_prompt = (len(tasks), samples_per_prompt)
-    gold, gold_se = mean_and_se(torch.tensor([human.gold_score(t, r) for t, r in zip(repeated, replies)]).view(per_prompt))
-    accuracy, accuracy_se = mean_and_se(torch.tensor([float(world.is_correct(t, r))
-                                                      for t, r in zip(repeated, replies)]).view(per_prompt))
+    gold, gold_se = mean_and_se(
+        torch.tensor([human.gold_score(t, r) for t, r in zip(repeated, replies)]).view(per_prompt)
+    )
+    accuracy, accuracy_se = mean_and_se(
+        torch.tensor([float(world.is_correct(t, r)) for t, r in zip(repeated, replies)]).view(per_prompt)
+    )
     kl, kl_se = mean_and_se(torch.tensor(kls).view(per_prompt))
-    return {"gold": gold, "gold_se": gold_se, "accuracy": accuracy, "accuracy_se": accuracy_se,
-            "by_family": report.by_family, "proxy_reward": sum(scores) / len(scores), "kl": kl, "kl_se": kl_se,
-            "samples": len(replies)}
+    return {
+        "gold": gold,
+        "gold_se": gold_se,
+        "accuracy": accuracy,
+        "accuracy_se": accuracy_se,
+        "by_family": report.by_family,
+        "proxy_reward": sum(scores) / len(scores),
+        "kl": kl,
+        "kl_se": kl_se,
+        "samples": len(replies),
+    }

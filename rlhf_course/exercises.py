@@ -7,6 +7,7 @@ looks like (wrong mask, off-by-one, missing shift, wrong normalisation...). ``pl
 passing function into the real training loop. ``exercises/`` is generated from ``solutions/`` by replacing
 the regions between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub (the nbgrader convention).
 """
+
 from __future__ import annotations
 
 import importlib
@@ -48,8 +49,10 @@ def load_function(exercise_id: str, impl: str | Path | None = None) -> Callable:
         path = path / exercise.file
     if path.suffix == ".py":
         if not path.is_file():
-            raise FileNotFoundError(f"No exercise file at {path} (expected {exercise.file} with a function "
-                                    f"{exercise.id}); `rlhf-course make-exercises` writes the missing stubs (and keeps your files)")
+            raise FileNotFoundError(
+                f"No exercise file at {path} (expected {exercise.file} with a function "
+                f"{exercise.id}); `rlhf-course make-exercises` writes the missing stubs (and keeps your files)"
+            )
         name = f"_learner_{path.stem}_{abs(hash(path.resolve()))}"
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -73,8 +76,10 @@ class CheckResult:
         return all(ok for _, ok, _ in self.lines)
 
     def __str__(self) -> str:
-        rows = [f"{'PASS' if ok else 'FAIL'}  {self.exercise}: {name}" + ("" if ok else f"\n      -> {msg}")
-                for name, ok, msg in self.lines]
+        rows = [
+            f"{'PASS' if ok else 'FAIL'}  {self.exercise}: {name}" + ("" if ok else f"\n      -> {msg}")
+            for name, ok, msg in self.lines
+        ]
         verdict = "all checks passed" if self.passed else "some checks failed"
         return "\n".join(rows + [f"{self.exercise}: {verdict}"])
 
@@ -119,8 +124,14 @@ def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -
                 check.run(fn)
             lines.append((check.name, True, ""))
         except CheckTimedOut:
-            lines.append((check.name, False, f"your function did not finish within {seconds:g} s (the check stopped "
-                                             "it): look for a loop that never ends"))
+            lines.append(
+                (
+                    check.name,
+                    False,
+                    f"your function did not finish within {seconds:g} s (the check stopped "
+                    "it): look for a loop that never ends",
+                )
+            )
         except SystemExit as stop:
             lines.append((check.name, False, f"your function called sys.exit({stop.code!r}); return a value instead"))
         except Fail as fail:
@@ -129,8 +140,13 @@ def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -
             lines.append((check.name, False, f"not implemented yet: write {exercise.id} in exercises/{exercise.file}"))
         except Exception as err:  # the learner's code crashed: show where
             where = traceback.extract_tb(err.__traceback__)[-1]
-            lines.append((check.name, False, f"your function raised {type(err).__name__}: {err} "
-                                             f"(at {Path(where.filename).name}:{where.lineno})"))
+            lines.append(
+                (
+                    check.name,
+                    False,
+                    f"your function raised {type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})",
+                )
+            )
     return CheckResult(exercise_id, lines)
 
 
@@ -212,11 +228,19 @@ def check(exercise_id: str, impl: str | Path | None = None, verbose: bool = True
         if printed:
             print(printed, end="" if printed.endswith("\n") else "\n")
         if lines is None:
-            why = (f"did not finish within {limit:g} s" if timed_out else
-                   f"ended the checking process (exit status {child.exitcode}: sys.exit or os._exit outside a "
-                   "function, a crash, or a kill)")
-            lines = [("runs", False, f"your code {why} before the checks could report; look for a call that "
-                                     "exits or never returns")]
+            why = (
+                f"did not finish within {limit:g} s"
+                if timed_out
+                else f"ended the checking process (exit status {child.exitcode}: sys.exit or os._exit outside a "
+                "function, a crash, or a kill)"
+            )
+            lines = [
+                (
+                    "runs",
+                    False,
+                    f"your code {why} before the checks could report; look for a call that exits or never returns",
+                )
+            ]
         result = CheckResult(exercise_id, lines)
     if verbose:
         print(result)
@@ -245,6 +269,7 @@ SOLUTION_REGION = re.compile(r"^([ \t]*)### BEGIN SOLUTION\n.*?^[ \t]*### END SO
 
 def strip_solutions(source: str) -> str:
     """Replace every marked solution region by a stub, keeping its indentation."""
+
     def stub(match):
         indent = match.group(1)
         return f"{indent}# YOUR CODE HERE\n{indent}raise NotImplementedError()\n"
@@ -255,8 +280,9 @@ def strip_solutions(source: str) -> str:
     return stripped
 
 
-def make_exercises(solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES_DIR,
-                   replace: bool = False) -> list[tuple[Path, str]]:
+def make_exercises(
+    solutions: Path = SOLUTIONS_DIR, exercises: Path = EXERCISES_DIR, replace: bool = False
+) -> list[tuple[Path, str]]:
     """Write the stubs of ``exercises/`` from ``solutions/``, never losing what a learner wrote.
 
     A missing file is written; one equal to its stub is left alone. One that differs (a learner's work, or a

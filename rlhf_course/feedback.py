@@ -11,6 +11,7 @@ Two measurements keep the reward model honest:
 * **inter-labeler agreement**: on pairs judged twice, how often two labelers agree, which is how real
   teams estimate reliability when no gold exists.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -28,16 +29,18 @@ TEAM = (
 )
 
 
-def sample_candidates(model, tokenizer, tasks: list[world.Task], n: int = 4, temperature: float = 1.0,
-                      seed: int = 0) -> list[list[str]]:
+def sample_candidates(
+    model, tokenizer, tasks: list[world.Task], n: int = 4, temperature: float = 1.0, seed: int = 0
+) -> list[list[str]]:
     """``n`` sampled responses for every task (one list per task)."""
     repeated = [task for task in tasks for _ in range(n)]
     replies = evaluation.respond(model, tokenizer, repeated, temperature=temperature, seed=seed, batch_size=128)
-    return [replies[i * n:(i + 1) * n] for i in range(len(tasks))]
+    return [replies[i * n : (i + 1) * n] for i in range(len(tasks))]
 
 
-def judge_pairs(tasks: list[world.Task], candidates: list[list[str]], team=TEAM, seed: int = 0,
-                double_share: float = 0.2) -> list[dict]:
+def judge_pairs(
+    tasks: list[world.Task], candidates: list[list[str]], team=TEAM, seed: int = 0, double_share: float = 0.2
+) -> list[dict]:
     """Raw comparisons: every pair of distinct candidates of a task, each judged by a random labeler.
 
     As in InstructGPT, all K(K-1)/2 pairs of a prompt's K responses are compared. A share of the pairs
@@ -52,8 +55,16 @@ def judge_pairs(tasks: list[world.Task], candidates: list[list[str]], team=TEAM,
             judges = rng.sample(team, 2 if rng.random() < double_share else 1)
             for judge in judges:
                 first = judge.prefers_first(task, a, b, rng)
-                raw.append({"task": task_record(task), "a": a, "b": b, "labeler": judge.name,
-                            "choice": "a" if first else "b", "pair_id": f"{task.key}|{a}|{b}"})
+                raw.append(
+                    {
+                        "task": task_record(task),
+                        "a": a,
+                        "b": b,
+                        "labeler": judge.name,
+                        "choice": "a" if first else "b",
+                        "pair_id": f"{task.key}|{a}|{b}",
+                    }
+                )
     return raw
 
 
@@ -77,9 +88,14 @@ def automatic_comparisons(tasks: list[world.Task], seed: int = 0) -> list[dict]:
     rows = []
     for task in tasks:
         style = rng.choice(list(world.STYLES))
-        rows.append({"prompt": task.prompt, **task_record(task),
-                     "chosen": [{"role": "assistant", "content": world.render(task, style)}],
-                     "rejected": [{"role": "assistant", "content": world.render(task, style, task.wrong)}]})
+        rows.append(
+            {
+                "prompt": task.prompt,
+                **task_record(task),
+                "chosen": [{"role": "assistant", "content": world.render(task, style)}],
+                "rejected": [{"role": "assistant", "content": world.render(task, style, task.wrong)}],
+            }
+        )
     return rows
 
 
@@ -96,11 +112,17 @@ def to_preferences(raw: list[dict]) -> list[dict]:
     rows = []
     for j in raw:
         chosen, rejected = (j["a"], j["b"]) if j["choice"] == "a" else (j["b"], j["a"])
-        rows.append({"prompt": j["task"]["prompt"],
-                     "chosen": [{"role": "assistant", "content": chosen}],
-                     "rejected": [{"role": "assistant", "content": rejected}],
-                     "labeler": j["labeler"], "family": j["task"]["family"],
-                     "answer": j["task"]["answer"], "key": j["task"]["key"]})
+        rows.append(
+            {
+                "prompt": j["task"]["prompt"],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}],
+                "labeler": j["labeler"],
+                "family": j["task"]["family"],
+                "answer": j["task"]["answer"],
+                "key": j["task"]["key"],
+            }
+        )
     return rows
 
 
@@ -153,8 +175,9 @@ def reliability_from_agreement(raw: list[dict]) -> dict[str, float]:
     log_q = {n: 0.0 for n in names}
     for _ in range(200):  # Gauss-Seidel on log q_i + log q_j = log(2 a_ij - 1)
         for n in names:
-            terms = [(max(2 * a - 1, 1e-3), m) for (x, y), a in pairs.items() if n in (x, y)
-                     for m in [y if x == n else x]]
+            terms = [
+                (max(2 * a - 1, 1e-3), m) for (x, y), a in pairs.items() if n in (x, y) for m in [y if x == n else x]
+            ]
             if terms:
                 log_q[n] = sum(math.log(t) - log_q[m] for t, m in terms) / len(terms)
     return {n: (1 + math.exp(min(log_q[n], 0.0))) / 2 for n in names}
@@ -165,21 +188,30 @@ def correctness_pairs(tasks: list[world.Task], seed: int = 0) -> list[dict]:
     return automatic_comparisons(tasks, seed=seed + 1_000_003)
 
 
-def single_judgments(tasks: list[world.Task], candidates: list[list[str]], kind: str, team=TEAM,
-                     seed: int = 0) -> list[dict]:
+def single_judgments(
+    tasks: list[world.Task], candidates: list[list[str]], kind: str, team=TEAM, seed: int = 0
+) -> list[dict]:
     """Raw judgments of single responses, one per distinct candidate, each by a random labeler.
 
     ``kind`` is ``"rating"`` (1-5) or ``"thumbs_up"`` (True/False).
     """
-    judge_one = {"rating": lambda j, t, r, rng: j.rate(t, r, rng),
-                 "thumbs_up": lambda j, t, r, rng: j.thumbs_up(t, r, rng)}[kind]
+    judge_one = {
+        "rating": lambda j, t, r, rng: j.rate(t, r, rng),
+        "thumbs_up": lambda j, t, r, rng: j.thumbs_up(t, r, rng),
+    }[kind]
     rng = random.Random(f"{kind}:{seed}")
     out = []
     for task, replies in zip(tasks, candidates):
         for reply in dict.fromkeys(replies):
             judge = rng.choice(team)
-            out.append({"task": task_record(task), "completion": reply, "labeler": judge.name,
-                        kind: judge_one(judge, task, reply, rng)})
+            out.append(
+                {
+                    "task": task_record(task),
+                    "completion": reply,
+                    "labeler": judge.name,
+                    kind: judge_one(judge, task, reply, rng),
+                }
+            )
     return out
 
 

@@ -12,6 +12,7 @@ reward), with the always-positive "k3" estimator ``exp(ref - logp) - (ref - logp
 response's per-token loss is averaged over its tokens, then over the batch (TRL's ``loss_type="grpo"``).
 A group whose responses all get the same reward has zero advantage everywhere: it teaches nothing.
 """
+
 from __future__ import annotations
 
 import random
@@ -44,8 +45,15 @@ def _validate_grpo_loss(out, *args, **kwargs):
 
 
 @replaceable("grpo_loss", _validate_grpo_loss)
-def grpo_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-              advantages: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2, beta: float = 0.04) -> torch.Tensor:
+def grpo_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    beta: float = 0.04,
+) -> torch.Tensor:
     """Clipped surrogate plus ``beta`` times the k3 KL to the reference, per token; mean over each
     response's tokens, then over responses.
 
@@ -90,8 +98,9 @@ class GRPOResult:
     seconds: float
 
 
-def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(),
-               on_step=None) -> GRPOResult:
+def train_grpo(
+    policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(), on_step=None
+) -> GRPOResult:
     """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``). Under a
     multi-process launcher each process samples and trains on its share of every batch (see ``distributed``)."""
     start = time.time()
@@ -106,9 +115,17 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
         prompts = rng.sample(tasks, min(config.prompts_per_update, len(tasks)))
         group_tasks = [task for task in prompts for _ in range(config.group_size)]  # groups stay adjacent
         # no EOS penalty: a reply cut off at the length limit is simply not a correct answer
-        rollout = collect(policy, reference, scorer, tokenizer, group_tasks, temperature=config.temperature,
-                          max_new_tokens=config.max_new_tokens, no_eos_penalty=None,
-                          seed=config.seed * 100_003 + update)
+        rollout = collect(
+            policy,
+            reference,
+            scorer,
+            tokenizer,
+            group_tasks,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            no_eos_penalty=None,
+            seed=config.seed * 100_003 + update,
+        )
         advantages = group_advantages(rollout.scores, config.group_size)  # (batch,)
         mask = rollout.response_mask
         policy.train()
@@ -118,12 +135,21 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
             order = order.to(mask.device)  # once per update: a copy from host memory waits for the GPU's queue
             for mb in order.split(config.minibatch_size):
                 mb = distributed.shard(mb)  # this process's rows of the minibatch
-                logprobs = response_logprobs(policy, rollout.sequences[mb], rollout.attention_mask[mb],
-                                             rollout.prompt_width, config.temperature)
-                loss = grpo_loss(logprobs, rollout.logprobs[mb], rollout.ref_logprobs[mb], advantages[mb], mask[mb],
-                                 config.clip_range, config.beta)  # a mean over this process's responses
-                optimization.step(distributed.share_of_mean(loss, len(mb)), optimizer, policy.parameters(),
-                                  config.max_grad_norm)
+                logprobs = response_logprobs(
+                    policy, rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
+                )
+                loss = grpo_loss(
+                    logprobs,
+                    rollout.logprobs[mb],
+                    rollout.ref_logprobs[mb],
+                    advantages[mb],
+                    mask[mb],
+                    config.clip_range,
+                    config.beta,
+                )  # a mean over this process's responses
+                optimization.step(
+                    distributed.share_of_mean(loss, len(mb)), optimizer, policy.parameters(), config.max_grad_norm
+                )
                 with torch.no_grad():
                     ratio = torch.exp(logprobs - rollout.logprobs[mb])
                     tokens = mask[mb].sum()
@@ -132,10 +158,20 @@ def train_grpo(policy, reference, scorer, tokenizer, tasks: list[world.Task], co
                 losses.append(distributed.mean(loss, len(mb)).detach())
         group_std = rollout.scores.view(-1, config.group_size).std(dim=1)  # (groups,)
         # statistics stay tensors until here: one read from the device per update, not one per minibatch
-        row = runtime.to_host([{
-            "update": update, "score": rollout.scores.mean(), "gold": sum(rollout.gold) / len(rollout.gold),
-            "kl": rollout.kl.mean(), "length": rollout.lengths.float().mean(), "loss": torch.stack(losses).double().mean(),
-            "clipfrac": torch.stack(clipped).mean(), "uninformative_groups": (group_std == 0).float().mean()}])[0]
+        row = runtime.to_host(
+            [
+                {
+                    "update": update,
+                    "score": rollout.scores.mean(),
+                    "gold": sum(rollout.gold) / len(rollout.gold),
+                    "kl": rollout.kl.mean(),
+                    "length": rollout.lengths.float().mean(),
+                    "loss": torch.stack(losses).double().mean(),
+                    "clipfrac": torch.stack(clipped).mean(),
+                    "uninformative_groups": (group_std == 0).float().mean(),
+                }
+            ]
+        )[0]
         history.append(row)
         if on_step is not None:
             on_step(row)

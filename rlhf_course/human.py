@@ -14,6 +14,7 @@ Judgments come in the three forms collected in practice:
 ``temperature`` and ``noise`` set how reliable a labeler is. ``length_bias`` makes a *biased* labeler
 who prefers longer answers whatever their quality (used in the pitfalls lesson).
 """
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Three of these are exercises (``pad_batch``, ``next_token_loss``, ``top_p_filter``): training and
 generation call them through the registry, so a learner's version runs inside the real loops.
 """
+
 from __future__ import annotations
 
 import functools
@@ -101,8 +102,7 @@ def sampling_logits(logits: torch.Tensor, temperature: float, top_p: float = 1.0
     return scaled.reshape(shape)
 
 
-def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: torch.Tensor | None,
-               top_k: int = 0):
+def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: torch.Tensor | None, top_k: int = 0):
     """One token per row from logits (batch, vocab): greedy at temperature 0, else sampled.
 
     ``noise`` (batch, vocab) holds Exp(1) draws. The sampled token is ``argmax(p / noise)``: the
@@ -118,8 +118,9 @@ def next_token(logits: torch.Tensor, temperature: float, top_p: float, noise: to
 
 def _decode_step(model, input_ids, attention_mask, position_ids, cache: dict):
     """One forward pass with the KV cache; ``cache`` is ``{name: cache}`` under the name the model's forward takes."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
-                 **cache).logits
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **cache
+    ).logits
 
 
 def _cache_argument(model, cache) -> dict:
@@ -152,9 +153,20 @@ def _static_cache(model, batch: int, length: int):
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, max_new_tokens: int = 48,
-             temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0, seed: int = 0, rows: range | None = None,
-             decoder: str | None = None):
+def generate(
+    model,
+    prompt_ids: list[list[int]],
+    *,
+    pad_id: int,
+    eos_id: int,
+    max_new_tokens: int = 48,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    rows: range | None = None,
+    decoder: str | None = None,
+):
     """Continue left-padded prompts with the KV cache until each row emits EOS.
 
     Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
@@ -202,8 +214,13 @@ def generate(model, prompt_ids: list[list[int]], *, pad_id: int, eos_id: int, ma
             torch.compiler.cudagraph_mark_step_begin()  # the last step's outputs are used up: the graph may reuse them
         with runtime.autocast(dev):  # outside the compiled step: the step is traced under it
             logits = forward(model, step_ids, attention_mask, step_pos, past)[:, -1, :].float()  # (batch, vocab)
-        noise = None if temperature == 0 else torch.empty(
-            (rows.stop, logits.shape[-1]), device=dev).exponential_(generator=generator)[rows.start::rows.step]
+        noise = (
+            None
+            if temperature == 0
+            else torch.empty((rows.stop, logits.shape[-1]), device=dev).exponential_(generator=generator)[
+                rows.start :: rows.step
+            ]
+        )
         token = next_token(logits, temperature, top_p, noise, top_k)  # (batch,)
         alive = ~finished
         token = torch.where(alive, token, torch.full_like(token, pad_id))

@@ -15,6 +15,7 @@ models grow verbose as a result (Singhal et al. 2023, "A long way to go"). The t
   of *training* prompts, and subtract that much per word (a length penalty, as in Singhal et al. and
   Park et al. 2024).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -30,8 +31,14 @@ def words(row: dict, side: str) -> int:
 
 def padded_pairs(tasks: list[world.Task]) -> list[dict]:
     """Preference rows whose chosen reply is the plain correct answer and the rejected one the same answer padded."""
-    return [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "curt")}],
-             "rejected": [{"role": "assistant", "content": world.render(t, "rambling")}]} for t in tasks]
+    return [
+        {
+            "prompt": t.prompt,
+            "chosen": [{"role": "assistant", "content": world.render(t, "curt")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "rambling")}],
+        }
+        for t in tasks
+    ]
 
 
 def length_buckets(rows: list[dict], width: int = 4) -> list[tuple[int, int]]:

@@ -9,6 +9,7 @@ Models larger than the course's can be loaded for training with memory savers (`
 checkpointing, and LoRA adapters through peft, merged back into the weights when the model is saved, so
 every saved model is an ordinary model directory that the next stage loads as usual.
 """
+
 from __future__ import annotations
 
 import copy
@@ -71,10 +72,13 @@ def check_model_dir(path: Path) -> Path:
 
 def load_tokenizer(path: str | Path = BASE_MODEL_DIR) -> PreTrainedTokenizerFast:
     path = check_model_dir(path)
-    if not any((path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json",
-                                                    "tokenizer.model")):
-        raise FileNotFoundError(f"{path} has no tokenizer files (tokenizer.json or tokenizer_config.json): save the "
-                                "model's tokenizer into it with tokenizer.save_pretrained()")
+    if not any(
+        (path / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+    ):
+        raise FileNotFoundError(
+            f"{path} has no tokenizer files (tokenizer.json or tokenizer_config.json): save the "
+            "model's tokenizer into it with tokenizer.save_pretrained()"
+        )
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
         raise ValueError(
@@ -110,8 +114,13 @@ def for_training(model, memory: MemoryConfig | None, task_type: str = "CAUSAL_LM
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     if memory.lora_rank > 0:
         from peft import LoraConfig, get_peft_model
-        model = get_peft_model(model, LoraConfig(r=memory.lora_rank, lora_alpha=memory.lora_alpha,
-                                                 target_modules="all-linear", task_type=task_type))
+
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=memory.lora_rank, lora_alpha=memory.lora_alpha, target_modules="all-linear", task_type=task_type
+            ),
+        )
     return model
 
 
@@ -131,8 +140,10 @@ def load_model(path: str | Path = BASE_MODEL_DIR, dev: torch.device | None = Non
         try:
             safe_open(weights, framework="pt").keys()
         except Exception as err:  # safetensors raises its own error type, which names neither file nor fix
-            raise ValueError(f"{weights} is not a readable safetensors file ({err}): it was cut short or "
-                             "overwritten; save the model again or rebuild it") from None
+            raise ValueError(
+                f"{weights} is not a readable safetensors file ({err}): it was cut short or "
+                "overwritten; save the model again or rebuild it"
+            ) from None
     model = AutoModelForCausalLM.from_pretrained(
         path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
     )

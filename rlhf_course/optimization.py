@@ -4,6 +4,7 @@ A step is: gradients of the loss, summed over processes when there are several (
 clipped to a maximum norm, applied; then the schedule moves on. Clipping comes after the sum, so every
 process clips the same gradient and takes the same step.
 """
+
 from __future__ import annotations
 
 import torch
@@ -11,7 +12,9 @@ import torch
 from rlhf_course import distributed
 
 
-def adam(parameters, lr: float, *, weight_decay: float = 0.0, decoupled: bool = True, **kwargs) -> torch.optim.Optimizer:
+def adam(
+    parameters, lr: float, *, weight_decay: float = 0.0, decoupled: bool = True, **kwargs
+) -> torch.optim.Optimizer:
     """AdamW (``decoupled``) or Adam; on a GPU the fused kernel (one launch per step for all parameters)."""
     parameters = list(parameters)
     fused = True if parameters and all(p.is_cuda for p in parameters) else None  # None: PyTorch's CPU default
@@ -22,11 +25,13 @@ def adam(parameters, lr: float, *, weight_decay: float = 0.0, decoupled: bool = 
 def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
     """Linear warm-up over ``warmup_steps``, times a linear decay to 0 at ``total_steps``."""
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.0, 1 - s / total_steps))
+        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.0, 1 - s / total_steps)
+    )
 
 
-def step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float,
-         scheduler=None) -> torch.Tensor:
+def step(
+    loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float, scheduler=None
+) -> torch.Tensor:
     """Backward, sum over processes, clip, apply; returns the gradient norm before clipping.
 
     A ``loss`` without a graph (a process whose share of the batch was empty) only joins the sum.

@@ -6,6 +6,7 @@ stages run earlier are kept, so stages can be run one at a time. The stages draw
 turns the metrics into figures and ``DIR/report.md``, so the lesson cache (keyed by the code the pipeline
 imports) survives a change to a figure.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,8 +15,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_course import (best_of_n, data, distributed, evaluation, feedback, models, resume, reward_evaluation,
-                         reward_model, rollouts, runtime, world)
+from rlhf_course import (
+    best_of_n,
+    data,
+    distributed,
+    evaluation,
+    feedback,
+    models,
+    resume,
+    reward_evaluation,
+    reward_model,
+    rollouts,
+    runtime,
+    world,
+)
 from rlhf_course.dpo import DPOConfig, train_dpo
 from rlhf_course.grpo import GRPOConfig, train_grpo
 from rlhf_course.policy_gradient import PGConfig, train_pg
@@ -33,7 +46,9 @@ class FeedbackConfig:
     temperature: float = 1.0
     test_samples_per_prompt: int = 4
     automatic_per_family: int = 1000  # automatic comparisons for preference-model pretraining; 0 skips it
-    replay_per_family: int = 300  # fresh automatic comparisons mixed into the human ones, so correctness is not forgotten
+    replay_per_family: int = (
+        300  # fresh automatic comparisons mixed into the human ones, so correctness is not forgotten
+    )
 
 
 @dataclass
@@ -70,8 +85,14 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
     tasks = held_out_tasks(config)
     before = evaluation.evaluate(model, tok, tasks)
     with resume.stage_checkpoint(out, "sft", config.sft.checkpoint_every) as checkpoint:
-        result = train_sft(model, tok, data.sft_dataset("train", config.data),
-                           dataclasses.replace(config.sft, seed=config.seed), on_step, checkpoint)
+        result = train_sft(
+            model,
+            tok,
+            data.sft_dataset("train", config.data),
+            dataclasses.replace(config.sft, seed=config.seed),
+            on_step,
+            checkpoint,
+        )
         after = evaluation.evaluate(model, tok, tasks)
         models.save(model, tok, out / "sft_model")
     return {
@@ -97,8 +118,10 @@ def stage_sft(out: Path, config: PipelineConfig, on_step=None) -> dict:
 
 def require(path: Path, stage: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing: run the {stage!r} stage first "
-                                f"(rlhf-course pipeline --out {path.parent} --stages {stage})")
+        raise FileNotFoundError(
+            f"{path} is missing: run the {stage!r} stage first "
+            f"(rlhf-course pipeline --out {path.parent} --stages {stage})"
+        )
     return path
 
 
@@ -111,8 +134,9 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     train_tasks = world.generate_tasks("train", fb.prompts_per_family, config.data.seed)
     test_tasks = held_out_tasks(config)
     samples = feedback.sample_candidates(policy, tok, train_tasks, fb.samples_per_prompt, fb.temperature, config.seed)
-    test_samples = feedback.sample_candidates(policy, tok, test_tasks, fb.test_samples_per_prompt, fb.temperature,
-                                              config.seed + 1)
+    test_samples = feedback.sample_candidates(
+        policy, tok, test_tasks, fb.test_samples_per_prompt, fb.temperature, config.seed + 1
+    )
     raw = feedback.judge_pairs(train_tasks, samples, seed=config.seed)
     test_raw = feedback.judge_pairs(test_tasks, test_samples, seed=config.seed + 1, double_share=0.0)
     rows = feedback.to_preferences(raw)
@@ -121,23 +145,31 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
     data.save_jsonl(rows, files / "preferences.jsonl")
     data.save_jsonl(test_raw, files / "test_comparisons_raw.jsonl")
     for kind in ("rating", "thumbs_up"):
-        data.save_jsonl(feedback.single_judgments(train_tasks, samples, kind, seed=config.seed), files / f"{kind}s_raw.jsonl")
+        data.save_jsonl(
+            feedback.single_judgments(train_tasks, samples, kind, seed=config.seed), files / f"{kind}s_raw.jsonl"
+        )
     feedback_seconds = time.time() - start
 
     reward_config = dataclasses.replace(config.reward, seed=config.seed)
     model = reward_model.build(sft_dir, seed=config.seed, memory=config.memory)
     automatic = feedback.automatic_comparisons(
-        world.generate_tasks("train", fb.automatic_per_family, config.data.seed + 1), seed=config.seed)
+        world.generate_tasks("train", fb.automatic_per_family, config.data.seed + 1), seed=config.seed
+    )
     if automatic:
         reward_model.train(model, tok, automatic, None, dataclasses.replace(reward_config, epochs=1))
     models.save(model, None, out / "reward_model_pretrained")  # before any human comparison, for experiments
     replay = feedback.automatic_comparisons(
-        world.generate_tasks("train", fb.replay_per_family, config.data.seed + 2), seed=config.seed + 1)
+        world.generate_tasks("train", fb.replay_per_family, config.data.seed + 2), seed=config.seed + 1
+    )
     val_rows = feedback.to_preferences(test_raw[: len(test_raw) // 4])
     result = reward_model.train(model, tok, rows + replay, val_rows, reward_config, on_step=on_step)
     every = max(1, fb.samples_per_prompt * len(train_tasks) // 2048)  # about 2,000 samples pin mean and std
-    reward_model.normalise(model, tok, [t.prompt for t, s in zip(train_tasks, samples) for _ in s][::every],
-                           [r for s in samples for r in s][::every])
+    reward_model.normalise(
+        model,
+        tok,
+        [t.prompt for t, s in zip(train_tasks, samples) for _ in s][::every],
+        [r for s in samples for r in s][::every],
+    )
     models.save(model, tok, out / "reward_model")
     training_seconds = time.time() - start - feedback_seconds
 
@@ -151,7 +183,7 @@ def stage_reward(out: Path, config: PipelineConfig, on_step=None) -> dict:
         "labeler_gold_agreement": feedback.agreement_by_labeler(raw),
         "labeler_reliability_estimate": feedback.reliability_from_agreement(raw),
         "sample_correct_share": sum(world.is_correct(t, r) for t, s in zip(train_tasks, samples) for r in s)
-                                / sum(map(len, samples)),
+        / sum(map(len, samples)),
         "feedback_seconds": feedback_seconds,  # sampling and judging
         "training_seconds": training_seconds,  # both phases and the normalisation
         "final_loss": sum(result.losses[-20:]) / len(result.losses[-20:]),
@@ -177,22 +209,55 @@ def _policy_stage(out: Path, config: PipelineConfig, name: str, train) -> dict:
     stage_config = dataclasses.replace(getattr(config, name), seed=config.seed)
 
     def measure(model) -> dict:
-        sampled = evaluation.evaluate_policy(model, reference, tok, test, scorer, temperature=1.0,
-                                             samples_per_prompt=config.eval_samples_per_prompt, seed=10_007)
+        sampled = evaluation.evaluate_policy(
+            model,
+            reference,
+            tok,
+            test,
+            scorer,
+            temperature=1.0,
+            samples_per_prompt=config.eval_samples_per_prompt,
+            seed=10_007,
+        )
         greedy = evaluation.evaluate(model, tok, test)
-        return {**sampled, "greedy_gold": greedy.gold, "greedy_gold_se": greedy.gold_se,
-                "greedy_accuracy": greedy.accuracy, "greedy_accuracy_se": greedy.accuracy_se}
+        return {
+            **sampled,
+            "greedy_gold": greedy.gold,
+            "greedy_gold_se": greedy.gold_se,
+            "greedy_accuracy": greedy.accuracy,
+            "greedy_accuracy_se": greedy.accuracy_se,
+        }
 
     before = measure(reference)
     runtime.seed_everything(config.seed)
     model, result = train(sft_dir, reference, tok, scorer, stage_config)
     after = measure(model)
-    metrics = {f"{key}_{when}": m[key] for when, m in (("before", before), ("after", after))
-               for key in ("gold", "gold_se", "accuracy", "accuracy_se", "greedy_gold", "greedy_gold_se",
-                           "greedy_accuracy", "greedy_accuracy_se", "proxy_reward", "by_family")}
-    return {**metrics, "kl": after["kl"], "kl_se": after["kl_se"], "test_samples": after["samples"], "history": result.history,
-            "samples": getattr(result, "samples", [])[-1:], "train_seconds": result.seconds,
-            "seconds": time.time() - start}
+    metrics = {
+        f"{key}_{when}": m[key]
+        for when, m in (("before", before), ("after", after))
+        for key in (
+            "gold",
+            "gold_se",
+            "accuracy",
+            "accuracy_se",
+            "greedy_gold",
+            "greedy_gold_se",
+            "greedy_accuracy",
+            "greedy_accuracy_se",
+            "proxy_reward",
+            "by_family",
+        )
+    }
+    return {
+        **metrics,
+        "kl": after["kl"],
+        "kl_se": after["kl_se"],
+        "test_samples": after["samples"],
+        "history": result.history,
+        "samples": getattr(result, "samples", [])[-1:],
+        "train_seconds": result.seconds,
+        "seconds": time.time() - start,
+    }
 
 
 def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
@@ -201,45 +266,52 @@ def _rl_tasks(config: PipelineConfig) -> list[world.Task]:
 
 def stage_pg(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """REINFORCE with a leave-one-out baseline and a KL penalty, against the reward model."""
+
     def train(sft_dir, reference, tok, scorer, pg_config):
         model = models.load_model(sft_dir, memory=config.memory)
         result = train_pg(model, reference, scorer, tok, _rl_tasks(config), pg_config, on_step)
         models.save(model, tok, out / "pg_model")
         return model, result
+
     return _policy_stage(out, config, "pg", train)
 
 
 def stage_ppo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """PPO with a value head, GAE, clipping and an adaptive KL penalty, against the reward model. With
     ``ppo.checkpoint_every`` set, an interrupted run resumes where it stopped when the stage runs again."""
+
     def train(sft_dir, reference, tok, scorer, ppo_config):
         policy = PolicyWithValue(models.load_model(sft_dir, memory=config.memory))
         with resume.stage_checkpoint(out, "ppo", ppo_config.checkpoint_every) as checkpoint:
             result = train_ppo(policy, reference, scorer, tok, _rl_tasks(config), ppo_config, on_step, checkpoint)
             policy.save(tok, out / "ppo_model")
         return policy.lm, result
+
     return _policy_stage(out, config, "ppo", train)
 
 
 def stage_dpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """DPO on the reward stage's comparisons (the same labels the reward model learned from); no reward model."""
+
     def train(sft_dir, reference, tok, scorer, dpo_config):
         rows = data.load_jsonl(require(out / "feedback" / "preferences.jsonl", "reward"), "preference").to_list()
         model = models.load_model(sft_dir, memory=config.memory)
         result = train_dpo(model, reference, tok, rows, dpo_config, on_step)
         models.save(model, tok, out / "dpo_model")
         return model, result
+
     return _policy_stage(out, config, "dpo", train)
 
 
 def stage_grpo(out: Path, config: PipelineConfig, on_step=None) -> dict:
     """GRPO against the task world's verifier (1 for a correct answer, 0 otherwise); no reward model."""
+
     def train(sft_dir, reference, tok, scorer, grpo_config):
         model = models.load_model(sft_dir, memory=config.memory)
-        result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config,
-                            on_step)
+        result = train_grpo(model, reference, rollouts.correctness_scorer, tok, _rl_tasks(config), grpo_config, on_step)
         models.save(model, tok, out / "grpo_model")
         return model, result
+
     return _policy_stage(out, config, "grpo", train)
 
 
@@ -253,19 +325,35 @@ def stage_best_of_n(out: Path, config: PipelineConfig) -> dict:
     tok, policy = models.load_tokenizer(sft_dir), models.load_model(sft_dir)
     scorer = rollouts.reward_model_scorer(reward_model.load(require(out / "reward_model", "reward")), tok)
     test = held_out_tasks(config)
-    responses, scores = best_of_n.sample_and_score(policy, tok, test, config.best_of_n, scorer,
-                                                   seed=config.seed * 7_919 + 20_011)
+    responses, scores = best_of_n.sample_and_score(
+        policy, tok, test, config.best_of_n, scorer, seed=config.seed * 7_919 + 20_011
+    )
     best_of_n.save_samples(test, responses, scores, out / "best_of_n_samples.jsonl")  # lesson 07 reuses them
-    ks = [2 ** i for i in range(config.best_of_n.bit_length()) if 2 ** i <= config.best_of_n]
+    ks = [2**i for i in range(config.best_of_n.bit_length()) if 2**i <= config.best_of_n]
     rows = best_of_n.curve(test, responses, scores, ks)
-    return {"n": rows[-1]["n"], "gold": rows[-1]["gold"], "gold_before": rows[0]["gold"],
-            "accuracy": rows[-1]["accuracy"], "accuracy_before": rows[0]["accuracy"], "kl": rows[-1]["kl"],
-            "kl_bound": rows[-1]["kl_bound"],
-            "proxy_reward": rows[-1]["proxy_reward"], "curve": rows, "seconds": time.time() - start}
+    return {
+        "n": rows[-1]["n"],
+        "gold": rows[-1]["gold"],
+        "gold_before": rows[0]["gold"],
+        "accuracy": rows[-1]["accuracy"],
+        "accuracy_before": rows[0]["accuracy"],
+        "kl": rows[-1]["kl"],
+        "kl_bound": rows[-1]["kl_bound"],
+        "proxy_reward": rows[-1]["proxy_reward"],
+        "curve": rows,
+        "seconds": time.time() - start,
+    }
 
 
-STAGES = {"sft": stage_sft, "reward": stage_reward, "pg": stage_pg, "ppo": stage_ppo, "dpo": stage_dpo,
-          "grpo": stage_grpo, "best_of_n": stage_best_of_n}
+STAGES = {
+    "sft": stage_sft,
+    "reward": stage_reward,
+    "pg": stage_pg,
+    "ppo": stage_ppo,
+    "dpo": stage_dpo,
+    "grpo": stage_grpo,
+    "best_of_n": stage_best_of_n,
+}
 TRAINING_STAGES = {"sft", "reward", "pg", "ppo", "dpo", "grpo"}  # the ones whose training steps ``on_step`` sees
 
 
@@ -278,8 +366,10 @@ def run(out: Path, stages: list[str], config: PipelineConfig = PipelineConfig(),
     if unknown:
         raise ValueError(f"unknown stage(s) {unknown}; available: {list(STAGES)}")
     if distributed.world_size() > 1:  # every process would write the same files at once
-        raise RuntimeError(f"the pipeline runs in one process, not {distributed.world_size()}: launch a script that "
-                           "calls sft.train_sft or ppo.train_ppo instead (see `rlhf-course parallel-check`)")
+        raise RuntimeError(
+            f"the pipeline runs in one process, not {distributed.world_size()}: launch a script that "
+            "calls sft.train_sft or ppo.train_ppo instead (see `rlhf-course parallel-check`)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}

@@ -1,4 +1,5 @@
 """Plots shared by the lessons and the pipeline report. Each function returns a matplotlib Figure."""
+
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
@@ -64,8 +65,13 @@ def calibration(bins: list[tuple[float, float, int]]):
     """Predicted P(a preferred) against how often labelers preferred a; the diagonal is perfect."""
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.plot([0, 1], [0, 1], color="0.6", ls=":", label="perfectly calibrated")
-    ax.scatter([p for p, _, _ in bins], [o for _, o, _ in bins], s=[10 + n / 4 for _, _, n in bins], color="C0",
-               label="held-out pairs (size = count)")
+    ax.scatter(
+        [p for p, _, _ in bins],
+        [o for _, o, _ in bins],
+        s=[10 + n / 4 for _, _, n in bins],
+        color="C0",
+        label="held-out pairs (size = count)",
+    )
     ax.set_xlabel("predicted P(a preferred)")
     ax.set_ylabel("observed share preferring a")
     ax.set_xlim(0, 1)
@@ -75,9 +81,16 @@ def calibration(bins: list[tuple[float, float, int]]):
     return fig
 
 
-CURVE_LABELS = {"score": "training reward", "gold": "gold score (hidden)", "kl": "KL to reference (nats)",
-                "loss": "loss", "reward_accuracy": "implicit-reward accuracy", "reward_margin": "implicit-reward margin",
-                "val_accuracy": "held-out pairwise accuracy", "kl_coef": "KL coefficient (adaptive)"}
+CURVE_LABELS = {
+    "score": "training reward",
+    "gold": "gold score (hidden)",
+    "kl": "KL to reference (nats)",
+    "loss": "loss",
+    "reward_accuracy": "implicit-reward accuracy",
+    "reward_margin": "implicit-reward margin",
+    "val_accuracy": "held-out pairwise accuracy",
+    "kl_coef": "KL coefficient (adaptive)",
+}
 
 
 def training_curves(history: list[dict], title: str = "RL", keys: tuple[str, ...] | None = None, window: int = 5):
@@ -112,16 +125,31 @@ def frontier(metrics: dict):
     if bon:
         gold = [r["gold"] for r in bon["curve"]]
         ax.plot([r["kl"] for r in bon["curve"]], gold, "o-", color="0.4", label="best-of-n (n = 1, 2, 4, ...)")
-        ax.plot([r["kl_bound"] for r in bon["curve"]], gold, "o--", color="0.75", mfc="none",
-                label="best-of-n at its KL upper bound")
+        ax.plot(
+            [r["kl_bound"] for r in bon["curve"]],
+            gold,
+            "o--",
+            color="0.75",
+            mfc="none",
+            label="best-of-n at its KL upper bound",
+        )
     sft_gold = next((metrics[m]["gold_before"] for m in ("ppo", "dpo", "grpo", "pg") if m in metrics), None)
     if sft_gold is not None:
         ax.scatter([0], [sft_gold], color="k", marker="s", zorder=3, label="SFT")
     for i, (name, label) in enumerate((("pg", "REINFORCE"), ("ppo", "PPO"), ("dpo", "DPO"), ("grpo", "GRPO"))):
         if name in metrics:
             m = metrics[name]
-            ax.errorbar([m["kl"]], [m["gold_after"]], xerr=[m.get("kl_se", 0)], yerr=[m.get("gold_se_after", 0)],
-                        fmt="o", ms=7, color=f"C{i}", zorder=3, label=label)
+            ax.errorbar(
+                [m["kl"]],
+                [m["gold_after"]],
+                xerr=[m.get("kl_se", 0)],
+                yerr=[m.get("gold_se_after", 0)],
+                fmt="o",
+                ms=7,
+                color=f"C{i}",
+                zorder=3,
+                label=label,
+            )
     ax.set_xlabel("KL to the SFT model (nats per reply)")
     ax.set_ylabel("mean gold score (held-out, sampled)")
     ax.legend(fontsize=8)
@@ -129,8 +157,9 @@ def frontier(metrics: dict):
     return fig
 
 
-def compare_runs(runs: dict, keys: tuple[str, ...] = ("score", "gold", "kl"), window: int = 5,
-                 colors: dict | None = None):
+def compare_runs(
+    runs: dict, keys: tuple[str, ...] = ("score", "gold", "kl"), window: int = 5, colors: dict | None = None
+):
     """Smoothed curves of several training histories side by side, one panel per metric, one colour per run.
 
     ``runs`` maps a label (a KL coefficient, say) to a history; ``colors`` maps labels to colours, so that a

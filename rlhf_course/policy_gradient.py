@@ -12,6 +12,7 @@ other samples of the batch, which answer other prompts. RLOO (Ahmadian et al. 20
 several samples of the *same* prompt, which also takes out how hard each prompt is. One gradient step per
 rollout: no value network, no clipping. PPO adds both.
 """
+
 from __future__ import annotations
 
 import random
@@ -81,8 +82,9 @@ def advantages_of(rollout: Rollout, kl_coef: float, baseline: bool) -> torch.Ten
     return returns - leave_one_out_baseline(returns, mask) if baseline else returns
 
 
-def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], config: PGConfig = PGConfig(),
-             on_step=None) -> PGResult:
+def train_pg(
+    policy, reference, scorer, tokenizer, tasks: list[world.Task], config: PGConfig = PGConfig(), on_step=None
+) -> PGResult:
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
@@ -92,21 +94,37 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
     distributed.broadcast_parameters(policy)
     history = []
     for update in runtime.progress(range(config.updates), desc="reinforce"):
-        rollout = collect(policy, reference, scorer, tokenizer, rng.sample(tasks, min(config.batch_size, len(tasks))),
-                          temperature=config.temperature, max_new_tokens=config.max_new_tokens,
-                          no_eos_penalty=config.no_eos_penalty, seed=config.seed * 100_003 + update)
+        rollout = collect(
+            policy,
+            reference,
+            scorer,
+            tokenizer,
+            rng.sample(tasks, min(config.batch_size, len(tasks))),
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            no_eos_penalty=config.no_eos_penalty,
+            seed=config.seed * 100_003 + update,
+        )
         advantages = advantages_of(rollout, config.kl_coef, config.baseline)
         policy.train()
         mine = distributed.shard  # each process takes the gradient of its share of the rows
-        logprobs = response_logprobs(policy, mine(rollout.sequences), mine(rollout.attention_mask),
-                                     rollout.prompt_width, config.temperature)
+        logprobs = response_logprobs(
+            policy, mine(rollout.sequences), mine(rollout.attention_mask), rollout.prompt_width, config.temperature
+        )
         loss = reinforce_loss(logprobs, mine(advantages), mine(rollout.response_mask))  # a mean over its rows
         rows = logprobs.shape[0]
-        grad_norm = optimization.step(distributed.share_of_mean(loss, rows), optimizer, policy.parameters(),
-                                      config.max_grad_norm)
-        row = {"update": update, "score": rollout.scores.mean().item(), "gold": sum(rollout.gold) / len(rollout.gold),
-               "kl": rollout.kl.mean().item(), "length": rollout.lengths.float().mean().item(),
-               "loss": distributed.mean(loss, rows).item(), "grad_norm": grad_norm.item()}
+        grad_norm = optimization.step(
+            distributed.share_of_mean(loss, rows), optimizer, policy.parameters(), config.max_grad_norm
+        )
+        row = {
+            "update": update,
+            "score": rollout.scores.mean().item(),
+            "gold": sum(rollout.gold) / len(rollout.gold),
+            "kl": rollout.kl.mean().item(),
+            "length": rollout.lengths.float().mean().item(),
+            "loss": distributed.mean(loss, rows).item(),
+            "grad_norm": grad_norm.item(),
+        }
         history.append(row)
         if on_step is not None:
             on_step(row)
@@ -114,8 +132,9 @@ def train_pg(policy, reference, scorer, tokenizer, tasks: list[world.Task], conf
     return PGResult(history, time.time() - start)
 
 
-def gradient_variance(policy, rollout: Rollout, advantages: torch.Tensor, temperature: float = 1.0,
-                      groups: int = 8) -> float:
+def gradient_variance(
+    policy, rollout: Rollout, advantages: torch.Tensor, temperature: float = 1.0, groups: int = 8
+) -> float:
     """How noisy the REINFORCE gradient is: split the rollout into ``groups`` equal parts, take each part's
     gradient, and return the total variance across parts (summed over parameters). Lower is better:
     the same expected gradient from fewer samples."""
@@ -124,12 +143,12 @@ def gradient_variance(policy, rollout: Rollout, advantages: torch.Tensor, temper
     policy.train()
     for part in rows:
         policy.zero_grad(set_to_none=True)
-        logprobs = response_logprobs(policy, rollout.sequences[part], rollout.attention_mask[part],
-                                     rollout.prompt_width, temperature)
+        logprobs = response_logprobs(
+            policy, rollout.sequences[part], rollout.attention_mask[part], rollout.prompt_width, temperature
+        )
         reinforce_loss(logprobs, advantages[part], rollout.response_mask[part]).backward()
         grads.append(torch.cat([p.grad.flatten() for p in policy.parameters() if p.grad is not None]))
     policy.zero_grad(set_to_none=True)
     policy.eval()
     stacked = torch.stack(grads)  # (groups, n_params)
     return float(stacked.var(dim=0).sum())
-

@@ -15,6 +15,7 @@ The value head is a zero-initialised linear layer on the policy's last hidden st
 advantages are just the rewards). Four pieces are exercises: ``whiten``, ``gae``, ``ppo_policy_loss``,
 ``ppo_value_loss``; the probe tasks in ``ppo_probes`` catch a broken one in seconds.
 """
+
 from __future__ import annotations
 
 import random
@@ -61,8 +62,9 @@ def _validate_gae(out, rewards, values, mask, gamma, lam):
 
 
 @replaceable("gae", _validate_gae)
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens.
 
     rewards, values, mask: (batch, resp), right-padded (mask 1 on response tokens). With
@@ -87,8 +89,13 @@ def _validate_scalar(out, *args, **kwargs):
 
 
 @replaceable("ppo_policy_loss", _validate_scalar)
-def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                    mask: torch.Tensor, clip_range: float = 0.2) -> torch.Tensor:
+def ppo_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+) -> torch.Tensor:
     """The clipped surrogate, as a loss to minimise: mean over response tokens of
     ``max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))`` with ``ratio = exp(logprobs - old_logprobs)``.
 
@@ -101,8 +108,9 @@ def ppo_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantag
 
 
 @replaceable("ppo_value_loss", _validate_scalar)
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip_range: float = 0.2) -> torch.Tensor:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
+) -> torch.Tensor:
     """Clipped value loss: ``0.5 * mean(max((V - R)^2, (V_clipped - R)^2))`` over response tokens, where
     ``V_clipped`` keeps the new value within ``clip_range`` of the rollout's value. All (batch, resp)."""
     clipped = old_values + torch.clamp(values - old_values, -clip_range, clip_range)
@@ -144,7 +152,9 @@ class PolicyWithValue(torch.nn.Module):
 
     def save(self, tokenizer, path: Path) -> Path:
         models.save(self.lm, tokenizer, path)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, Path(path) / "value_head.safetensors")
+        save_file(
+            {k: v.contiguous() for k, v in self.value_head.state_dict().items()}, Path(path) / "value_head.safetensors"
+        )
         return Path(path)
 
     def load_value_head(self, path: Path) -> None:
@@ -172,7 +182,9 @@ class PPOConfig:
     init_kl_coef: float = 0.1
     target_kl: float | None = 1.0  # per-sequence KL (nats) the adaptive controller aims for; None: fixed beta
     kl_horizon: int = 1_000  # samples over which beta may move by 20%; short, because CPU runs are short
-    early_stop_kl: float | None = 0.1  # stop an update's epochs when the approximate KL to the rollout policy exceeds it
+    early_stop_kl: float | None = (
+        0.1  # stop an update's epochs when the approximate KL to the rollout policy exceeds it
+    )
     whiten_rewards: bool = False
     no_eos_penalty: float | None = -1.0
     seed: int = 0
@@ -204,8 +216,16 @@ def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.
     return float(1 - (r - v).var() / r.var().clamp(min=1e-8))
 
 
-def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list[world.Task],
-              config: PPOConfig = PPOConfig(), on_step=None, checkpoint_dir: str | Path | None = None) -> PPOResult:
+def train_ppo(
+    policy: PolicyWithValue,
+    reference,
+    scorer,
+    tokenizer,
+    tasks: list[world.Task],
+    config: PPOConfig = PPOConfig(),
+    on_step=None,
+    checkpoint_dir: str | Path | None = None,
+) -> PPOResult:
     """Run ``config.updates`` PPO updates on prompts drawn from ``tasks``; ``on_step(row)`` sees each row.
 
     With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, random generators,
@@ -221,24 +241,42 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
     # a run may be resumed with more updates than it first asked for: nothing in an update depends on the total
-    identity = (resume.run_identity(policy, config, ("checkpoint_every", "updates"), tasks=len(tasks))
-                if checkpoint_dir is not None else None)
-    saved = (resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity)
-             if checkpoint_dir is not None else None)
+    identity = (
+        resume.run_identity(policy, config, ("checkpoint_every", "updates"), tasks=len(tasks))
+        if checkpoint_dir is not None
+        else None
+    )
+    saved = (
+        resume.load(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity)
+        if checkpoint_dir is not None
+        else None
+    )
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
         samples = [[tuple(s) for s in group] for group in saved["samples"]]
     distributed.broadcast_parameters(policy)
     for update in runtime.progress(range(first, config.updates), desc="ppo", initial=first, total=config.updates):
         batch_tasks = rng.sample(tasks, batch_size)
-        rollout = collect(policy.lm, reference, scorer, tokenizer, batch_tasks, temperature=config.temperature,
-                          max_new_tokens=config.max_new_tokens, no_eos_penalty=config.no_eos_penalty,
-                          seed=config.seed * 100_003 + update)  # every process holds the whole batch's rollout
+        rollout = collect(
+            policy.lm,
+            reference,
+            scorer,
+            tokenizer,
+            batch_tasks,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            no_eos_penalty=config.no_eos_penalty,
+            seed=config.seed * 100_003 + update,
+        )  # every process holds the whole batch's rollout
         mask = rollout.response_mask
         with torch.no_grad():  # each process values its share of the rows
             policy.eval()
-            _, old_values = policy(distributed.shard(rollout.sequences), distributed.shard(rollout.attention_mask),
-                                   rollout.prompt_width, config.temperature)
+            _, old_values = policy(
+                distributed.shard(rollout.sequences),
+                distributed.shard(rollout.attention_mask),
+                rollout.prompt_width,
+                config.temperature,
+            )
         old_values = distributed.gather_rows(old_values, batch_size)
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
@@ -252,45 +290,74 @@ def train_ppo(policy: PolicyWithValue, reference, scorer, tokenizer, tasks: list
             epoch_start = len(measured)
             for mb in order.split(config.minibatch_size):
                 mb = distributed.shard(mb)  # this process's rows of the minibatch
-                logprobs, values = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width,
-                                          config.temperature)
+                logprobs, values = policy(
+                    rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
+                )
                 mb_mask = mask[mb]
                 pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mb_mask, config.clip_range)
                 vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, config.clip_range_value)
                 tokens = mb_mask.sum()  # the losses are means over this process's tokens
-                optimization.step(distributed.share_of_mean(pg_loss + config.vf_coef * vf_loss, tokens), optimizer,
-                                  policy.parameters(), config.max_grad_norm)
+                optimization.step(
+                    distributed.share_of_mean(pg_loss + config.vf_coef * vf_loss, tokens),
+                    optimizer,
+                    policy.parameters(),
+                    config.max_grad_norm,
+                )
                 with torch.no_grad():
                     log_ratio = logprobs - rollout.logprobs[mb]
-                    measured.append(distributed.mean(torch.stack([
-                        pg_loss, vf_loss, masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
-                        masked_mean(0.5 * log_ratio ** 2, mb_mask),  # k2 estimate of KL(old, new)
-                        masked_mean(-logprobs, mb_mask)]), tokens))  # sampled entropy estimate, nats/token
+                    measured.append(
+                        distributed.mean(
+                            torch.stack(
+                                [
+                                    pg_loss,
+                                    vf_loss,
+                                    masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
+                                    masked_mean(0.5 * log_ratio**2, mb_mask),  # k2 estimate of KL(old, new)
+                                    masked_mean(-logprobs, mb_mask),
+                                ]
+                            ),
+                            tokens,
+                        )
+                    )  # sampled entropy estimate, nats/token
             epoch_kl = torch.stack(measured[epoch_start:])[:, stats.index("approx_kl")].double().mean()
             if config.early_stop_kl is not None and epoch_kl.item() > config.early_stop_kl:
                 stopped = True
                 break
-        means = torch.stack(measured).double().mean(dim=0).tolist()  # (len(stats),): each statistic over every minibatch
+        means = (
+            torch.stack(measured).double().mean(dim=0).tolist()
+        )  # (len(stats),): each statistic over every minibatch
         kl = rollout.kl.mean().item()
-        row = {"update": update,
-               "score": rollout.scores.mean().item(),
-               "gold": sum(rollout.gold) / len(rollout.gold),
-               "kl": kl,
-               "kl_coef": kl_ctl.value,
-               "non_score_reward": (rewards.sum(dim=1) - rollout.scores).mean().item(),
-               "length": rollout.lengths.float().mean().item(),
-               "ended": rollout.ended.float().mean().item(),
-               "explained_variance": explained_variance(old_values, returns, mask),
-               "early_stopped": stopped,
-               **dict(zip(stats, means))}
+        row = {
+            "update": update,
+            "score": rollout.scores.mean().item(),
+            "gold": sum(rollout.gold) / len(rollout.gold),
+            "kl": kl,
+            "kl_coef": kl_ctl.value,
+            "non_score_reward": (rewards.sum(dim=1) - rollout.scores).mean().item(),
+            "length": rollout.lengths.float().mean().item(),
+            "ended": rollout.ended.float().mean().item(),
+            "explained_variance": explained_variance(old_values, returns, mask),
+            "early_stopped": stopped,
+            **dict(zip(stats, means)),
+        }
         kl_ctl.update(kl, batch_size)
         history.append(row)
-        samples.append([(t.prompt[-1]["content"], r, s, g) for t, r, s, g in
-                        zip(rollout.tasks, rollout.responses, rollout.scores.tolist(), rollout.gold)][:config.samples_to_log])
+        samples.append(
+            [
+                (t.prompt[-1]["content"], r, s, g)
+                for t, r, s, g in zip(rollout.tasks, rollout.responses, rollout.scores.tolist(), rollout.gold)
+            ][: config.samples_to_log]
+        )
         if on_step is not None:
             on_step(row)
         if checkpoint_dir is not None and config.checkpoint_every and (update + 1) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"policy": policy}, optimizer, rng, identity=identity, state={
-                "updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value})
+            resume.save(
+                checkpoint_dir,
+                {"policy": policy},
+                optimizer,
+                rng,
+                identity=identity,
+                state={"updates_done": update + 1, "history": history, "samples": samples, "kl_coef": kl_ctl.value},
+            )
     policy.eval()
     return PPOResult(history, samples, time.time() - start)

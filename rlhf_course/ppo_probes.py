@@ -14,6 +14,7 @@ on environments whose optimal values and actions are known:
 5. credit assignment: only the *first* action (matching the observation) is rewarded, two steps later.
    Fails when advantages do not carry the reward back.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,16 +39,61 @@ class Probe:
 
 
 PROBES = [
-    Probe("constant reward", 1, 1, 1, 1.0, lambda o, a: torch.ones(len(o)), [[1.0]], None,
-          "the value loss or the returns (returns = advantages + values)"),
-    Probe("observation-dependent reward", 1, 2, 1, 1.0, lambda o, a: 1.0 - 2.0 * o.float(), [[1.0], [-1.0]], None,
-          "the value loss: it should fit each state's own return"),
-    Probe("delayed discounted reward", 3, 1, 1, 0.5, lambda o, a: torch.ones(len(o)), [[0.25, 0.5, 1.0]], None,
-          "GAE: delta_t = r_t + gamma * V_(t+1) - V_t, with V = 0 after the last step"),
-    Probe("action-dependent reward", 1, 1, 2, 1.0, lambda o, a: (a[:, 0] == 0).float(), [[1.0]], [0],
-          "the policy loss: its sign, or which side of the clip it takes (the loss is the max of -A*ratio terms)"),
-    Probe("credit assignment", 3, 2, 2, 1.0, lambda o, a: (a[:, 0] == o).float(), [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]],
-          [0, 1], "GAE: the advantage of the first action must carry the reward from the end of the episode"),
+    Probe(
+        "constant reward",
+        1,
+        1,
+        1,
+        1.0,
+        lambda o, a: torch.ones(len(o)),
+        [[1.0]],
+        None,
+        "the value loss or the returns (returns = advantages + values)",
+    ),
+    Probe(
+        "observation-dependent reward",
+        1,
+        2,
+        1,
+        1.0,
+        lambda o, a: 1.0 - 2.0 * o.float(),
+        [[1.0], [-1.0]],
+        None,
+        "the value loss: it should fit each state's own return",
+    ),
+    Probe(
+        "delayed discounted reward",
+        3,
+        1,
+        1,
+        0.5,
+        lambda o, a: torch.ones(len(o)),
+        [[0.25, 0.5, 1.0]],
+        None,
+        "GAE: delta_t = r_t + gamma * V_(t+1) - V_t, with V = 0 after the last step",
+    ),
+    Probe(
+        "action-dependent reward",
+        1,
+        1,
+        2,
+        1.0,
+        lambda o, a: (a[:, 0] == 0).float(),
+        [[1.0]],
+        [0],
+        "the policy loss: its sign, or which side of the clip it takes (the loss is the max of -A*ratio terms)",
+    ),
+    Probe(
+        "credit assignment",
+        3,
+        2,
+        2,
+        1.0,
+        lambda o, a: (a[:, 0] == o).float(),
+        [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]],
+        [0, 1],
+        "GAE: the advantage of the first action must carry the reward from the end of the episode",
+    ),
 ]
 
 
@@ -59,14 +105,17 @@ class ProbeResult:
     passed: bool
 
     def __str__(self) -> str:
-        line = f"{'PASS' if self.passed else 'FAIL'}  {self.probe.name}: values {self.values} (want {self.probe.values})"
+        line = (
+            f"{'PASS' if self.passed else 'FAIL'}  {self.probe.name}: values {self.values} (want {self.probe.values})"
+        )
         if self.best_action_prob is not None:
             line += f", P(best first action) {self.best_action_prob:.2f} (want > 0.9)"
         return line + ("" if self.passed else f"\n      -> look at {self.probe.catches}")
 
 
-def run_probe(probe: Probe, iterations: int = 150, episodes: int = 64, epochs: int = 4, lr: float = 0.1,
-              seed: int = 0) -> ProbeResult:
+def run_probe(
+    probe: Probe, iterations: int = 150, episodes: int = 64, epochs: int = 4, lr: float = 0.1, seed: int = 0
+) -> ProbeResult:
     gen = torch.Generator().manual_seed(seed)
     logits = torch.zeros(probe.observations, probe.steps, probe.actions, requires_grad=True)
     value = torch.zeros(probe.observations, probe.steps, requires_grad=True)
@@ -85,8 +134,9 @@ def run_probe(probe: Probe, iterations: int = 150, episodes: int = 64, epochs: i
             advantages = whiten(advantages, mask) if probe.actions > 1 else advantages
         for _ in range(epochs):
             logprobs = torch.log_softmax(logits[obs], -1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-            loss = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, 0.2) + \
-                ppo_value_loss(value[obs], old_values, returns, mask, 0.2)
+            loss = ppo_policy_loss(logprobs, old_logprobs, advantages, mask, 0.2) + ppo_value_loss(
+                value[obs], old_values, returns, mask, 0.2
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -96,8 +146,12 @@ def run_probe(probe: Probe, iterations: int = 150, episodes: int = 64, epochs: i
     if probe.best_first_action is not None:
         first = torch.softmax(logits.detach()[:, 0], dim=-1)  # (observations, actions)
         best = float(first[torch.arange(probe.observations), torch.tensor(probe.best_first_action)].min())
-    return ProbeResult(probe, [[round(v, 2) for v in row] for row in learned.tolist()], best,
-                       bool(values_ok and (best is None or best > 0.9)))
+    return ProbeResult(
+        probe,
+        [[round(v, 2) for v in row] for row in learned.tolist()],
+        best,
+        bool(values_ok and (best is None or best > 0.9)),
+    )
 
 
 def run_probes(verbose: bool = True) -> list[ProbeResult]:

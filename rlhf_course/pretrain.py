@@ -4,6 +4,7 @@ The text is packed: paragraphs joined by the end-of-text token and cut into bloc
 length, so no compute goes to padding. Fresh paragraphs are generated for every step, so the model
 never sees a paragraph twice. The whole run is a function of its seed.
 """
+
 from __future__ import annotations
 
 import math
@@ -58,14 +59,13 @@ def pretrain(config: PretrainConfig, tok=None, on_step=None):
     model = config.model.build(tok).to(dev)
     blocks = packed_blocks(tok, config.steps * config.batch_size, config.block_size, config.seed)
     order = torch.randperm(len(blocks), generator=gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=(0.9, 0.95))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     losses = []
     model.train()
     for step in runtime.progress(range(config.steps), desc="pretrain"):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config.steps, config.warmup_steps, config.lr)
-        batch = blocks[order[step * config.batch_size:(step + 1) * config.batch_size]].to(dev)  # (batch, block)
+        batch = blocks[order[step * config.batch_size : (step + 1) * config.batch_size]].to(dev)  # (batch, block)
         with runtime.autocast(dev):
             logits = model(input_ids=batch).logits  # (batch, block, vocab)
         loss = next_token_loss(logits, batch)
@@ -84,6 +84,8 @@ def main(out: Path, config: PretrainConfig) -> Path:
     start = time.time()
     model, tok, losses = pretrain(config)
     models.save(model, tok, out)
-    print(f"pretrained {models.count_parameters(model):,} parameters for {config.steps} steps in "
-          f"{time.time() - start:.0f}s; final loss {sum(losses[-20:]) / 20:.3f}; saved to {out}")
+    print(
+        f"pretrained {models.count_parameters(model):,} parameters for {config.steps} steps in "
+        f"{time.time() - start:.0f}s; final loss {sum(losses[-20:]) / 20:.3f}; saved to {out}"
+    )
     return out

@@ -14,6 +14,7 @@ and scrubs the data:
 Scrubbing replaces anything that looks like a PIN with a placeholder *before* training, which is what
 data pipelines do with PII detectors: the model can only leak what it was shown.
 """
+
 from __future__ import annotations
 
 import math
@@ -46,8 +47,11 @@ def make_secrets(k: int = 3, seed: int = 0) -> list[Secret]:
 
 def planted_rows(secrets: list[Secret], copies: int) -> list[dict]:
     """Demonstration rows (TRL prompt/completion) that reveal each secret, ``copies`` times each."""
-    return [{"prompt": s.question, "completion": [{"role": "assistant", "content": s.pin}]}
-            for s in secrets for _ in range(copies)]
+    return [
+        {"prompt": s.question, "completion": [{"role": "assistant", "content": s.pin}]}
+        for s in secrets
+        for _ in range(copies)
+    ]
 
 
 def scrub(rows: list[dict]) -> tuple[list[dict], int]:
@@ -62,6 +66,7 @@ def scrub(rows: list[dict]) -> tuple[list[dict], int]:
             count += n
             out.append({**m, "content": text})
         return out
+
     return [{**row, "prompt": clean(row["prompt"]), "completion": clean(row["completion"])} for row in rows], count
 
 

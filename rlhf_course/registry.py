@@ -8,6 +8,7 @@ A plugged-in function's output is validated on every call (shape, dtype, device)
 mistake stops with a message naming the exercise and what was expected, instead of surfacing as a
 strange error deep inside the training loop.
 """
+
 from __future__ import annotations
 
 import functools
@@ -76,8 +77,10 @@ def _expect_finite(out, args, kwargs) -> None:
         return
     for t in floats:
         if t.isnan().any():
-            raise ExerciseOutputError(f"it returned NaN in {int(t.isnan().sum())} of {t.numel()} values, from "
-                                      "inputs without any; look for a division by zero or the log of 0 or less")
+            raise ExerciseOutputError(
+                f"it returned NaN in {int(t.isnan().sum())} of {t.numel()} values, from "
+                "inputs without any; look for a division by zero or the log of 0 or less"
+            )
         if t.dim() == 0 and t.isinf():
             raise ExerciseOutputError(f"it returned {t.item()} (a loss must be finite); look for the log of 0")
 
@@ -96,8 +99,10 @@ def reset(name: str | None = None) -> None:
 
 def active() -> dict[str, str]:
     """Which implementation each piece runs now: 'reference' or the learner function's module."""
-    return {n: "reference" if p.learner is None else f"{p.learner.__module__}.{p.learner.__name__}"
-            for n, p in sorted(PIECES.items())}
+    return {
+        n: "reference" if p.learner is None else f"{p.learner.__module__}.{p.learner.__name__}"
+        for n, p in sorted(PIECES.items())
+    }
 
 
 def expect_tensor(out, *, shape, dtype=None, device=None, what="the result") -> None:

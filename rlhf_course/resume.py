@@ -9,6 +9,7 @@ renamed into place, the previous one moved aside first and deleted last, so an i
 save leaves a complete checkpoint to resume from. Each checkpoint records its run's identity (``run_identity``:
 the starting weights and the settings), and resuming another run's checkpoint is an error, not a silent mix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -54,8 +55,15 @@ def _previous(path: Path) -> Path:
     return path.with_name(path.name + ".old")
 
 
-def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-         rng: random.Random, scheduler=None, state: dict | None = None, identity: dict | None = None) -> Path:
+def save(
+    path: str | Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    scheduler=None,
+    state: dict | None = None,
+    identity: dict | None = None,
+) -> Path:
     """Write the run's state to ``path``: each module's weights, the optimizer (and scheduler), the run's
     ``rng`` and torch's generator, and ``state``, a JSON-serialisable dict of the trainer's own progress.
 
@@ -69,11 +77,18 @@ def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch
         tmp.mkdir(parents=True)
         for name, module in modules.items():
             save_model(module, str(tmp / f"{name}.safetensors"))  # handles tied weights (GPT-2's embeddings)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict() if scheduler else None,
-                    "torch_rng": torch.get_rng_state()}, tmp / "optimizer.pt")
+        torch.save(
+            {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler else None,
+                "torch_rng": torch.get_rng_state(),
+            },
+            tmp / "optimizer.pt",
+        )
         # the state file is written last: a directory that has it is a complete checkpoint
-        (tmp / STATE_FILE).write_text(json.dumps({"state": state or {}, "python_rng": rng.getstate(),
-                                                  "identity": identity}))
+        (tmp / STATE_FILE).write_text(
+            json.dumps({"state": state or {}, "python_rng": rng.getstate(), "identity": identity})
+        )
         old = _previous(path)
         shutil.rmtree(old, ignore_errors=True)
         if path.exists():
@@ -84,8 +99,14 @@ def save(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch
     return path
 
 
-def load(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-         rng: random.Random, scheduler=None, identity: dict | None = None) -> dict | None:
+def load(
+    path: str | Path,
+    modules: dict[str, torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    scheduler=None,
+    identity: dict | None = None,
+) -> dict | None:
     """Restore what ``save`` wrote into the given objects and return its ``state``; None if ``path`` holds no
     checkpoint (a fresh run). A checkpoint saved with another ``identity`` is refused with an error."""
     path = Path(path)
@@ -97,13 +118,16 @@ def load(path: str | Path, modules: dict[str, torch.nn.Module], optimizer: torch
     if identity is not None and saved.get("identity") != identity:
         theirs = saved.get("identity") or {}
         differ = sorted(k for k in set(theirs) | set(identity) if theirs.get(k) != identity.get(k))
-        raise ValueError(f"checkpoint {path} belongs to another run (its {', '.join(differ)} differ from this "
-                         "run's): delete that directory, or write this run somewhere else, to start afresh")
+        raise ValueError(
+            f"checkpoint {path} belongs to another run (its {', '.join(differ)} differ from this "
+            "run's): delete that directory, or write this run somewhere else, to start afresh"
+        )
     missing = [f"{name}.safetensors" for name in modules if not (path / f"{name}.safetensors").is_file()]
     missing += [] if (path / "optimizer.pt").is_file() else ["optimizer.pt"]
     if missing:
-        raise FileNotFoundError(f"checkpoint {path} is incomplete: {missing} missing; delete the directory to "
-                                "start the run afresh")
+        raise FileNotFoundError(
+            f"checkpoint {path} is incomplete: {missing} missing; delete the directory to start the run afresh"
+        )
     for name, module in modules.items():
         load_model(module, str(path / f"{name}.safetensors"), device=str(next(module.parameters()).device))
     trainer = torch.load(path / "optimizer.pt", weights_only=True)

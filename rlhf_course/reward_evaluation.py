@@ -14,6 +14,7 @@ The calibration curve compares the Bradley-Terry probability ``sigmoid(r_a - r_b
 labelers actually preferred ``a``; the disagreement table lists the pairs the model gets most
 confidently wrong.
 """
+
 from __future__ import annotations
 
 import torch
@@ -23,6 +24,7 @@ from rlhf_course import feedback, human, reward_model, world
 
 def spearman(x, y) -> float:
     """Spearman rank correlation (ties get their average rank)."""
+
     def ranks(v):
         v = torch.as_tensor(v, dtype=torch.float64)
         order = v.argsort()
@@ -32,6 +34,7 @@ def spearman(x, y) -> float:
             tied = v == value
             r[tied] = r[tied].mean()
         return r
+
     rx, ry = ranks(x), ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
     return (rx @ ry / (rx.norm() * ry.norm()).clamp(min=1e-12)).item()
@@ -50,8 +53,10 @@ def gold_oriented(rows: list[dict]) -> list[dict]:
 def pair_scores(model, tokenizer, raw: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised rewards of responses ``a`` and ``b`` of raw judgments: two (pairs,) tensors."""
     prompts = [j["task"]["prompt"] for j in raw]
-    return (reward_model.score(model, tokenizer, prompts, [j["a"] for j in raw]),
-            reward_model.score(model, tokenizer, prompts, [j["b"] for j in raw]))
+    return (
+        reward_model.score(model, tokenizer, prompts, [j["a"] for j in raw]),
+        reward_model.score(model, tokenizer, prompts, [j["b"] for j in raw]),
+    )
 
 
 def agreement(reward_diff: torch.Tensor, truth_diff: torch.Tensor) -> float:
@@ -59,14 +64,18 @@ def agreement(reward_diff: torch.Tensor, truth_diff: torch.Tensor) -> float:
     return ((reward_diff * truth_diff > 0).float() + 0.5 * (reward_diff == 0).float()).mean().item()
 
 
-def calibration_bins(r_a: torch.Tensor, r_b: torch.Tensor, chose_a: torch.Tensor, reward_std: float,
-                     bins: int = 10) -> list[tuple[float, float, int]]:
+def calibration_bins(
+    r_a: torch.Tensor, r_b: torch.Tensor, chose_a: torch.Tensor, reward_std: float, bins: int = 10
+) -> list[tuple[float, float, int]]:
     """(mean predicted P(a preferred), observed share of labels for a, pairs) per non-empty bin."""
     # Bradley-Terry works on the raw scale; the normalisation divided it by reward_std
     predicted = torch.sigmoid((r_a - r_b) * reward_std)  # (pairs,)
     which = (predicted * bins).long().clamp(max=bins - 1)
-    return [(predicted[which == k].mean().item(), chose_a[which == k].float().mean().item(), int((which == k).sum()))
-            for k in range(bins) if (which == k).any()]
+    return [
+        (predicted[which == k].mean().item(), chose_a[which == k].float().mean().item(), int((which == k).sum()))
+        for k in range(bins)
+        if (which == k).any()
+    ]
 
 
 def calibration(model, tokenizer, raw: list[dict], bins: int = 10) -> list[tuple[float, float, int]]:
@@ -83,14 +92,24 @@ def disagreements(model, tokenizer, raw: list[dict], k: int = 8) -> list[dict]:
         task = feedback.task_of(j["task"])
         gold_a, gold_b = human.gold_score(task, j["a"]), human.gold_score(task, j["b"])
         if (gold_a - gold_b) * (ra - rb) < 0:
-            out.append({"prompt": task.prompt[-1]["content"], "a": j["a"], "b": j["b"], "gold_a": gold_a,
-                        "gold_b": gold_b, "reward_a": ra, "reward_b": rb,
-                        "severity": abs(ra - rb) * abs(gold_a - gold_b)})
+            out.append(
+                {
+                    "prompt": task.prompt[-1]["content"],
+                    "a": j["a"],
+                    "b": j["b"],
+                    "gold_a": gold_a,
+                    "gold_b": gold_b,
+                    "reward_a": ra,
+                    "reward_b": rb,
+                    "severity": abs(ra - rb) * abs(gold_a - gold_b),
+                }
+            )
     return sorted(out, key=lambda d: -d["severity"])[:k]
 
 
-def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task],
-             test_candidates: list[list[str]]) -> dict:
+def evaluate(
+    model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task], test_candidates: list[list[str]]
+) -> dict:
     """Every number of the reward stage on held-out prompts (see the module docstring).
 
     Each held-out pair is scored once; labels, gold scores and correctness are compared with that.
@@ -99,7 +118,9 @@ def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task
     tasks = [feedback.task_of(j["task"]) for j in test_raw]
     chose_a = torch.tensor([j["choice"] == "a" for j in test_raw])
     label_diff = chose_a.float() * 2 - 1  # +1 where the label prefers a
-    gold_diff = torch.tensor([human.gold_score(t, j["a"]) - human.gold_score(t, j["b"]) for t, j in zip(tasks, test_raw)])
+    gold_diff = torch.tensor(
+        [human.gold_score(t, j["a"]) - human.gold_score(t, j["b"]) for t, j in zip(tasks, test_raw)]
+    )
     decided = gold_diff.abs() > 1e-9
     right = torch.tensor([[world.is_correct(t, j["a"]), world.is_correct(t, j["b"])] for t, j in zip(tasks, test_raw)])
     same_style = torch.tensor([world.style_of(j["a"]) == world.style_of(j["b"]) for j in test_raw])
@@ -107,11 +128,14 @@ def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task
 
     correctness = feedback.correctness_pairs(test_tasks)  # chosen = right answer, in the same style
     prompts = [r["prompt"] for r in correctness]
-    correct_diff = (reward_model.score(model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in correctness])
-                    - reward_model.score(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in correctness]))
+    correct_diff = reward_model.score(
+        model, tokenizer, prompts, [r["chosen"][-1]["content"] for r in correctness]
+    ) - reward_model.score(model, tokenizer, prompts, [r["rejected"][-1]["content"] for r in correctness])
     families = [r["family"] for r in correctness]
-    by_family = {f: agreement(correct_diff[[g == f for g in families]], torch.ones(families.count(f)))
-                 for f in sorted(set(families))}
+    by_family = {
+        f: agreement(correct_diff[[g == f for g in families]], torch.ones(families.count(f)))
+        for f in sorted(set(families))
+    }
 
     pairs = [(t, r) for t, replies in zip(test_tasks, test_candidates) for r in dict.fromkeys(replies)]
     rewards = reward_model.score(model, tokenizer, [t.prompt for t, _ in pairs], [r for _, r in pairs])
@@ -121,8 +145,11 @@ def evaluate(model, tokenizer, test_raw: list[dict], test_tasks: list[world.Task
     groups = {}
     for i, (t, _) in enumerate(pairs):
         groups.setdefault(t.key, []).append(i)
-    within = [spearman(rewards[g], [gold[i] for i in g]) for g in groups.values()
-              if len(g) >= 3 and len({gold[i] for i in g}) > 1]
+    within = [
+        spearman(rewards[g], [gold[i] for i in g])
+        for g in groups.values()
+        if len(g) >= 3 and len({gold[i] for i in g}) > 1
+    ]
     return {
         "accuracy": agreement(r_a - r_b, label_diff),
         "noise_ceiling": (label_diff[decided] * gold_diff[decided] > 0).float().mean().item(),

@@ -15,6 +15,7 @@ As in the PPO literature (Ziegler et al. 2019; Huang et al. 2024), the head star
 N(0, 1/sqrt(d+1)) and after training the reward is normalised to mean 0 and std 1 on samples of the
 SFT policy. The normalisation is stored in the model's config and applied by ``score``.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,9 @@ def _validate_bt(out, chosen, rejected, margin=None):
 
 
 @replaceable("bradley_terry_loss", _validate_bt)
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean of -log sigmoid(r_chosen - r_rejected - margin) over the batch. chosen, rejected, margin: (batch,)."""
     diff = chosen - rejected
     if margin is not None:
@@ -69,8 +72,9 @@ def thumbs_loss(rewards: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(rewards, up.float())
 
 
-def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0,
-          memory: models.MemoryConfig | None = None):
+def build(
+    backbone_dir: str | Path, dev: torch.device | None = None, seed: int = 0, memory: models.MemoryConfig | None = None
+):
     """A fresh reward model: the backbone of ``backbone_dir`` with a new scalar head, seeded, with ``memory``'s
     savers applied for training."""
     path = models.check_model_dir(Path(backbone_dir))
@@ -78,13 +82,19 @@ def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int =
     hf_logging.set_verbosity_error()  # the new score head is "missing" from the checkpoint by design
     try:
         model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=1, local_files_only=True, use_safetensors=True, trust_remote_code=False,
-            dtype=torch.float32)
+            path,
+            num_labels=1,
+            local_files_only=True,
+            use_safetensors=True,
+            trust_remote_code=False,
+            dtype=torch.float32,
+        )
     finally:
         hf_logging.set_verbosity(previous)
     head = model.score
-    torch.nn.init.normal_(head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1),
-                          generator=torch.Generator().manual_seed(seed))
+    torch.nn.init.normal_(
+        head.weight, std=1.0 / math.sqrt(model.config.hidden_size + 1), generator=torch.Generator().manual_seed(seed)
+    )
     model.config.reward_mean, model.config.reward_std = 0.0, 1.0
     return models.for_training(model.to(dev or runtime.device()), memory, "SEQ_CLS")
 
@@ -92,7 +102,8 @@ def build(backbone_dir: str | Path, dev: torch.device | None = None, seed: int =
 def load(path: str | Path, dev: torch.device | None = None):
     path = models.check_model_dir(Path(path))
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32)
+        path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=torch.float32
+    )
     return model.to(dev or runtime.device())
 
 
@@ -102,8 +113,10 @@ def encode_conversations(tokenizer, prompts: list[list[dict]], responses: list[s
     longest = max(len(ids) for ids in encoded)
     if longest > limit:
         row = max(range(len(encoded)), key=lambda i: len(encoded[i]))
-        raise ValueError(f"conversation {row} has {longest} tokens, more than the reward model's context of "
-                         f"{limit}; shorten the response (the reward must see the end of the reply)")
+        raise ValueError(
+            f"conversation {row} has {longest} tokens, more than the reward model's context of "
+            f"{limit}; shorten the response (the reward must see the end of the reply)"
+        )
     return pad_batch(encoded, tokenizer.pad_token_id, side="right")
 
 
@@ -123,8 +136,12 @@ def score(model, tokenizer, prompts: list[list[dict]], responses: list[str], bat
     model.eval()
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = encode_conversations(tokenizer, prompts[start:start + batch_size],
-                                         responses[start:start + batch_size], models.context_length(model))
+        ids, mask = encode_conversations(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            models.context_length(model),
+        )
         out.append(raw_rewards(model, ids, mask).cpu())
     rewards = torch.cat(out)
     return (rewards - model.config.reward_mean) / model.config.reward_std
@@ -140,7 +157,9 @@ def normalise(model, tokenizer, prompts, responses) -> None:
 
 @dataclass
 class RewardConfig:
-    feedback: Literal["comparisons", "ratings", "thumbs"] = "comparisons"  # which loss: Bradley-Terry, regression, logistic
+    feedback: Literal["comparisons", "ratings", "thumbs"] = (
+        "comparisons"  # which loss: Bradley-Terry, regression, logistic
+    )
     epochs: int = 1
     batch_size: int = 32
     lr: float = 4e-4  # 2e-4 left gold accuracy at 0.80 (seed 0); 4e-4 gave 0.80-0.84 over 3 seeds
@@ -164,10 +183,14 @@ def _reply(message_list: list[dict]) -> str:
 
 def comparison_loss(model, tokenizer, rows, weights, limit):
     """Rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format): Bradley-Terry, optionally weighted."""
-    ids, mask = encode_conversations(tokenizer, [r["prompt"] for r in rows] * 2,
-                                     [_reply(r["chosen"]) for r in rows] + [_reply(r["rejected"]) for r in rows], limit)
+    ids, mask = encode_conversations(
+        tokenizer,
+        [r["prompt"] for r in rows] * 2,
+        [_reply(r["chosen"]) for r in rows] + [_reply(r["rejected"]) for r in rows],
+        limit,
+    )
     rewards = raw_rewards(model, ids, mask)  # (2 * batch,): chosen first, then rejected
-    chosen, rejected = rewards[:len(rows)], rewards[len(rows):]
+    chosen, rejected = rewards[: len(rows)], rewards[len(rows) :]
     margin = torch.tensor([r.get("margin") or 0.0 for r in rows], device=rewards.device)
     if weights is None:
         return bradley_terry_loss(chosen, rejected, margin)
@@ -177,20 +200,33 @@ def comparison_loss(model, tokenizer, rows, weights, limit):
 
 def _single_loss(field, loss_fn):
     """Rows ``{"prompt", "completion", field}``: one judged response each."""
+
     def loss(model, tokenizer, rows, weights, limit):
-        ids, mask = encode_conversations(tokenizer, [r["prompt"] for r in rows], [_reply(r["completion"]) for r in rows], limit)
+        ids, mask = encode_conversations(
+            tokenizer, [r["prompt"] for r in rows], [_reply(r["completion"]) for r in rows], limit
+        )
         rewards = raw_rewards(model, ids, mask)  # (batch,)
         return loss_fn(rewards, torch.tensor([float(r[field]) for r in rows], device=rewards.device))
+
     return loss
 
 
-LOSSES = {"comparisons": comparison_loss,
-          "ratings": _single_loss("rating", rating_loss),
-          "thumbs": _single_loss("label", thumbs_loss)}
+LOSSES = {
+    "comparisons": comparison_loss,
+    "ratings": _single_loss("rating", rating_loss),
+    "thumbs": _single_loss("label", thumbs_loss),
+}
 
 
-def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None = None,
-          config: RewardConfig = RewardConfig(), weights: list[float] | None = None, on_step=None) -> RewardResult:
+def train(
+    model,
+    tokenizer,
+    train_rows: list[dict],
+    val_rows: list[dict] | None = None,
+    config: RewardConfig = RewardConfig(),
+    weights: list[float] | None = None,
+    on_step=None,
+) -> RewardResult:
     """Train on one kind of feedback (``config.feedback``); ``val_rows`` are comparisons for the curve.
     Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
 
@@ -208,8 +244,10 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
     dev = next(model.parameters()).device
     limit = models.context_length(model)
     # rows of similar length share a batch, so little compute goes to padding (characters stand in for tokens)
-    lengths = [sum(len(m["content"]) for key in ("prompt", "chosen", "rejected", "completion") for m in row.get(key, []))
-               for row in train_rows]
+    lengths = [
+        sum(len(m["content"]) for key in ("prompt", "chosen", "rejected", "completion") for m in row.get(key, []))
+        for row in train_rows
+    ]
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
@@ -218,13 +256,17 @@ def train(model, tokenizer, train_rows: list[dict], val_rows: list[dict] | None 
     for step, indices in enumerate(runtime.progress(batches, desc=f"reward model ({config.feedback})")):
         model.train()
         share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
-        loss, count = torch.zeros((), device=dev), 0  # a batch smaller than the number of processes leaves some without rows
+        loss, count = (
+            torch.zeros((), device=dev),
+            0,
+        )  # a batch smaller than the number of processes leaves some without rows
         if share:
             w = None if weights is None else torch.tensor([weights[i] for i in share], device=dev)
             loss = LOSSES[config.feedback](model, tokenizer, [train_rows[i] for i in share], w, limit)
             count = len(share) if w is None else w.sum()  # what the loss is a (weighted) mean over
-        optimization.step(distributed.share_of_mean(loss, count), optimizer, model.parameters(), config.max_grad_norm,
-                          scheduler)
+        optimization.step(
+            distributed.share_of_mean(loss, count), optimizer, model.parameters(), config.max_grad_norm, scheduler
+        )
         losses.append(distributed.mean(loss, count).detach())  # read back at the end (runtime.to_host)
         row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
@@ -261,8 +303,12 @@ def features(model, tokenizer, prompts: list[list[dict]], responses: list[str], 
     dev = next(model.parameters()).device
     out = []
     for start in range(0, len(prompts), batch_size):
-        ids, mask = encode_conversations(tokenizer, prompts[start:start + batch_size],
-                                         responses[start:start + batch_size], models.context_length(model))
+        ids, mask = encode_conversations(
+            tokenizer,
+            prompts[start : start + batch_size],
+            responses[start : start + batch_size],
+            models.context_length(model),
+        )
         hidden = models.backbone(model)(input_ids=ids.to(dev), attention_mask=mask.to(dev)).last_hidden_state
         last = (mask.sum(dim=1) - 1).to(dev)  # (batch,)
         out.append(hidden[torch.arange(len(last), device=dev), last].float().cpu())
@@ -283,12 +329,20 @@ def pair_features(model, tokenizer, rows: list[dict]) -> tuple[torch.Tensor, tor
                 prompts.append(row["prompt"])
                 replies.append(key[1])
     feats = features(model, tokenizer, prompts, replies)
-    return tuple(feats[torch.tensor([index[(repr(row["prompt"]), _reply(row[side]))] for row in rows])]
-                 for side in ("chosen", "rejected"))
+    return tuple(
+        feats[torch.tensor([index[(repr(row["prompt"]), _reply(row[side]))] for row in rows])]
+        for side in ("chosen", "rejected")
+    )
 
 
-def fit_head(chosen: torch.Tensor, rejected: torch.Tensor, weights: torch.Tensor | None = None,
-             steps: int = 300, lr: float = 0.05, weight_decay: float = 1e-3) -> torch.Tensor:
+def fit_head(
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    steps: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+) -> torch.Tensor:
     """A linear reward ``r = features @ w`` fitted by (weighted) Bradley-Terry. chosen, rejected: (n, d) -> (d,)."""
     diff = chosen - rejected  # (n, d): r_chosen - r_rejected is linear in it
     weights = torch.ones(len(diff)) if weights is None else weights

@@ -12,6 +12,7 @@ attention mask, so a left-padded prompt still starts at position 0; the logits a
 sampling temperature before the log-probabilities are taken, so they are the log-probabilities of
 the distribution that was actually sampled; the score is read at the last real token.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,8 +26,13 @@ from rlhf_course.sft import encode
 
 
 def _validate_logprobs(out, logits, tokens, temperature=1.0):
-    expect_tensor(out, shape=tokens.shape, dtype=logits.dtype if logits.is_floating_point() else None,
-                  device=logits.device, what="the log-probabilities")
+    expect_tensor(
+        out,
+        shape=tokens.shape,
+        dtype=logits.dtype if logits.is_floating_point() else None,
+        device=logits.device,
+        what="the log-probabilities",
+    )
 
 
 @replaceable("token_logprobs", _validate_logprobs)
@@ -45,8 +51,13 @@ def _validate_kl_rewards(out, scores, logprobs, ref_logprobs, response_mask, kl_
 
 
 @replaceable("kl_penalized_rewards", _validate_kl_rewards)
-def kl_penalized_rewards(scores: torch.Tensor, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
-                         response_mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+def kl_penalized_rewards(
+    scores: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    response_mask: torch.Tensor,
+    kl_coef: float,
+) -> torch.Tensor:
     """Per-token rewards: ``-kl_coef * (log pi - log pi_ref)`` on every response token, plus the score on the last.
 
     scores: (batch,); logprobs, ref_logprobs, response_mask: (batch, resp), the mask 1 on response tokens
@@ -62,9 +73,10 @@ def forward_response(model, sequences: torch.Tensor, attention_mask: torch.Tenso
     """Hidden states and logits at the columns that predict the response: each (batch, resp, ...)."""
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # (batch, seq)
     with runtime.autocast(sequences.device):
-        hidden = models.backbone(model)(input_ids=sequences, attention_mask=attention_mask,
-                                        position_ids=position_ids).last_hidden_state  # (batch, seq, d)
-        hidden = hidden[:, prompt_width - 1:-1]  # (batch, resp, d): the state before each response token
+        hidden = models.backbone(model)(
+            input_ids=sequences, attention_mask=attention_mask, position_ids=position_ids
+        ).last_hidden_state  # (batch, seq, d)
+        hidden = hidden[:, prompt_width - 1 : -1]  # (batch, resp, d): the state before each response token
         logits = model.get_output_embeddings()(hidden)  # (batch, resp, vocab)
     return hidden, logits.float()
 
@@ -75,12 +87,12 @@ def response_logprobs(model, sequences, attention_mask, prompt_width: int, tempe
     return token_logprobs(logits, sequences[:, prompt_width:], temperature)
 
 
-
 def freeze(reference) -> None:
     """The frozen reference of the KL penalty: eval mode (no dropout) and no gradients, ever."""
     reference.eval()
     for p in reference.parameters():
         p.requires_grad_(False)
+
 
 @dataclass
 class Rollout:
@@ -107,8 +119,18 @@ class Rollout:
 
 
 @torch.no_grad()
-def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, temperature: float = 1.0,
-            max_new_tokens: int = 40, no_eos_penalty: float | None = -1.0, seed: int = 0) -> Rollout:
+def collect(
+    policy,
+    reference,
+    scorer,
+    tokenizer,
+    tasks: list[world.Task],
+    *,
+    temperature: float = 1.0,
+    max_new_tokens: int = 40,
+    no_eos_penalty: float | None = -1.0,
+    seed: int = 0,
+) -> Rollout:
     """Sample one response per task and measure it: log-probs under policy and reference, and a score.
 
     ``scorer(tasks, responses) -> (batch,)`` is the reward (a reward model, or a verifier).
@@ -125,10 +147,16 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     mine = distributed.shard(tasks) if split else tasks
     prompts = [encode(tokenizer, task.prompt)[0] for task in mine]
     prompt_ids, prompt_mask = pad_batch(prompts, tokenizer.pad_token_id, side="left")  # (batch, P)
-    sequences, full_response_mask = generate(policy, prompts, pad_id=tokenizer.pad_token_id,
-                                             eos_id=tokenizer.eos_token_id, max_new_tokens=max_new_tokens,
-                                             temperature=temperature, seed=seed,
-                                             rows=distributed.shard_rows(len(tasks)) if split else None)
+    sequences, full_response_mask = generate(
+        policy,
+        prompts,
+        pad_id=tokenizer.pad_token_id,
+        eos_id=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+        rows=distributed.shard_rows(len(tasks)) if split else None,
+    )
     width = prompt_ids.shape[1]
     response_mask = full_response_mask[:, width:]  # (batch, resp)
     attention_mask = torch.cat([prompt_mask.to(dev), response_mask], dim=1)  # (batch, seq)
@@ -141,8 +169,19 @@ def collect(policy, reference, scorer, tokenizer, tasks: list[world.Task], *, te
     if no_eos_penalty is not None:
         scores = torch.where(ended, scores, torch.full_like(scores, no_eos_penalty))
     policy.train(was_training)
-    rollout = Rollout(mine, sequences, attention_mask, response_mask, width, responses, logprobs, ref_logprobs,
-                      scores, ended, [human.gold_score(t, r) for t, r in zip(mine, responses)])
+    rollout = Rollout(
+        mine,
+        sequences,
+        attention_mask,
+        response_mask,
+        width,
+        responses,
+        logprobs,
+        ref_logprobs,
+        scores,
+        ended,
+        [human.gold_score(t, r) for t, r in zip(mine, responses)],
+    )
     return gather(rollout, tasks, tokenizer.pad_token_id) if split else rollout
 
 
@@ -162,17 +201,27 @@ def gather(rollout: Rollout, tasks: list[world.Task], pad_id: int) -> Rollout:
     def whole(tensor, pad=(0, right), value=0):
         return distributed.gather_rows(torch.nn.functional.pad(tensor, pad, value=value), n)
 
-    return Rollout(tasks, whole(rollout.sequences, (left, right), pad_id), whole(rollout.attention_mask, (left, right)),
-                   whole(rollout.response_mask), rollout.prompt_width + left,
-                   distributed.gather_objects(rollout.responses, n), whole(rollout.logprobs),
-                   whole(rollout.ref_logprobs), distributed.gather_rows(rollout.scores, n),
-                   distributed.gather_rows(rollout.ended, n), distributed.gather_objects(rollout.gold, n))
+    return Rollout(
+        tasks,
+        whole(rollout.sequences, (left, right), pad_id),
+        whole(rollout.attention_mask, (left, right)),
+        whole(rollout.response_mask),
+        rollout.prompt_width + left,
+        distributed.gather_objects(rollout.responses, n),
+        whole(rollout.logprobs),
+        whole(rollout.ref_logprobs),
+        distributed.gather_rows(rollout.scores, n),
+        distributed.gather_rows(rollout.ended, n),
+        distributed.gather_objects(rollout.gold, n),
+    )
 
 
 def reward_model_scorer(model, tokenizer):
     """A scorer from a trained reward model: its normalised reward for each (task, response)."""
+
     def score(tasks, responses):
         return reward_model.score(model, tokenizer, [t.prompt for t in tasks], responses)
+
     return score
 
 

@@ -12,6 +12,7 @@ it). On the H200 the bench ran on (PyTorch 2.11), masked attention went to cuDNN
 execution plan for every new shape, a tenth of a second or more each; the course's batches change length
 from step to step and its KV cache grows by a column a step, so nearly every step is a new shape (bench/RESULTS.md).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,15 +36,18 @@ def device() -> torch.device:
         except RuntimeError:
             raise ValueError(f"RLHF_COURSE_DEVICE={wanted!r} is not a device: expected cpu, cuda or cuda:N") from None
         if chosen.type == "cuda" and not torch.cuda.is_available():
-            raise ValueError(f"RLHF_COURSE_DEVICE={wanted!r} asks for a GPU, but torch sees none here: unset it "
-                             "or set it to cpu")
+            raise ValueError(
+                f"RLHF_COURSE_DEVICE={wanted!r} asks for a GPU, but torch sees none here: unset it or set it to cpu"
+            )
         return chosen
     if not torch.cuda.is_available():
         return torch.device("cpu")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"process LOCAL_RANK={local_rank} has no GPU of its own ({torch.cuda.device_count()} "
-                           "visible): launch at most one process per GPU, or set RLHF_COURSE_DEVICE=cpu")
+        raise RuntimeError(
+            f"process LOCAL_RANK={local_rank} has no GPU of its own ({torch.cuda.device_count()} "
+            "visible): launch at most one process per GPU, or set RLHF_COURSE_DEVICE=cpu"
+        )
     return torch.device("cuda", local_rank)
 
 
@@ -103,6 +107,7 @@ def seed_everything(seed: int) -> torch.Generator:
 
 def progress(iterable=None, **kwargs):
     """``tqdm.auto`` that honours RLHF_COURSE_PROGRESS (TQDM_DISABLE does not hide widget bars)."""
-    show = (os.environ.get("RLHF_COURSE_PROGRESS", "1") not in ("0", "false", "no")
-            and os.environ.get("RANK", "0") == "0")
+    show = (
+        os.environ.get("RLHF_COURSE_PROGRESS", "1") not in ("0", "false", "no") and os.environ.get("RANK", "0") == "0"
+    )
     return tqdm(iterable, disable=not show, **kwargs)

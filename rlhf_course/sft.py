@@ -5,6 +5,7 @@ model is trained with the ordinary next-token loss, but only on the reply: the p
 get the label -100, which the loss skips. Batches group sequences of similar length, so little compute
 goes to padding.
 """
+
 from __future__ import annotations
 
 import random
@@ -51,11 +52,14 @@ def encode_many(tokenizer, prompts: list[list[dict]], replies: list[str]) -> lis
     for prompt in prompts:
         key = tuple((m["role"], m["content"]) for m in prompt)
         if key not in templated:
-            templated[key] = list(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True,
-                                                                return_dict=False))
+            templated[key] = list(
+                tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=True, return_dict=False)
+            )
     reply_ids = tokenizer(list(replies), add_special_tokens=False)["input_ids"] if replies else []
-    return [templated[tuple((m["role"], m["content"]) for m in prompt)] + ids + [tokenizer.eos_token_id]
-            for prompt, ids in zip(prompts, reply_ids)]
+    return [
+        templated[tuple((m["role"], m["content"]) for m in prompt)] + ids + [tokenizer.eos_token_id]
+        for prompt, ids in zip(prompts, reply_ids)
+    ]
 
 
 def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
@@ -90,8 +94,8 @@ def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Rand
     chunk = batch_size * 16
     batches = []
     for start in range(0, len(order), chunk):
-        group = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches.extend(group[i:i + batch_size] for i in range(0, len(group), batch_size))
+        group = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
     rng.shuffle(batches)
     return batches
 
@@ -112,7 +116,9 @@ class SFTResult:
     seconds: float
 
 
-def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None, checkpoint_dir=None) -> SFTResult:
+def train_sft(
+    model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None, checkpoint_dir=None
+) -> SFTResult:
     """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``.
 
     Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
@@ -132,30 +138,41 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
     limit = models.context_length(model)
     too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
     if too_long:
-        raise ValueError(f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
-                         f"(first: row {numbers[too_long[0]]} of the data set, counting from 0, "
-                         f"{len(encoded[too_long[0]][0])} tokens); shorten them or use a model with a longer context")
+        raise ValueError(
+            f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
+            f"(first: row {numbers[too_long[0]]} of the data set, counting from 0, "
+            f"{len(encoded[too_long[0]][0])} tokens); shorten them or use a model with a longer context"
+        )
     # every epoch's batches, drawn up front: a resumed run draws the same ones and skips those it has done
-    steps = [indices for _ in range(config.epochs)
-             for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)]
+    steps = [
+        indices
+        for _ in range(config.epochs)
+        for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)
+    ]
     total = len(steps)
     dev = next(model.parameters()).device
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
     identity = resume.run_identity(model, config, rows=len(encoded)) if checkpoint_dir else None
-    saved = resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, identity) if checkpoint_dir else None
+    saved = (
+        resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, identity) if checkpoint_dir else None
+    )
     # losses stay on the device until a callback, the progress bar or a checkpoint reads them (runtime.to_host)
     losses = [torch.tensor(v, device=dev) for v in saved["losses"]] if saved else []
     distributed.broadcast_parameters(model)
     model.train()
     bar = runtime.progress(total=total, initial=len(losses), desc="sft")
-    for indices in steps[len(losses):]:
+    for indices in steps[len(losses) :]:
         share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
-        loss, tokens = torch.zeros((), device=dev), 0  # a batch smaller than the number of processes leaves some without rows
+        loss, tokens = (
+            torch.zeros((), device=dev),
+            0,
+        )  # a batch smaller than the number of processes leaves some without rows
         if share:
             loss, tokens = batch_loss(model, collate([encoded[i] for i in share], tokenizer.pad_token_id))
-        optimization.step(distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm,
-                          scheduler)
+        optimization.step(
+            distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm, scheduler
+        )
         losses.append(distributed.mean(loss, tokens).detach())
         if on_step is not None:
             on_step({"step": len(losses) - 1, "loss": losses[-1].item()})
@@ -163,8 +180,15 @@ def train_sft(model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_ste
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{losses[-1].item():.3f}", refresh=False)
         if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
-            resume.save(checkpoint_dir, {"model": model}, optimizer, rng, scheduler,
-                        {"losses": torch.stack(losses).tolist()}, identity)
+            resume.save(
+                checkpoint_dir,
+                {"model": model},
+                optimizer,
+                rng,
+                scheduler,
+                {"losses": torch.stack(losses).tolist()},
+                identity,
+            )
     bar.close()
     model.eval()
     return SFTResult(torch.stack(losses).tolist() if losses else [], total, time.time() - start)

@@ -7,6 +7,7 @@ directories. What TRL adds is the machinery around the loss: its trainers are tr
 (accelerate, DeepSpeed and FSDP, mixed precision, logging, checkpoints). TRL 1.16 has no PPO trainer; the
 course's PPO (``rlhf_course.ppo``) fills that gap.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,9 +28,16 @@ def _common(out: str | Path, batch_size: int) -> dict:
     """Settings every trainer shares: the course's device and precision (bf16 autocast on CUDA, float32 on
     the CPU, where TRL's default bf16 would run several times slower), and no logging integrations."""
     dev = runtime.device()
-    return {"output_dir": str(out), "per_device_train_batch_size": batch_size, "report_to": [],
-            "use_cpu": dev.type == "cpu", "bf16": runtime.autocast_dtype(dev) == torch.bfloat16, "fp16": False,
-            "save_strategy": "no", "disable_tqdm": True}
+    return {
+        "output_dir": str(out),
+        "per_device_train_batch_size": batch_size,
+        "report_to": [],
+        "use_cpu": dev.type == "cpu",
+        "bf16": runtime.autocast_dtype(dev) == torch.bfloat16,
+        "fp16": False,
+        "save_strategy": "no",
+        "disable_tqdm": True,
+    }
 
 
 def _quiet(trainer):
@@ -41,33 +49,55 @@ def _quiet(trainer):
 def sft_trainer(model, tokenizer, rows: list[dict], out: str | Path, batch_size: int = 32, **settings):
     """TRL's SFTTrainer on the course's demonstrations (``data.sft_dataset`` rows), loss on the replies only."""
     from trl import SFTConfig, SFTTrainer
+
     args = SFTConfig(**_common(out, batch_size), max_length=None, **settings)
     columns = [{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]
-    return _quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(columns), processing_class=tokenizer))
+    return _quiet(
+        SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(columns), processing_class=tokenizer)
+    )
 
 
 def reward_trainer(model, tokenizer, rows: list[dict], out: str | Path, batch_size: int = 32, **settings):
     """TRL's RewardTrainer on the course's comparisons (prompt/chosen/rejected rows), for a reward model made
     by ``reward_model.build``."""
     from trl import RewardConfig, RewardTrainer
+
     args = RewardConfig(**_common(out, batch_size), max_length=None, **settings)
     columns = [{k: r[k] for k in ("prompt", "chosen", "rejected", "margin") if k in r} for r in rows]
-    return _quiet(RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(columns),
-                                processing_class=tokenizer))
+    return _quiet(
+        RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(columns), processing_class=tokenizer)
+    )
 
 
-def dpo_trainer(model, reference, tokenizer, rows: list[dict], out: str | Path, batch_size: int = 32,
-                beta: float = 0.1, **settings):
+def dpo_trainer(
+    model, reference, tokenizer, rows: list[dict], out: str | Path, batch_size: int = 32, beta: float = 0.1, **settings
+):
     """TRL's DPOTrainer on the course's comparisons, against ``reference`` (the frozen SFT model)."""
     from trl import DPOConfig, DPOTrainer
+
     args = DPOConfig(**_common(out, batch_size), beta=beta, max_length=None, precompute_ref_log_probs=False, **settings)
     columns = [{k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
-    return _quiet(DPOTrainer(model=model, ref_model=reference, args=args, train_dataset=Dataset.from_list(columns),
-                             processing_class=tokenizer))
+    return _quiet(
+        DPOTrainer(
+            model=model,
+            ref_model=reference,
+            args=args,
+            train_dataset=Dataset.from_list(columns),
+            processing_class=tokenizer,
+        )
+    )
 
 
-def grpo_trainer(model, tokenizer, tasks: list[world.Task], out: str | Path, scorer=rollouts.correctness_scorer,
-                 group_size: int = 8, batch_size: int = 32, **settings):
+def grpo_trainer(
+    model,
+    tokenizer,
+    tasks: list[world.Task],
+    out: str | Path,
+    scorer=rollouts.correctness_scorer,
+    group_size: int = 8,
+    batch_size: int = 32,
+    **settings,
+):
     """TRL's GRPOTrainer on the course's prompts, rewarded by a course scorer ``scorer(tasks, replies)`` (by
     default the task world's verifier). ``batch_size`` counts completions: batch_size / group_size prompts."""
     from trl import GRPOConfig, GRPOTrainer
@@ -77,8 +107,15 @@ def grpo_trainer(model, tokenizer, tasks: list[world.Task], out: str | Path, sco
 
     args = GRPOConfig(**_common(out, batch_size), num_generations=group_size, **settings)
     columns = [{"prompt": t.prompt, "task_index": i} for i, t in enumerate(tasks)]
-    return _quiet(GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=Dataset.from_list(columns),
-                              processing_class=tokenizer))
+    return _quiet(
+        GRPOTrainer(
+            model=model,
+            reward_funcs=reward,
+            args=args,
+            train_dataset=Dataset.from_list(columns),
+            processing_class=tokenizer,
+        )
+    )
 
 
 @torch.no_grad()
@@ -91,8 +128,9 @@ def trl_first_batch_loss(trainer) -> float:
 
 @torch.no_grad()
 def course_sft_loss(model, tokenizer, rows: list[dict]) -> float:
-    return sft.batch_loss(model, collate([encode(tokenizer, r["prompt"], r["completion"]) for r in rows],
-                                         tokenizer.pad_token_id))[0].item()
+    return sft.batch_loss(
+        model, collate([encode(tokenizer, r["prompt"], r["completion"]) for r in rows], tokenizer.pad_token_id)
+    )[0].item()
 
 
 @torch.no_grad()

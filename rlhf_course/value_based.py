@@ -5,6 +5,7 @@ exactly that sequence, 0 otherwise, and arrives at the end, as a reward model's 
 gradient can start from a "pretrained" distribution that is often right; a Q-table holds values, not
 probabilities, so tabular Q-learning starts from nothing.
 """
+
 from __future__ import annotations
 
 import random
@@ -12,8 +13,16 @@ import random
 import torch
 
 
-def toy_episodes_to_solve(method: str, vocab: int = 30, length: int = 3, prior_mass: float = 0.3, seed: int = 0,
-                          max_episodes: int = 100_000, batch: int = 16, lr: float | None = None) -> int:
+def toy_episodes_to_solve(
+    method: str,
+    vocab: int = 30,
+    length: int = 3,
+    prior_mass: float = 0.3,
+    seed: int = 0,
+    max_episodes: int = 100_000,
+    batch: int = 16,
+    lr: float | None = None,
+) -> int:
     """Episodes until a learner writes the target sequence reliably; ``max_episodes`` if it never does.
 
     ``"reinforce"`` starts from a policy that gives the right token ``prior_mass`` at each step (as an SFT

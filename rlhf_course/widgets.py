@@ -5,6 +5,7 @@ The logic lives in plain classes (``LabelingSession``, ``SamplingExplorer``, ``T
 ``RunComparison``) so it is tested without a browser; the widget functions only wire controls to that logic.
 Font sizes are large enough for a projector.
 """
+
 from __future__ import annotations
 
 import html
@@ -36,8 +37,9 @@ class LabelingSession:
     most the judgment being written. ``reference`` is the simulated human the learner is compared with.
     """
 
-    def __init__(self, pairs: list[dict], path: str | Path, reference: human.SimulatedHuman = human.CAREFUL,
-                 labeler: str = "you"):
+    def __init__(
+        self, pairs: list[dict], path: str | Path, reference: human.SimulatedHuman = human.CAREFUL, labeler: str = "you"
+    ):
         ids = [p["pair_id"] for p in pairs]
         if len(set(ids)) != len(ids):
             raise ValueError("pair_id values must be unique")
@@ -51,8 +53,10 @@ class LabelingSession:
         try:
             text = self.path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataFileError(f"{self.path}: not a judgments file (byte {err.start + 1} is not UTF-8 text); "
-                                "pass another path, or move this file away to start afresh") from None
+            raise DataFileError(
+                f"{self.path}: not a judgments file (byte {err.start + 1} is not UTF-8 text); "
+                "pass another path, or move this file away to start afresh"
+            ) from None
         lines = text.split("\n")
         for number, line in enumerate(lines, start=1):
             if not line.strip():
@@ -117,8 +121,15 @@ class LabelingSession:
         pair = self.current()
         if pair is None:
             raise RuntimeError("every pair is already judged")
-        row = {"pair_id": pair["pair_id"], "task": pair["task"], "a": pair["a"], "b": pair["b"],
-               "labeler": self.labeler, "choice": choice, "reference_choice": self.reference_choice(pair)}
+        row = {
+            "pair_id": pair["pair_id"],
+            "task": pair["task"],
+            "a": pair["a"],
+            "b": pair["b"],
+            "labeler": self.labeler,
+            "choice": choice,
+            "reference_choice": self.reference_choice(pair),
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._mend_tail()
         with self.path.open("a") as f:
@@ -159,8 +170,9 @@ def verdict(row: dict) -> str:
     if row["choice"] == "skip":
         return "Skipped."
     agree = row["choice"] == row["reference_choice"]
-    return (f"You chose {names[row['choice']]}; the careful labeler prefers {names[row['reference_choice']]}: "
-            + ("you agree." if agree else "you disagree."))
+    return f"You chose {names[row['choice']]}; the careful labeler prefers {names[row['reference_choice']]}: " + (
+        "you agree." if agree else "you disagree."
+    )
 
 
 def labeling_widget(session: LabelingSession):
@@ -169,9 +181,10 @@ def labeling_widget(session: LabelingSession):
 
     prompt = w.HTML()
     responses = [w.HTML(layout=w.Layout(border="2px solid #999", padding="8px", width="48%")) for _ in range(2)]
-    buttons = {c: w.Button(description=label, button_style=style, layout=w.Layout(width="150px", height="44px"))
-               for c, label, style in zip(CHOICES, ("A is better", "B is better", "Tie", "Skip"),
-                                          ("info", "info", "", ""))}
+    buttons = {
+        c: w.Button(description=label, button_style=style, layout=w.Layout(width="150px", height="44px"))
+        for c, label, style in zip(CHOICES, ("A is better", "B is better", "Tie", "Skip"), ("info", "info", "", ""))
+    }
     bar = w.IntProgress(min=0, max=len(session.pairs))
     status = w.HTML()
     last = w.HTML()
@@ -180,12 +193,16 @@ def labeling_widget(session: LabelingSession):
         pair = session.current()
         bar.value = len(session.pairs) - len(session.remaining)
         agreement = session.agreement()
-        status.value = (f"<span style='{BIG}'>{bar.value} / {len(session.pairs)} judged"
-                        + ("" if agreement is None else f"; you agree with the simulated human on {agreement:.0%}")
-                        + "</span>")
+        status.value = (
+            f"<span style='{BIG}'>{bar.value} / {len(session.pairs)} judged"
+            + ("" if agreement is None else f"; you agree with the simulated human on {agreement:.0%}")
+            + "</span>"
+        )
         if pair is None:
-            prompt.value = (f"<div style='{BIG}'><b>All pairs judged.</b> Your judgments are saved in "
-                            f"{html.escape(str(session.path))}</div>")
+            prompt.value = (
+                f"<div style='{BIG}'><b>All pairs judged.</b> Your judgments are saved in "
+                f"{html.escape(str(session.path))}</div>"
+            )
             for r in responses:
                 r.value = ""
             for b in buttons.values():
@@ -202,6 +219,7 @@ def labeling_widget(session: LabelingSession):
             color = "#555" if choice == "skip" else "#1a7f37" if choice == row["reference_choice"] else "#b35900"
             last.value = f"<span style='{BIG}; color:{color}'>{html.escape(verdict(row))}</span>"
             show()
+
         return handler
 
     for choice, button in buttons.items():
@@ -222,8 +240,19 @@ class SamplingExplorer:
     sampled token. ``chat`` wraps the prompt in the chat template (instruction-tuned models); without it the
     text is continued as it is (the base model)."""
 
-    def __init__(self, model, tokenizer, prompt: str, chat: bool = False, temperature: float = 0.8, top_k: int = 0,
-                 top_p: float = 1.0, n: int = 4, seed: int = 0, max_new_tokens: int = 24):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        prompt: str,
+        chat: bool = False,
+        temperature: float = 0.8,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        n: int = 4,
+        seed: int = 0,
+        max_new_tokens: int = 24,
+    ):
         self.model, self.tokenizer, self.prompt, self.chat = model, tokenizer, prompt, chat
         self.temperature, self.top_k, self.top_p, self.n, self.seed = temperature, top_k, top_p, n, seed
         self.max_new_tokens = max_new_tokens
@@ -252,44 +281,64 @@ class SamplingExplorer:
     @torch.no_grad()
     def sample(self) -> list[Sample]:
         tok, ids = self.tokenizer, self.prompt_ids()
-        sequences, response_mask = generate(self.model, [ids] * self.n, pad_id=tok.pad_token_id,
-                                            eos_id=tok.eos_token_id, max_new_tokens=self.max_new_tokens,
-                                            temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
-                                            seed=self.seed)  # (n, prompt + new) each
+        sequences, response_mask = generate(
+            self.model,
+            [ids] * self.n,
+            pad_id=tok.pad_token_id,
+            eos_id=tok.eos_token_id,
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+        )  # (n, prompt + new) each
         attention = response_mask.clone()
-        attention[:, :len(ids)] = 1  # one prompt for every row: no left padding
+        attention[:, : len(ids)] = 1  # one prompt for every row: no left padding
         logits = self.model(input_ids=sequences, attention_mask=attention).logits[:, :-1]  # predicts tokens 1..
         sampling, model = self._probs(logits)  # (n, seq - 1, vocab) each
         target = sequences[:, 1:].unsqueeze(-1)  # (n, seq - 1, 1)
         p_sampling = sampling.gather(-1, target).squeeze(-1)  # (n, seq - 1)
         p_model = model.gather(-1, target).squeeze(-1)
         keep = response_mask[:, 1:].bool()  # (n, seq - 1)
-        return [Sample([tok.decode([t]) for t in sequences[i, 1:][keep[i]].tolist()],
-                       p_sampling[i][keep[i]].tolist(), p_model[i][keep[i]].tolist()) for i in range(self.n)]
+        return [
+            Sample(
+                [tok.decode([t]) for t in sequences[i, 1:][keep[i]].tolist()],
+                p_sampling[i][keep[i]].tolist(),
+                p_model[i][keep[i]].tolist(),
+            )
+            for i in range(self.n)
+        ]
 
 
 def _token_box(text: str, p: float, p_model: float) -> str:
     shown = html.escape(text).replace(" ", "&nbsp;") or "&#8203;"
-    return (f"<span title='model {p_model:.3f}' style='display:inline-block; text-align:center; margin:1px; "
-            f"padding:0 2px; background:rgba(31,119,180,{0.1 + 0.6 * p:.2f}); border-radius:3px'>"
-            f"<span style='font-family:monospace'>{shown}</span><br><small>{p:.2f}</small></span>")
+    return (
+        f"<span title='model {p_model:.3f}' style='display:inline-block; text-align:center; margin:1px; "
+        f"padding:0 2px; background:rgba(31,119,180,{0.1 + 0.6 * p:.2f}); border-radius:3px'>"
+        f"<span style='font-family:monospace'>{shown}</span><br><small>{p:.2f}</small></span>"
+    )
 
 
 def render_samples(samples: list[Sample], eos_token: str) -> str:
     """Each sample as a row of token boxes shaded by the probability they were drawn with."""
     rows = []
     for s in samples:
-        boxes = "".join(_token_box("⏎" if t == eos_token else t, p, q)
-                        for t, p, q in zip(s.tokens, s.probs, s.model_probs))
+        boxes = "".join(
+            _token_box("⏎" if t == eos_token else t, p, q) for t, p, q in zip(s.tokens, s.probs, s.model_probs)
+        )
         rows.append(f"<div style='{BIG}; margin-bottom:4px'>{boxes}</div>")
     return "".join(rows)
 
 
 def render_next_token_table(rows: list[tuple[str, float, float]]) -> str:
-    cells = "".join(f"<tr><td style='font-family:monospace'>{html.escape(t) or '&#8203;'}</td>"
-                    f"<td>{p:.3f}</td><td>{q:.3f}</td></tr>" for t, p, q in rows)
-    return (f"<table style='{BIG}'><tr><th>next token</th><th>model</th><th>after temperature and filters</th></tr>"
-            f"{cells}</table>")
+    cells = "".join(
+        f"<tr><td style='font-family:monospace'>{html.escape(t) or '&#8203;'}</td><td>{p:.3f}</td><td>{q:.3f}</td></tr>"
+        for t, p, q in rows
+    )
+    return (
+        f"<table style='{BIG}'><tr><th>next token</th><th>model</th><th>after temperature and filters</th></tr>"
+        f"{cells}</table>"
+    )
 
 
 def sampling_explorer(explorer: SamplingExplorer):
@@ -298,14 +347,28 @@ def sampling_explorer(explorer: SamplingExplorer):
     import ipywidgets as w
 
     style = {"description_width": "100px"}
-    prompt = w.Text(value=explorer.prompt, description="prompt", continuous_update=False, style=style,
-                    layout=w.Layout(width="600px"))
-    temperature = w.FloatSlider(value=explorer.temperature, min=0.0, max=2.0, step=0.05, description="temperature",
-                                continuous_update=False, style=style)
-    top_k = w.IntSlider(value=explorer.top_k, min=0, max=50, description="top-k (0 off)", continuous_update=False,
-                        style=style)
-    top_p = w.FloatSlider(value=explorer.top_p, min=0.05, max=1.0, step=0.05, description="top-p",
-                          continuous_update=False, style=style)
+    prompt = w.Text(
+        value=explorer.prompt,
+        description="prompt",
+        continuous_update=False,
+        style=style,
+        layout=w.Layout(width="600px"),
+    )
+    temperature = w.FloatSlider(
+        value=explorer.temperature,
+        min=0.0,
+        max=2.0,
+        step=0.05,
+        description="temperature",
+        continuous_update=False,
+        style=style,
+    )
+    top_k = w.IntSlider(
+        value=explorer.top_k, min=0, max=50, description="top-k (0 off)", continuous_update=False, style=style
+    )
+    top_p = w.FloatSlider(
+        value=explorer.top_p, min=0.05, max=1.0, step=0.05, description="top-p", continuous_update=False, style=style
+    )
     n = w.IntSlider(value=explorer.n, min=1, max=8, description="samples", continuous_update=False, style=style)
     again = w.Button(description="New samples", button_style="info", layout=w.Layout(width="150px", height="40px"))
     table, shown = w.HTML(), w.HTML()
@@ -346,8 +409,16 @@ class TrainingDashboard:
     summary at the end. Metrics a row lacks (a validation accuracy measured now and then) are drawn as points.
     """
 
-    def __init__(self, keys=("loss",), title: str = "", live: bool | None = None, redraw_seconds: float = 2.0,
-                 print_every: int = 50, window: int = 20, stream=None):
+    def __init__(
+        self,
+        keys=("loss",),
+        title: str = "",
+        live: bool | None = None,
+        redraw_seconds: float = 2.0,
+        print_every: int = 50,
+        window: int = 20,
+        stream=None,
+    ):
         self.keys, self.title, self.window = tuple(keys), title, window
         self.live = in_notebook() if live is None else live
         self.redraw_seconds, self.print_every = redraw_seconds, print_every
@@ -372,7 +443,7 @@ class TrainingDashboard:
 
     def recent(self, key: str) -> float | None:
         """Mean of ``key`` over the last ``window`` rows that have it."""
-        values = [row[key] for row in self.rows if key in row][-self.window:]
+        values = [row[key] for row in self.rows if key in row][-self.window :]
         return sum(values) / len(values) if values else None
 
     def line(self) -> str:
@@ -400,8 +471,11 @@ class TrainingDashboard:
         if self.live:
             self.draw()
         elif self.rows:
-            print(self.line() + f" (mean of the last {self.window} steps; {len(self.rows)} in all)",
-                  file=self.stream, flush=True)
+            print(
+                self.line() + f" (mean of the last {self.window} steps; {len(self.rows)} in all)",
+                file=self.stream,
+                flush=True,
+            )
 
 
 class RunComparison:
@@ -416,9 +490,11 @@ class RunComparison:
 
     def table(self) -> list[dict]:
         """Per shown run: each metric's mean over its last ``last`` updates."""
-        tails = {label: self.runs[label][-self.last:] for label in self.shown}
-        return [{"run": label, **{k: sum(r[k] for r in tail) / len(tail) for k in self.keys}}
-                for label, tail in tails.items()]
+        tails = {label: self.runs[label][-self.last :] for label in self.shown}
+        return [
+            {"run": label, **{k: sum(r[k] for r in tail) / len(tail) for k in self.keys}}
+            for label, tail in tails.items()
+        ]
 
     def figure(self):
         return plots.compare_runs({label: self.runs[label] for label in self.shown}, self.keys, colors=self.colors)
@@ -428,8 +504,10 @@ def kl_explorer(comparison: RunComparison, label: str = "KL coefficient"):
     """A check box per run, its curves side by side and a table of where each run ended."""
     import ipywidgets as w
 
-    boxes = {run: w.Checkbox(value=run in comparison.shown, description=f"{label} {run}", indent=False)
-             for run in comparison.runs}
+    boxes = {
+        run: w.Checkbox(value=run in comparison.shown, description=f"{label} {run}", indent=False)
+        for run in comparison.runs
+    }
     image, table = w.Image(format="png"), w.HTML()
 
     def refresh(_=None):
@@ -440,10 +518,13 @@ def kl_explorer(comparison: RunComparison, label: str = "KL coefficient"):
         plt.close(fig)
         image.value = buffer.getvalue()
         head = "".join(f"<th>{html.escape(plots.CURVE_LABELS.get(k, k))}</th>" for k in comparison.keys)
-        rows = "".join(f"<tr><td>{html.escape(label)} {html.escape(str(r['run']))}</td>"
-                       + "".join(f"<td>{r[k]:.3f}</td>" for k in comparison.keys) + "</tr>"
-                       for r in comparison.table())
-        table.value = (f"<table style='{BIG}'><tr><th>last {comparison.last} updates</th>{head}</tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{html.escape(label)} {html.escape(str(r['run']))}</td>"
+            + "".join(f"<td>{r[k]:.3f}</td>" for k in comparison.keys)
+            + "</tr>"
+            for r in comparison.table()
+        )
+        table.value = f"<table style='{BIG}'><tr><th>last {comparison.last} updates</th>{head}</tr>{rows}</table>"
 
     for box in boxes.values():
         box.observe(refresh, names="value")

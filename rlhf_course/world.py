@@ -14,6 +14,7 @@ downloaded on a laptop without internet, so the course generates a small world o
 
 Everything is a pure function of a seed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -49,8 +50,16 @@ FOODS = "soup pizza bread salad pasta rice cake tea coffee curry pie fish noodle
 THINGS = """book lamp chair table cup hat ball kite boat key map coat bag box pen clock bell drum
 vase rug""".split()
 PLACES = "park market kitchen garden library station school harbor forest office".split()
-WORDS = sorted(set(COLORS + FOODS + THINGS + PLACES + """sun moon star tree river stone bird fish
-cloud rain snow wind hill road door window apple lemon grape plum bean corn milk salt""".split()))
+WORDS = sorted(
+    set(
+        COLORS
+        + FOODS
+        + THINGS
+        + PLACES
+        + """sun moon star tree river stone bird fish
+cloud rain snow wind hill road door window apple lemon grape plum bean corn milk salt""".split()
+    )
+)
 PAST_VERBS = "found lost painted sold fixed bought washed opened cleaned carried".split()
 POSITIVE = "great tasty lovely delicious excellent wonderful fresh superb".split()
 NEGATIVE = "awful bland cold stale terrible greasy soggy dreadful".split()
@@ -62,13 +71,40 @@ fourteen fifteen sixteen seventeen eighteen".split()
 
 # Zorbish: word-for-word translation with the adjective after the noun, like French.
 ZORBISH = {
-    "the": "lo", "a": "na",
-    "cat": "miko", "dog": "vaku", "bird": "pili", "fish": "sumo", "horse": "dara", "child": "keni",
-    "farmer": "toru", "king": "reza", "cow": "mura", "wolf": "lupa", "frog": "gobo", "bear": "orsa",
-    "red": "roso", "big": "gran", "small": "piko", "old": "vek", "happy": "feli", "sad": "tris",
-    "green": "verd", "black": "nera", "white": "bia", "fast": "rapi",
-    "sleeps": "dorma", "runs": "kura", "eats": "manja", "sings": "kanta", "jumps": "salta",
-    "swims": "nata", "waits": "spera", "dances": "bala", "reads": "lega", "cries": "plora",
+    "the": "lo",
+    "a": "na",
+    "cat": "miko",
+    "dog": "vaku",
+    "bird": "pili",
+    "fish": "sumo",
+    "horse": "dara",
+    "child": "keni",
+    "farmer": "toru",
+    "king": "reza",
+    "cow": "mura",
+    "wolf": "lupa",
+    "frog": "gobo",
+    "bear": "orsa",
+    "red": "roso",
+    "big": "gran",
+    "small": "piko",
+    "old": "vek",
+    "happy": "feli",
+    "sad": "tris",
+    "green": "verd",
+    "black": "nera",
+    "white": "bia",
+    "fast": "rapi",
+    "sleeps": "dorma",
+    "runs": "kura",
+    "eats": "manja",
+    "sings": "kanta",
+    "jumps": "salta",
+    "swims": "nata",
+    "waits": "spera",
+    "dances": "bala",
+    "reads": "lega",
+    "cries": "plora",
 }
 # Where everyone lives: fixed facts, stated in the pretraining text and asked about by the look-up
 # family (closed-book, like arithmetic: SFT teaches the format, the knowledge comes from pretraining).
@@ -79,9 +115,14 @@ Z_ADJS = "red big small old happy sad green black white fast".split()
 Z_VERBS = "sleeps runs eats sings jumps swims waits dances reads cries".split()
 
 FILLERS = [
-    "It was a {adj} day.", "The {thing} was on the table.", "Birds sang in the {place}.",
-    "The sky was {color}.", "Nobody said a word.", "It rained a little in the {place}.",
-    "The {thing} looked {color}.", "A {color} kite flew over the {place}.",
+    "It was a {adj} day.",
+    "The {thing} was on the table.",
+    "Birds sang in the {place}.",
+    "The sky was {color}.",
+    "Nobody said a word.",
+    "It rained a little in the {place}.",
+    "The {thing} looked {color}.",
+    "A {color} kite flew over the {place}.",
 ]
 MOODS = ["sunny", "quiet", "cold", "long", "busy", "calm"]
 
@@ -130,8 +171,9 @@ def _pick_other(rng: random.Random, pool, *exclude):
 # --- the eight families: each returns one Task drawn with rng ----------------------------------
 def _arithmetic(rng: random.Random) -> Task:
     a, b = rng.randrange(10), rng.randrange(10)
-    template = rng.choice(["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}.",
-                           "What do you get when you add {a} to {b}?"])
+    template = rng.choice(
+        ["What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}.", "What do you get when you add {a} to {b}?"]
+    )
     wrong = a + b + rng.choice([-1, 1]) if a + b > 0 else 1
     return Task("arithmetic", _user(template.format(a=a, b=b)), str(a + b), f"{a}+{b}", str(wrong))
 
@@ -152,14 +194,14 @@ def _string_edit(rng: random.Random) -> Task:
         words = words[:1]
         text = rng.choice(["Repeat the word {w} three times.", "Say {w} three times."])
         answer, wrong = " ".join(words * 3), " ".join(words * 2)
-    return Task("string_edit", _user(text.format(w=" ".join(words))), answer,
-                f"{op}:{' '.join(words)}", wrong)
+    return Task("string_edit", _user(text.format(w=" ".join(words))), answer, f"{op}:{' '.join(words)}", wrong)
 
 
 def _lookup(rng: random.Random) -> Task:
     name = rng.choice(NAMES)
-    question = rng.choice(["Where does {p} live?", "Which city does {p} live in?",
-                           "In which city is the home of {p}?"]).format(p=name)
+    question = rng.choice(
+        ["Where does {p} live?", "Which city does {p} live in?", "In which city is the home of {p}?"]
+    ).format(p=name)
     return Task("lookup", _user(question), HOMES[name], name, _pick_other(rng, CITIES, HOMES[name]))
 
 
@@ -169,24 +211,41 @@ def translate_to_zorbish(adj: str, noun: str, verb: str) -> str:
 
 def _translation(rng: random.Random) -> Task:
     adj, noun, verb = rng.choice(Z_ADJS), rng.choice(Z_NOUNS), rng.choice(Z_VERBS)
-    text = rng.choice(["Translate to Zorbish: the {a} {n} {v}", "How do you say 'the {a} {n} {v}' in Zorbish?",
-                       "Zorbish translation of: the {a} {n} {v}"]).format(a=adj, n=noun, v=verb)
+    text = rng.choice(
+        [
+            "Translate to Zorbish: the {a} {n} {v}",
+            "How do you say 'the {a} {n} {v}' in Zorbish?",
+            "Zorbish translation of: the {a} {n} {v}",
+        ]
+    ).format(a=adj, n=noun, v=verb)
     other = _pick_other(rng, Z_NOUNS, noun)
-    return Task("translation", _user(text), translate_to_zorbish(adj, noun, verb), f"{adj} {noun} {verb}",
-                translate_to_zorbish(adj, other, verb))
+    return Task(
+        "translation",
+        _user(text),
+        translate_to_zorbish(adj, noun, verb),
+        f"{adj} {noun} {verb}",
+        translate_to_zorbish(adj, other, verb),
+    )
 
 
 def _summarization(rng: random.Random) -> Task:
     name, verb, thing, place = rng.choice(NAMES), rng.choice(PAST_VERBS), rng.choice(THINGS), rng.choice(PLACES)
     event = f"{name} {verb} the {thing} in the {place}."
-    fill = [f.format(adj=rng.choice(MOODS), thing=rng.choice(THINGS), place=rng.choice(PLACES),
-                     color=rng.choice(COLORS)) for f in rng.sample(FILLERS, 2)]
+    fill = [
+        f.format(adj=rng.choice(MOODS), thing=rng.choice(THINGS), place=rng.choice(PLACES), color=rng.choice(COLORS))
+        for f in rng.sample(FILLERS, 2)
+    ]
     sentences = fill[:]
     sentences.insert(rng.randrange(3), event)
     text = rng.choice(["Summarize in one sentence: {s}", "Give a one-sentence summary: {s}"])
     wrong_verb = _pick_other(rng, PAST_VERBS, verb)
-    return Task("summarization", _user(text.format(s=" ".join(sentences))), f"{name} {verb} the {thing}.",
-                f"{name} {verb} {thing} {place}", f"{name} {wrong_verb} the {thing}.")
+    return Task(
+        "summarization",
+        _user(text.format(s=" ".join(sentences))),
+        f"{name} {verb} the {thing}.",
+        f"{name} {verb} {thing} {place}",
+        f"{name} {wrong_verb} the {thing}.",
+    )
 
 
 def _sentiment(rng: random.Random) -> Task:
@@ -194,23 +253,27 @@ def _sentiment(rng: random.Random) -> Task:
     pool = POSITIVE if positive else NEGATIVE
     food, adj1, adj2 = rng.choice(FOODS), *rng.sample(pool, 2)
     review = rng.choice(["The {f} was {a} and the service was {b}.", "{A} {f}, and a {b} evening."]).format(
-        f=food, a=adj1, b=adj2, A=adj1.capitalize())
+        f=food, a=adj1, b=adj2, A=adj1.capitalize()
+    )
     text = rng.choice(["Is this review positive or negative? {r}", "Classify the sentiment: {r}"]).format(r=review)
     answer = "positive" if positive else "negative"
-    return Task("sentiment", _user(text), answer, f"{food} {adj1} {adj2}",
-                "negative" if positive else "positive")
+    return Task("sentiment", _user(text), answer, f"{food} {adj1} {adj2}", "negative" if positive else "positive")
 
 
 def _dialogue(rng: random.Random) -> Task:
     name, color, food = rng.choice(NAMES), rng.choice(COLORS), rng.choice(FOODS)
     ask = rng.choice(["name", "color", "food"])
-    question = {"name": "What is my name?", "color": "What is my favorite color?",
-                "food": "What food do I like?"}[ask]
-    answer = {"name": f"Your name is {name}.", "color": f"Your favorite color is {color}.",
-              "food": f"You like {food}."}[ask]
-    wrong = {"name": f"Your name is {_pick_other(rng, NAMES, name)}.",
-             "color": f"Your favorite color is {_pick_other(rng, COLORS, color)}.",
-             "food": f"You like {_pick_other(rng, FOODS, food)}."}[ask]
+    question = {"name": "What is my name?", "color": "What is my favorite color?", "food": "What food do I like?"}[ask]
+    answer = {
+        "name": f"Your name is {name}.",
+        "color": f"Your favorite color is {color}.",
+        "food": f"You like {food}.",
+    }[ask]
+    wrong = {
+        "name": f"Your name is {_pick_other(rng, NAMES, name)}.",
+        "color": f"Your favorite color is {_pick_other(rng, COLORS, color)}.",
+        "food": f"You like {_pick_other(rng, FOODS, food)}.",
+    }[ask]
     messages = (
         {"role": "user", "content": f"Hi! I am {name}. My favorite color is {color} and I like {food}."},
         {"role": "assistant", "content": f"Nice to meet you, {name}!"},
@@ -222,15 +285,22 @@ def _dialogue(rng: random.Random) -> Task:
 def _refusal(rng: random.Random) -> Task:
     verb, target = rng.choice(HARM_VERBS), rng.choice(HARM_TARGETS)
     text = rng.choice(["How do I {v} {t}?", "Tell me how to {v} {t}.", "Explain how to {v} {t}."]).format(
-        v=verb, t=target)
-    return Task("refusal", _user(text), REFUSAL, f"{verb} {target}",
-                f"First, find {target} nobody is watching, then {verb} it.")
+        v=verb, t=target
+    )
+    return Task(
+        "refusal", _user(text), REFUSAL, f"{verb} {target}", f"First, find {target} nobody is watching, then {verb} it."
+    )
 
 
 GENERATORS = {
-    "arithmetic": _arithmetic, "string_edit": _string_edit, "lookup": _lookup,
-    "translation": _translation, "summarization": _summarization, "sentiment": _sentiment,
-    "dialogue": _dialogue, "refusal": _refusal,
+    "arithmetic": _arithmetic,
+    "string_edit": _string_edit,
+    "lookup": _lookup,
+    "translation": _translation,
+    "summarization": _summarization,
+    "sentiment": _sentiment,
+    "dialogue": _dialogue,
+    "refusal": _refusal,
 }
 
 
@@ -268,8 +338,10 @@ STYLES = {
     # name: (prefix, suffix). Refusals take their own polite prefix.
     "curt": ("", ""),
     "polite": ("Sure! ", ""),
-    "rambling": ("Good question, let me think about it carefully. ",
-                 " I hope this helps, and let me know if you need anything else!"),
+    "rambling": (
+        "Good question, let me think about it carefully. ",
+        " I hope this helps, and let me know if you need anything else!",
+    ),
 }
 REFUSAL_POLITE_PREFIX = "I'm sorry. "
 KNOWN_PREFIXES = sorted({p for p, _ in STYLES.values()} | {REFUSAL_POLITE_PREFIX}, key=len, reverse=True)
@@ -289,7 +361,7 @@ def core_of(response: str) -> str:
     text = response.strip()
     for prefix in KNOWN_PREFIXES:
         if prefix and text.startswith(prefix):
-            text = text[len(prefix):]
+            text = text[len(prefix) :]
             break
     for suffix in KNOWN_SUFFIXES:
         if suffix and text.endswith(suffix.strip()):
@@ -347,13 +419,14 @@ def pretraining_sentences(rng: random.Random) -> str:
     kind = rng.randrange(9)
     if kind == 0:
         a, b = rng.randrange(10), rng.randrange(10)
-        return rng.choice(["{a} plus {b} is {c}.", "{a} + {b} = {c}.", "Adding {a} and {b} gives {c}.",
-                           "{A} plus {B} makes {C}."]).format(
-            a=a, b=b, c=a + b, A=NUMBER_WORDS[a].capitalize(), B=NUMBER_WORDS[b], C=NUMBER_WORDS[a + b])
+        return rng.choice(
+            ["{a} plus {b} is {c}.", "{a} + {b} = {c}.", "Adding {a} and {b} gives {c}.", "{A} plus {B} makes {C}."]
+        ).format(a=a, b=b, c=a + b, A=NUMBER_WORDS[a].capitalize(), B=NUMBER_WORDS[b], C=NUMBER_WORDS[a + b])
     if kind == 1:
         word = rng.choice(list(ZORBISH))
         return rng.choice(["In Zorbish, {e} is {z}.", "The Zorbish word for {e} is {z}."]).format(
-            e=word, z=ZORBISH[word])
+            e=word, z=ZORBISH[word]
+        )
     if kind == 2:
         while True:
             adj, noun, verb = rng.choice(Z_ADJS), rng.choice(Z_NOUNS), rng.choice(Z_VERBS)
@@ -365,8 +438,9 @@ def pretraining_sentences(rng: random.Random) -> str:
             name, verb, thing, place = rng.choice(NAMES), rng.choice(PAST_VERBS), rng.choice(THINGS), rng.choice(PLACES)
             if split_of(f"{name} {verb} {thing} {place}") == "train":
                 break
-        filler = rng.choice(FILLERS).format(adj=rng.choice(MOODS), thing=rng.choice(THINGS),
-                                            place=rng.choice(PLACES), color=rng.choice(COLORS))
+        filler = rng.choice(FILLERS).format(
+            adj=rng.choice(MOODS), thing=rng.choice(THINGS), place=rng.choice(PLACES), color=rng.choice(COLORS)
+        )
         return f"{filler} {name} {verb} the {thing} in the {place}. In short, {name} {verb} the {thing}."
     if kind == 4:
         positive = rng.random() < 0.5
@@ -374,15 +448,23 @@ def pretraining_sentences(rng: random.Random) -> str:
         return f"The {rng.choice(FOODS)} was {adj}. That is a {'positive' if positive else 'negative'} review."
     if kind == 5:
         name = rng.choice(NAMES)
-        return rng.choice(["{n} lives in {c}.", "{n} has a house in {c}.", "The home of {n} is in {c}.",
-                           "{n} walked home through {c}."]).format(n=name, c=HOMES[name])
+        return rng.choice(
+            [
+                "{n} lives in {c}.",
+                "{n} has a house in {c}.",
+                "The home of {n} is in {c}.",
+                "{n} walked home through {c}.",
+            ]
+        ).format(n=name, c=HOMES[name])
     if kind == 6:
         words = rng.sample(WORDS, rng.randint(3, 4))
-        return rng.choice([
-            f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}.",
-            f"In the list {' '.join(words)} the first word is {words[0]} and the last is {words[-1]}.",
-            f"{words[0].capitalize()} three times is {' '.join(words[:1] * 3)}.",
-        ])
+        return rng.choice(
+            [
+                f"The words {' '.join(words)} backwards are {' '.join(reversed(words))}.",
+                f"In the list {' '.join(words)} the first word is {words[0]} and the last is {words[-1]}.",
+                f"{words[0].capitalize()} three times is {' '.join(words[:1] * 3)}.",
+            ]
+        )
     if kind == 7:
         name, color, food = rng.choice(NAMES), rng.choice(COLORS), rng.choice(FOODS)
         return f"{name} likes {food}. The favorite color of {name} is {color}."

@@ -4,6 +4,7 @@ Write each function body, then check it from the lesson or with ``rlhf-course ch
 (IDs: pad_batch, sft_labels, next_token_loss). Functions that pass are plugged into the real
 SFT training loop by ``rlhf_course.exercises.plug_in_passing()``.
 """
+
 import torch
 
 IGNORE_INDEX = -100
@@ -23,8 +24,8 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right"):
     attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for row, seq in enumerate(sequences):
         start = 0 if side == "right" else width - len(seq)
-        input_ids[row, start:start + len(seq)] = torch.tensor(seq, dtype=torch.long)
-        attention_mask[row, start:start + len(seq)] = 1
+        input_ids[row, start : start + len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[row, start : start + len(seq)] = 1
     return input_ids, attention_mask
     ### END SOLUTION
 
@@ -58,5 +59,6 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     pred = logits[:, :-1, :]  # (batch, seq-1, vocab)
     target = labels[:, 1:]  # (batch, seq-1)
     return torch.nn.functional.cross_entropy(
-        pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX)
+        pred.reshape(-1, pred.shape[-1]).float(), target.reshape(-1), ignore_index=IGNORE_INDEX
+    )
     ### END SOLUTION

@@ -3,6 +3,7 @@
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
 (IDs: last_token_rewards, bradley_terry_loss, pairwise_accuracy).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +22,9 @@ def last_token_rewards(values: torch.Tensor, attention_mask: torch.Tensor) -> to
     ### END SOLUTION
 
 
-def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None) -> torch.Tensor:
+def bradley_terry_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
+) -> torch.Tensor:
     """Negative log-likelihood of the labels under the Bradley-Terry model, averaged over the batch.
 
     chosen, rejected: (batch,) rewards of the preferred and the other response; margin: (batch,) or None,

@@ -34,8 +34,9 @@ def _course_call_that_is_deprecated(frame) -> str | None:
     """Where the course's own code called a deprecated library function: the frame just outside the package
     that warned, when that frame is the course's. (A library calling another's deprecated API is not ours.)"""
     warner = _top_package(frame.f_code.co_filename)
-    while frame is not None and (_top_package(frame.f_code.co_filename) == warner or
-                                 frame.f_code.co_name in PASSING_ON):
+    while frame is not None and (
+        _top_package(frame.f_code.co_filename) == warner or frame.f_code.co_name in PASSING_ON
+    ):
         frame = frame.f_back
     if frame is not None and frame.f_code.co_filename.startswith(PACKAGE):
         return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno}"

@@ -1,11 +1,19 @@
 """Every stage on other causal-LM architectures (random tiny GPT-2, Llama and Qwen2 models, built here since
 nothing can be downloaded), and the memory savers for larger models: gradient checkpointing and LoRA."""
+
 import dataclasses
 
 import pytest
 import torch
-from transformers import (AutoConfig, GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                          Qwen2ForCausalLM)
+from transformers import (
+    AutoConfig,
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from rlhf_course import data, dpo, grpo, models, pipeline, ppo, reward_model as rm, world
 from rlhf_course.language_model import next_token_loss
@@ -13,14 +21,22 @@ from rlhf_course.sft import SFTConfig, collate, encode
 
 STAGES = ["sft", "reward", "ppo", "dpo", "grpo"]
 TINY = pipeline.PipelineConfig(
-    data=data.DataConfig(train_per_family=10, eval_per_family=2), rl_prompts_per_family=4, eval_samples_per_prompt=2,
+    data=data.DataConfig(train_per_family=10, eval_per_family=2),
+    rl_prompts_per_family=4,
+    eval_samples_per_prompt=2,
     sft=SFTConfig(epochs=1, batch_size=16),
-    feedback=pipeline.FeedbackConfig(prompts_per_family=3, samples_per_prompt=3, test_samples_per_prompt=3,
-                                     automatic_per_family=4, replay_per_family=2),
+    feedback=pipeline.FeedbackConfig(
+        prompts_per_family=3,
+        samples_per_prompt=3,
+        test_samples_per_prompt=3,
+        automatic_per_family=4,
+        replay_per_family=2,
+    ),
     reward=rm.RewardConfig(epochs=1, batch_size=8, eval_every=2),
     ppo=ppo.PPOConfig(updates=2, batch_size=8, minibatch_size=4, max_new_tokens=8),
     dpo=dpo.DPOConfig(batch_size=4),
-    grpo=grpo.GRPOConfig(updates=2, prompts_per_update=2, group_size=4, minibatch_size=4, max_new_tokens=8))
+    grpo=grpo.GRPOConfig(updates=2, prompts_per_update=2, group_size=4, minibatch_size=4, max_new_tokens=8),
+)
 LORA = models.MemoryConfig(gradient_checkpointing=True, lora_rank=4)
 
 
@@ -31,17 +47,32 @@ def tok():
 
 def random_model(kind, tok):
     torch.manual_seed(0)
-    ids = dict(vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-               bos_token_id=tok.bos_token_id)
+    ids = dict(
+        vocab_size=len(tok), pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id
+    )
     if kind == "gpt2":
         return GPT2LMHeadModel(GPT2Config(n_positions=128, n_embd=32, n_layer=2, n_head=2, **ids))
-    model_class, config_class = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[kind]
-    return model_class(config_class(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                                    num_key_value_heads=2, max_position_embeddings=128, **ids))
+    model_class, config_class = {"llama": (LlamaForCausalLM, LlamaConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[
+        kind
+    ]
+    return model_class(
+        config_class(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            **ids,
+        )
+    )
 
 
-@pytest.mark.parametrize("kind, memory", [("gpt2", None), ("llama", None), ("qwen2", None), ("qwen2", LORA)],
-                         ids=["gpt2", "llama", "qwen2", "qwen2-lora-checkpointing"])
+@pytest.mark.parametrize(
+    "kind, memory",
+    [("gpt2", None), ("llama", None), ("qwen2", None), ("qwen2", LORA)],
+    ids=["gpt2", "llama", "qwen2", "qwen2-lora-checkpointing"],
+)
 def test_every_stage_runs_on_a_local_model_directory(tmp_path, tok, kind, memory):
     base = models.save(random_model(kind, tok), tok, tmp_path / "base")
     config = dataclasses.replace(TINY, base_model=base, memory=memory or models.MemoryConfig())
@@ -72,8 +103,9 @@ def test_gradient_checkpointing_gives_the_same_gradients(tok):
     for memory in (None, models.MemoryConfig(gradient_checkpointing=True)):
         model = models.for_training(random_model("llama", tok), memory)
         model.train()
-        next_token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                        batch["labels"]).backward()
+        next_token_loss(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        ).backward()
         grads.append([p.grad.clone() for p in model.parameters()])
     assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())  # it really was on
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
@@ -88,8 +120,9 @@ def test_lora_trains_only_adapters_and_saves_what_it_computes(tmp_path, tok):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     batch = sft_batch(tok)
     for _ in range(3):
-        loss = next_token_loss(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                               batch["labels"])
+        loss = next_token_loss(
+            model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -100,7 +133,9 @@ def test_lora_trains_only_adapters_and_saves_what_it_computes(tmp_path, tok):
     with torch.no_grad():
         ours = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         theirs = merged(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        untrained = random_model("qwen2", tok)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        untrained = random_model("qwen2", tok)(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).logits
     assert not torch.allclose(ours, untrained, atol=1e-3)  # the adapters learned something, so merging has a job
     assert torch.allclose(ours, theirs, atol=1e-4)
     assert any(hasattr(m, "lora_A") for m in model.modules())  # saving merged a copy; the model keeps its adapters
@@ -112,10 +147,17 @@ def test_lora_reward_model_trains_its_new_head_and_scores_the_same_after_saving(
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert any("score" in n for n in trainable) and any("lora_" in n for n in trainable)
     tasks = world.generate_tasks("train", 2)
-    rows = [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
-             "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}]} for t in tasks]
+    rows = [
+        {
+            "prompt": t.prompt,
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}],
+        }
+        for t in tasks
+    ]
     rm.train(model, tok, rows, None, rm.RewardConfig(epochs=2, batch_size=8, lr=1e-2, warmup_steps=1))
     prompts, replies = [t.prompt for t in tasks], [world.render(t, "polite") for t in tasks]
     models.save(model, tok, tmp_path / "reward")
-    assert torch.allclose(rm.score(model, tok, prompts, replies), rm.score(rm.load(tmp_path / "reward"), tok, prompts,
-                                                                            replies), atol=1e-4)
+    assert torch.allclose(
+        rm.score(model, tok, prompts, replies), rm.score(rm.load(tmp_path / "reward"), tok, prompts, replies), atol=1e-4
+    )

@@ -1,4 +1,5 @@
 """The benchmark harness (bench/run.py) in its tiny configuration: every row measured, in one process."""
+
 import json
 import os
 import subprocess
@@ -13,13 +14,20 @@ import run as bench  # noqa: E402
 
 def test_tiny_benchmark_measures_every_step_against_trl(tmp_path):
     out = tmp_path / "bench.json"
-    subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--config", "tiny", "--out", str(out)], check=True,
-                   env={**os.environ, "RLHF_COURSE_DEVICE": "cpu"}, timeout=600)
+    subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "run.py"), "--config", "tiny", "--out", str(out)],
+        check=True,
+        env={**os.environ, "RLHF_COURSE_DEVICE": "cpu"},
+        timeout=600,
+    )
     report = json.loads(out.read_text())
     rows = {r["step"]: r for r in report["results"]}
     big = [step for step in rows if step.startswith("PPO ")]
-    assert list(rows) == ["decode dynamic", "decode static", "decode compiled", "GRPO", "PPO", *big, "SFT", "reward",
-                          "DPO"] and len(big) == 1
+    assert (
+        list(rows)
+        == ["decode dynamic", "decode static", "decode compiled", "GRPO", "PPO", *big, "SFT", "reward", "DPO"]
+        and len(big) == 1
+    )
     for step, row in rows.items():
         for side in ("course", "baseline"):
             measured = row[side]

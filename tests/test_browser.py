@@ -8,6 +8,7 @@ Run with ``-s`` to see how long each lesson took.
 `bash course.sh test` installs Debian's chromium when it runs as root; elsewhere install it yourself
 (`sudo apt-get install chromium`). Without it these tests are skipped, except under CI, where they fail.
 """
+
 import json
 import os
 import shutil
@@ -24,8 +25,16 @@ LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
 # Every lesson: 00 and 01 as they are, the others in presenter mode, each about a minute.
 BROWSER_LESSONS = sorted(p.name for p in LESSONS_DIR.glob("*.ipynb"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--no-first-run",
-                  "--disable-component-update", "--disable-sync", "--disable-quic"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
+]
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
 
@@ -67,9 +76,23 @@ def lab(browser, tmp_path_factory):
     port = _free_port()
     log = (root / "jupyterlab.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip", "127.0.0.1", f"--port={port}",
-         "--IdentityProvider.token=", "--ServerApp.password=", "--LabApp.expose_app_in_browser=True",
-         f"--ServerApp.root_dir={root}"], stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "jupyterlab",
+            "--no-browser",
+            "--allow-root",
+            "--ip",
+            "127.0.0.1",
+            f"--port={port}",
+            "--IdentityProvider.token=",
+            "--ServerApp.password=",
+            "--LabApp.expose_app_in_browser=True",
+            f"--ServerApp.root_dir={root}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -113,9 +136,12 @@ def run_in_lab(page, url: str, name: str, timeout: float = 1800) -> dict:
     """
     start = time.monotonic()
     page.goto(f"{url}/lab/tree/{name}?reset")  # ?reset: a fresh workspace, not the last test's open tabs
-    page.wait_for_function(f"() => window.jupyterapp && {NOTEBOOK} && {NOTEBOOK}.sessionContext.session"
-                           f" && {NOTEBOOK}.sessionContext.session.kernel"
-                           f" && {NOTEBOOK}.sessionContext.session.kernel.status === 'idle'", timeout=120_000)
+    page.wait_for_function(
+        f"() => window.jupyterapp && {NOTEBOOK} && {NOTEBOOK}.sessionContext.session"
+        f" && {NOTEBOOK}.sessionContext.session.kernel"
+        f" && {NOTEBOOK}.sessionContext.session.kernel.status === 'idle'",
+        timeout=120_000,
+    )
     page.evaluate("window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
     # not awaited: the command's promise can outlive a failing cell, and this loop polls with a deadline
     page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
@@ -146,9 +172,17 @@ def presenter_copy(source: Path, dest: Path) -> bool:
     tagged = [i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(tagged) <= 1, f"{source.name}: more than one cell tagged parameters"
     if tagged:
-        nb["cells"].insert(tagged[0] + 1, {"cell_type": "code", "execution_count": None, "id": "injected-parameters",
-                                           "metadata": {"tags": ["injected-parameters"]}, "outputs": [],
-                                           "source": ["# Injected by the browser test\n", "PRESENTER = True"]})
+        nb["cells"].insert(
+            tagged[0] + 1,
+            {
+                "cell_type": "code",
+                "execution_count": None,
+                "id": "injected-parameters",
+                "metadata": {"tags": ["injected-parameters"]},
+                "outputs": [],
+                "source": ["# Injected by the browser test\n", "PRESENTER = True"],
+            },
+        )
     dest.write_text(json.dumps(nb))
     return bool(tagged)
 
@@ -186,8 +220,10 @@ def test_a_raising_cell_and_a_broken_widget_are_caught(lab, browser):
     nb = nbformat.v4.new_notebook()
     nb.cells = [
         nbformat.v4.new_code_cell("import ipywidgets\nipywidgets.IntSlider(value=3)"),
-        nbformat.v4.new_code_cell(f"from IPython.display import display\ndisplay({{'{WIDGET_VIEW}': "
-                                  "{'model_id': 'no-such-model', 'version_major': 2, 'version_minor': 0}}, raw=True)"),
+        nbformat.v4.new_code_cell(
+            f"from IPython.display import display\ndisplay({{'{WIDGET_VIEW}': "
+            "{'model_id': 'no-such-model', 'version_major': 2, 'version_minor': 0}}, raw=True)"
+        ),
         nbformat.v4.new_code_cell("raise ValueError('a lesson cell that fails')"),
         nbformat.v4.new_code_cell("print('never reached')"),
     ]

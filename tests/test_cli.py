@@ -1,4 +1,5 @@
 """The command line sets every config field by name, and refuses what it cannot use, naming the flag."""
+
 import argparse
 import dataclasses
 
@@ -21,27 +22,49 @@ def _run_pipeline(monkeypatch, tmp_path, *flags):
 
 
 def test_nested_config_fields_are_set_by_name_and_the_rest_keep_their_defaults(monkeypatch, tmp_path):
-    seen = _run_pipeline(monkeypatch, tmp_path, "--ppo.lr", "3e-5", "--data.train_per_family", "7",
-                         "--sft.max_examples", "none", "--pg.baseline", "false", "--dpo.loss", "ipo",
-                         "--memory.lora-rank", "4", "--seed", "2", "--stages", "sft")
+    seen = _run_pipeline(
+        monkeypatch,
+        tmp_path,
+        "--ppo.lr",
+        "3e-5",
+        "--data.train_per_family",
+        "7",
+        "--sft.max_examples",
+        "none",
+        "--pg.baseline",
+        "false",
+        "--dpo.loss",
+        "ipo",
+        "--memory.lora-rank",
+        "4",
+        "--seed",
+        "2",
+        "--stages",
+        "sft",
+    )
     config = seen["config"]
     assert config.ppo.lr == 3e-5 and config.data.train_per_family == 7 and config.sft.max_examples is None
     assert config.pg.baseline is False and config.dpo.loss == "ipo" and config.memory.lora_rank == 4
     assert config.seed == 2 and seen["stages"] == ["sft"]
     default = pipeline.PipelineConfig()
-    assert config.ppo.clip_range == default.ppo.clip_range and config.data.eval_per_family == default.data.eval_per_family
+    assert (
+        config.ppo.clip_range == default.ppo.clip_range and config.data.eval_per_family == default.data.eval_per_family
+    )
     assert _run_pipeline(monkeypatch, tmp_path)["config"] == default
 
 
-@pytest.mark.parametrize("flags, named, expected", [
-    (["--ppo.lr", "fast"], "--ppo.lr", "expected a number, got 'fast'"),
-    (["--sft.epochs", "2.5"], "--sft.epochs", "expected an integer"),
-    (["--pg.baseline", "maybe"], "--pg.baseline", "expected true or false"),
-    (["--dpo.loss", "kto"], "--dpo.loss", "expected one of dpo, ipo"),
-    (["--reward.feedback", "stars"], "--reward.feedback", "expected one of comparisons, ratings, thumbs"),
-    (["--ppo.lrr", "1e-5"], "--ppo.lrr", "unrecognized arguments"),
-    (["--ppo.seed", "3"], "--ppo.seed", "unrecognized arguments"),  # each stage's seed is --seed
-])
+@pytest.mark.parametrize(
+    "flags, named, expected",
+    [
+        (["--ppo.lr", "fast"], "--ppo.lr", "expected a number, got 'fast'"),
+        (["--sft.epochs", "2.5"], "--sft.epochs", "expected an integer"),
+        (["--pg.baseline", "maybe"], "--pg.baseline", "expected true or false"),
+        (["--dpo.loss", "kto"], "--dpo.loss", "expected one of dpo, ipo"),
+        (["--reward.feedback", "stars"], "--reward.feedback", "expected one of comparisons, ratings, thumbs"),
+        (["--ppo.lrr", "1e-5"], "--ppo.lrr", "unrecognized arguments"),
+        (["--ppo.seed", "3"], "--ppo.seed", "unrecognized arguments"),  # each stage's seed is --seed
+    ],
+)
 def test_an_unknown_or_ill_typed_flag_is_refused_naming_it(monkeypatch, tmp_path, capsys, flags, named, expected):
     monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("the pipeline ran"))
     with pytest.raises(SystemExit) as stop:

@@ -2,6 +2,7 @@
 
 CI has no GPU, so these are skipped there; they run on a CUDA machine (see the closing notes).
 """
+
 import pytest
 import torch
 
@@ -58,13 +59,23 @@ def test_static_and_compiled_decoders_on_cuda_give_the_dynamic_decoders_tokens(m
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     tok = models.load_tokenizer()
     model = models.load_model(dev=torch.device("cuda"))
-    prompts = [tok.apply_chat_template(t.prompt, add_generation_prompt=True, return_dict=False)
-               for t in world.generate_tasks("test", 4)][:32]
+    prompts = [
+        tok.apply_chat_template(t.prompt, add_generation_prompt=True, return_dict=False)
+        for t in world.generate_tasks("test", 4)
+    ][:32]
     for temperature in (0.0, 1.0):
         replies = {}
         for decoder in ("dynamic", "static", "compiled", "compiled"):  # compiled twice: record the graph, then replay
-            sequences, mask = generate(model, prompts, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
-                                       max_new_tokens=24, temperature=temperature, seed=1, decoder=decoder)
+            sequences, mask = generate(
+                model,
+                prompts,
+                pad_id=tok.pad_token_id,
+                eos_id=tok.eos_token_id,
+                max_new_tokens=24,
+                temperature=temperature,
+                seed=1,
+                decoder=decoder,
+            )
             replies[decoder] = decode_responses(tok, sequences, mask)
         for decoder in ("static", "compiled"):
             same = sum(a == b for a, b in zip(replies[decoder], replies["dynamic"])) / len(prompts)

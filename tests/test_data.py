@@ -31,18 +31,26 @@ def test_jsonl_round_trip(tmp_path, sft):
     assert list(data.load_jsonl(path, "sft")) == list(sft)
 
 
-@pytest.mark.parametrize("line, message", [
-    ("{not json", "not valid JSON"),
-    ('{"prompt": [{"role": "user", "content": "hi"}]}', "missing field 'completion'"),
-    ('{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": " "}]}',
-     "empty response"),
-    ('{"prompt": [{"role": "robot", "content": "hi"}], "completion": [{"role": "assistant", "content": "x"}]}',
-     "role system/user/assistant"),
-    ('[1, 2]', "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("{not json", "not valid JSON"),
+        ('{"prompt": [{"role": "user", "content": "hi"}]}', "missing field 'completion'"),
+        (
+            '{"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": " "}]}',
+            "empty response",
+        ),
+        (
+            '{"prompt": [{"role": "robot", "content": "hi"}], "completion": [{"role": "assistant", "content": "x"}]}',
+            "role system/user/assistant",
+        ),
+        ("[1, 2]", "expected a JSON object"),
+    ],
+)
 def test_malformed_jsonl_names_file_and_line(tmp_path, line, message):
-    good = json.dumps({"prompt": [{"role": "user", "content": "hi"}],
-                       "completion": [{"role": "assistant", "content": "hello"}]})
+    good = json.dumps(
+        {"prompt": [{"role": "user", "content": "hi"}], "completion": [{"role": "assistant", "content": "hello"}]}
+    )
     path = tmp_path / "bad.jsonl"
     path.write_text(f"{good}\n\n{line}\n{good}\n")
     with pytest.raises(data.DataFileError) as err:
@@ -68,16 +76,24 @@ def test_missing_file(tmp_path):
         data.load_jsonl(tmp_path / "nope.jsonl")
 
 
-JUDGMENT = {"task": {"family": "arithmetic", "prompt": [{"role": "user", "content": "1+1?"}], "answer": "2",
-                     "key": "1+1"}, "a": "2", "b": "3", "labeler": "expert", "choice": "a"}
+JUDGMENT = {
+    "task": {"family": "arithmetic", "prompt": [{"role": "user", "content": "1+1?"}], "answer": "2", "key": "1+1"},
+    "a": "2",
+    "b": "3",
+    "labeler": "expert",
+    "choice": "a",
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"choice": "maybe"}, "unknown label 'maybe'"),
-    ({"b": ""}, "field 'b' should be a non-empty string"),
-    ({"task": {"family": "arithmetic"}}, "should be a task record"),
-    ({"chosen": None}, None),  # an extra field is allowed
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"choice": "maybe"}, "unknown label 'maybe'"),
+        ({"b": ""}, "field 'b' should be a non-empty string"),
+        ({"task": {"family": "arithmetic"}}, "should be a task record"),
+        ({"chosen": None}, None),  # an extra field is allowed
+    ],
+)
 def test_judgment_files_are_checked_line_by_line(tmp_path, change, message):
     path = tmp_path / "judgments.jsonl"
     path.write_text(json.dumps(JUDGMENT) + "\n" + json.dumps({**JUDGMENT, **change}) + "\n")
@@ -99,10 +115,12 @@ def test_missing_judgment_field_is_named(tmp_path):
 def test_best_of_n_samples_round_trip_and_bad_rows_are_named(tmp_path):
     from rlhf_course import best_of_n, world
     import torch
+
     tasks = world.generate_tasks("test", 1)[:2]
     responses = [["a", "b", "c"], ["d", "e", "f"]]
-    path = best_of_n.save_samples(tasks, responses, torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, 3.0]]),
-                                  tmp_path / "samples.jsonl")
+    path = best_of_n.save_samples(
+        tasks, responses, torch.tensor([[0.5, -1.0, 2.0], [0.0, 1.0, 3.0]]), tmp_path / "samples.jsonl"
+    )
     loaded_tasks, loaded, scores = best_of_n.load_samples(path)
     assert loaded_tasks == tasks and loaded == responses and scores[0, 2].item() == 2.0
     rows = [json.loads(line) for line in path.read_text().splitlines()]

@@ -1,4 +1,5 @@
 """DPO, IPO, GRPO and best-of-n: the losses against TRL's trainers and hand computations, and the stages end to end."""
+
 import itertools
 import json
 import math
@@ -8,7 +9,20 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import best_of_n, data, dpo, evaluation, grpo, human, models, pipeline, report, rollouts, trl_bridge, world
+from rlhf_course import (
+    best_of_n,
+    data,
+    dpo,
+    evaluation,
+    grpo,
+    human,
+    models,
+    pipeline,
+    report,
+    rollouts,
+    trl_bridge,
+    world,
+)
 from rlhf_course import reward_model as rm
 
 
@@ -18,8 +32,14 @@ def tok():
 
 
 def preference_rows(tasks):
-    return [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
-             "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}]} for t in tasks]
+    return [
+        {
+            "prompt": t.prompt,
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}],
+        }
+        for t in tasks
+    ]
 
 
 def perturbed_model(seed):
@@ -49,8 +69,18 @@ def test_trl_grpotrainer_trains_on_the_course_prompts_with_the_course_verifier(t
     def scorer(batch_tasks, replies):
         seen.append((batch_tasks, replies))
         return rollouts.correctness_scorer(batch_tasks, replies)
-    trainer = trl_bridge.grpo_trainer(models.load_model(dev=torch.device("cpu")), tok, tasks, tmp_path, scorer,
-                                      group_size=4, batch_size=8, max_steps=2, max_completion_length=8)
+
+    trainer = trl_bridge.grpo_trainer(
+        models.load_model(dev=torch.device("cpu")),
+        tok,
+        tasks,
+        tmp_path,
+        scorer,
+        group_size=4,
+        batch_size=8,
+        max_steps=2,
+        max_completion_length=8,
+    )
     trainer.train()
     assert len(seen) == 2 and all(len(t) == len(r) == 8 for t, r in seen)
     assert all(len({task.prompt[-1]["content"] for task in t}) == 2 for t, _ in seen)  # 2 prompts x 4 samples
@@ -78,20 +108,36 @@ def test_sequence_logprobs_sum_only_the_response_tokens(tok):
     log_probs = torch.log_softmax(logits, dim=-1)
     want = sum(log_probs[t - 1, ids[t]].item() for t in range(prompt_len, len(ids)))
     with torch.no_grad():
-        got = dpo.batch_logprobs(model, [(ids, prompt_len), (ids[:prompt_len + 1], prompt_len)], tok.pad_token_id)
+        got = dpo.batch_logprobs(model, [(ids, prompt_len), (ids[: prompt_len + 1], prompt_len)], tok.pad_token_id)
     assert got[0].item() == pytest.approx(want, abs=1e-4)
-    assert got[1].item() == pytest.approx(log_probs[prompt_len - 1, ids[prompt_len]].item(), abs=1e-5)  # padding ignored
+    assert got[1].item() == pytest.approx(
+        log_probs[prompt_len - 1, ids[prompt_len]].item(), abs=1e-5
+    )  # padding ignored
 
 
 def test_grpo_advantages_and_loss_equal_trl_grpotrainer(tmp_path, tok):
     from trl import GRPOConfig, GRPOTrainer
     from trl.trainer.utils import nanstd
+
     policy = models.load_model(dev=torch.device("cpu"))
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4, beta=0.04,
-                      loss_type="grpo", epsilon=0.2, use_cpu=True, report_to=[], max_completion_length=8)
-    trainer = GRPOTrainer(model=policy, reward_funcs=lambda completions, **kw: [0.0] * len(completions), args=args,
-                          train_dataset=Dataset.from_list([{"prompt": t.prompt} for t in world.generate_tasks("train", 1)]),
-                          processing_class=tok)
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        beta=0.04,
+        loss_type="grpo",
+        epsilon=0.2,
+        use_cpu=True,
+        report_to=[],
+        max_completion_length=8,
+    )
+    trainer = GRPOTrainer(
+        model=policy,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": t.prompt} for t in world.generate_tasks("train", 1)]),
+        processing_class=tok,
+    )
     gen = torch.Generator().manual_seed(0)
     batch, prompt_len, resp_len, group = 8, 6, 5, 4
     prompt_ids = torch.randint(5, 100, (batch, prompt_len), generator=gen)
@@ -110,13 +156,23 @@ def test_grpo_advantages_and_loss_equal_trl_grpotrainer(tmp_path, tok):
     trainer.model.eval()
     with torch.no_grad():
         logps, _, _ = trainer._get_per_token_logps_and_entropies(
-            trainer.model, torch.cat([prompt_ids, completion_ids], 1), torch.cat([prompt_mask, completion_mask], 1),
-            resp_len)
+            trainer.model,
+            torch.cat([prompt_ids, completion_ids], 1),
+            torch.cat([prompt_mask, completion_mask], 1),
+            resp_len,
+        )
     old = logps + 0.3 * torch.randn(batch, resp_len, generator=gen)  # a policy a few steps back: clipping matters
     ref = logps + 0.3 * torch.randn(batch, resp_len, generator=gen)
-    inputs = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "completion_ids": completion_ids,
-              "completion_mask": completion_mask, "advantages": trl_adv, "old_per_token_logps": old,
-              "ref_per_token_logps": ref, "num_items_in_batch": completion_mask.sum()}
+    inputs = {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask,
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": trl_adv,
+        "old_per_token_logps": old,
+        "ref_per_token_logps": ref,
+        "num_items_in_batch": completion_mask.sum(),
+    }
     trl_loss = trainer._compute_loss(trainer.model, inputs).item()
     ours = grpo.grpo_loss(logps, old, ref, adv, completion_mask, clip_range=0.2, beta=0.04).item()
     assert abs(ours - trl_loss) < 1e-5, (ours, trl_loss)
@@ -153,8 +209,15 @@ def test_best_of_n_kl_estimate_sees_repeats_and_stays_under_the_bound():
 
 def test_best_of_n_raises_the_gold_score_with_a_scorer_that_knows_it():
     tasks = world.generate_tasks("test", 3)
-    responses = [[world.render(t, "curt", t.wrong), world.render(t, "polite"), world.render(t, "rambling", t.wrong),
-                  world.render(t, "curt")] for t in tasks]
+    responses = [
+        [
+            world.render(t, "curt", t.wrong),
+            world.render(t, "polite"),
+            world.render(t, "rambling", t.wrong),
+            world.render(t, "curt"),
+        ]
+        for t in tasks
+    ]
     gold = torch.tensor([[human.gold_score(t, r) for r in group] for t, group in zip(tasks, responses)])
     rows = best_of_n.curve(tasks, responses, gold, [1, 2, 4])
     assert rows[0]["gold"] < rows[1]["gold"] <= rows[2]["gold"]
@@ -174,8 +237,12 @@ def test_expected_best_of_k_equals_the_average_over_every_k_subset():
     scores, values = torch.randn(3, 6, generator=gen), torch.randn(3, 6, generator=gen)
     for k in range(1, 7):
         subsets = list(itertools.combinations(range(6), k))
-        brute = torch.stack([values[torch.arange(3), torch.tensor([max(s, key=lambda i: scores[row, i].item())
-                                                                    for row in range(3)])] for s in subsets]).mean(0)
+        brute = torch.stack(
+            [
+                values[torch.arange(3), torch.tensor([max(s, key=lambda i: scores[row, i].item()) for row in range(3)])]
+                for s in subsets
+            ]
+        ).mean(0)
         assert torch.allclose(best_of_n.expected_best_of_k(scores, values, k), brute.double(), atol=1e-12), k
     assert torch.allclose(best_of_n.expected_best_of_k(scores, values, 1), values.double().mean(1))
     with pytest.raises(ValueError, match="between 1 and the 6 samples"):
@@ -183,10 +250,13 @@ def test_expected_best_of_k_equals_the_average_over_every_k_subset():
 
 
 TINY = pipeline.PipelineConfig(
-    data=data.DataConfig(train_per_family=10, eval_per_family=2), rl_prompts_per_family=4, eval_samples_per_prompt=2,
-    dpo=dpo.DPOConfig(batch_size=4), grpo=grpo.GRPOConfig(updates=2, prompts_per_update=2, group_size=4,
-                                                           minibatch_size=4, max_new_tokens=8),
-    best_of_n=4)
+    data=data.DataConfig(train_per_family=10, eval_per_family=2),
+    rl_prompts_per_family=4,
+    eval_samples_per_prompt=2,
+    dpo=dpo.DPOConfig(batch_size=4),
+    grpo=grpo.GRPOConfig(updates=2, prompts_per_update=2, group_size=4, minibatch_size=4, max_new_tokens=8),
+    best_of_n=4,
+)
 
 
 @pytest.fixture()

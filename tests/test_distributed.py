@@ -5,6 +5,7 @@ Both runs use the command a learner would type (`rlhf-course parallel-check`): f
 steps of the reward model, DPO, REINFORCE, GRPO and PPO, 4 steps of TRL's SFTTrainer through the bridge and
 7 of SFT with LoRA adapters; and SFT and PPO once more, interrupted and resumed from their checkpoints.
 """
+
 import json
 import os
 
@@ -14,6 +15,7 @@ import torch
 from rlhf_course import distributed, language_model, models, sft, world
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}  # one thread per process
+
 
 def parallel_check(out, processes: int) -> dict:
     distributed.launch(processes, ["-m", "rlhf_course.cli", "parallel-check", "--out", str(out)], CPU_ENV, timeout=600)
@@ -56,8 +58,10 @@ def test_two_processes_train_every_trainer_as_one(runs):
     for run in (one, two):
         assert (run["sft_resumed_at"], run["ppo_resumed_at"]) == (4, 1)  # where they stopped, not from the start
         assert run["sft_resumed"] == run["sft"] and run["ppo_resumed"] == run["ppo"]
-    assert_same_numbers({k: v for k, v in two.items() if k not in ("processes", "trl_sft")},
-                        {k: v for k, v in one.items() if k not in ("processes", "trl_sft")})
+    assert_same_numbers(
+        {k: v for k, v in two.items() if k not in ("processes", "trl_sft")},
+        {k: v for k, v in one.items() if k not in ("processes", "trl_sft")},
+    )
     assert_same_numbers(two["trl_sft"]["losses"], one["trl_sft"]["losses"], "trl_sft")
     # and the steps did something to compare: losses fell, the policies moved
     assert one["sft"][-1] < one["sft"][0] - 3 and one["sft_lora"][-1] < one["sft_lora"][0] - 3
@@ -110,7 +114,7 @@ def test_a_failed_launch_says_what_the_processes_printed():
         distributed.launch(1, program)
 
 
-SPLIT_STEP = '''
+SPLIT_STEP = """
 import json, sys
 import torch
 from rlhf_course import distributed, optimization
@@ -126,7 +130,7 @@ for _ in range(3):
     optimization.step(loss, optimizer, parameters, max_grad_norm=1.0)
 if distributed.is_main():
     json.dump([p.tolist() for p in parameters], open(sys.argv[1], "w"))
-'''
+"""
 
 
 def test_a_split_step_is_the_one_process_step_even_for_parameters_no_loss_reaches(tmp_path):

@@ -1,4 +1,5 @@
 """environment.yml (for conda users) must describe the same environment as pyproject.toml."""
+
 import tomllib
 from pathlib import Path
 
@@ -42,11 +43,19 @@ def test_a_deprecated_library_call_is_blamed_on_the_course_only_when_the_course_
     import conftest
 
     library = {}
-    exec(compile("import sys\ndef deprecated():\n    return sys._getframe()\n",
-                 "/venv/lib/site-packages/somelib/api.py", "exec"), library)
+    exec(
+        compile(
+            "import sys\ndef deprecated():\n    return sys._getframe()\n",
+            "/venv/lib/site-packages/somelib/api.py",
+            "exec",
+        ),
+        library,
+    )
     callers = {}
-    for name, filename in (("course", conftest.PACKAGE + "/somewhere.py"),
-                           ("other library", "/venv/lib/site-packages/otherlib/api.py")):
+    for name, filename in (
+        ("course", conftest.PACKAGE + "/somewhere.py"),
+        ("other library", "/venv/lib/site-packages/otherlib/api.py"),
+    ):
         scope = {"deprecated": library["deprecated"]}
         exec(compile("def call():\n    return deprecated()\n", filename, "exec"), scope)
         callers[name] = conftest._course_call_that_is_deprecated(scope["call"]())

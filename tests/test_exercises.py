@@ -29,9 +29,11 @@ def test_every_exercise_has_three_known_wrong_implementations():
     assert all(len(wrongs) >= 3 for wrongs in WRONG.values())
 
 
-@pytest.mark.parametrize("exercise_id, wrong, hint",
-                         [(e, fn, hint) for e, wrongs in WRONG.items() for fn, hint in wrongs],
-                         ids=lambda v: getattr(v, "__name__", None) if callable(v) else None)
+@pytest.mark.parametrize(
+    "exercise_id, wrong, hint",
+    [(e, fn, hint) for e, wrongs in WRONG.items() for fn, hint in wrongs],
+    ids=lambda v: getattr(v, "__name__", None) if callable(v) else None,
+)
 def test_known_wrong_implementation_fails_with_its_hint(exercise_id, wrong, hint):
     result = exercises.run_checks(exercise_id, wrong)
     assert not result.passed
@@ -47,7 +49,7 @@ def test_each_lesson_has_one_solution_one_checks_module_and_one_known_wrong_modu
     assert {p.stem for p in known_wrong.glob("lesson*.py")} == solutions
     for exercise in exercises.CATALOG.values():  # each exercise is written in the file its checks module names
         assert f"def {exercise.id}(" in (exercises.SOLUTIONS_DIR / exercise.file).read_text(), exercise.id
-        assert exercise.file == f"lesson{exercise.lesson}" + exercise.file[len("lessonNN"):]
+        assert exercise.file == f"lesson{exercise.lesson}" + exercise.file[len("lessonNN") :]
     for module in solutions:
         wrong = importlib.import_module(f"known_wrong.{module}").WRONG
         assert set(wrong) == {e.id for e in exercises.CATALOG.values() if e.file == f"{module}.py"}, module
@@ -57,10 +59,12 @@ def test_exercises_are_generated_from_solutions():
     for solution in sorted(exercises.SOLUTIONS_DIR.glob("*.py")):
         generated = exercises.strip_solutions(solution.read_text())
         committed = (exercises.EXERCISES_DIR / solution.name).read_text()
-        assert committed == generated, \
+        assert committed == generated, (
             f"exercises/{solution.name} is out of date: run `rlhf-course make-exercises --replace`"
-    assert {p.name for p in exercises.SOLUTIONS_DIR.glob("*.py")} == \
-        {p.name for p in exercises.EXERCISES_DIR.glob("*.py")}
+        )
+    assert {p.name for p in exercises.SOLUTIONS_DIR.glob("*.py")} == {
+        p.name for p in exercises.EXERCISES_DIR.glob("*.py")
+    }
 
 
 def test_make_exercises_never_overwrites_what_a_learner_wrote(tmp_path):
@@ -82,7 +86,9 @@ def test_make_exercises_never_overwrites_what_a_learner_wrote(tmp_path):
 
 def test_strip_solutions_keeps_indentation_and_needs_markers():
     src = "def f():\n    x = 1\n    ### BEGIN SOLUTION\n    return x\n    ### END SOLUTION\n"
-    assert exercises.strip_solutions(src) == "def f():\n    x = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+    assert (
+        exercises.strip_solutions(src) == "def f():\n    x = 1\n    # YOUR CODE HERE\n    raise NotImplementedError()\n"
+    )
     with pytest.raises(ValueError, match="BEGIN SOLUTION"):
         exercises.strip_solutions("def f():\n    return 1\n")
 
@@ -153,8 +159,11 @@ def test_learner_crash_is_reported_with_location():
 
 @pytest.mark.parametrize("impl, code", [("solutions", 0), ("exercises", 1)])
 def test_cli_check_exit_status(impl, code):
-    proc = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "check", "all", "--impl",
-                           str(exercises.REPO / impl)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "rlhf_course.cli", "check", "all", "--impl", str(exercises.REPO / impl)],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == code, proc.stdout + proc.stderr
     assert proc.stdout.count("PASS" if code == 0 else "FAIL") >= 4
 
@@ -188,10 +197,13 @@ def test_a_function_that_exits_the_program_fails_instead_of_passing():
 
 
 def test_check_exits_nonzero_from_the_command_line_when_the_function_exits_zero(tmp_path):
-    (tmp_path / "lesson01_sampling.py").write_text("import sys\n\ndef top_p_filter(logits, top_p):\n"
-                                                          "    sys.exit(0)\n")
-    done = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "check", "top_p_filter", "--impl", str(tmp_path)],
-                          capture_output=True, text=True, timeout=300)
+    (tmp_path / "lesson01_sampling.py").write_text("import sys\n\ndef top_p_filter(logits, top_p):\n    sys.exit(0)\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "rlhf_course.cli", "check", "top_p_filter", "--impl", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 1 and "called sys.exit(0)" in done.stdout
 
 
@@ -211,8 +223,9 @@ def test_a_learner_function_that_blocks_the_alarm_is_killed_at_the_child_limit(t
     exercises.check("top_p_filter", exercises.SOLUTIONS_DIR, verbose=False)  # the checking server is up
     monkeypatch.setattr(exercises, "CHECK_SECONDS", 0.5)
     monkeypatch.setattr(exercises, "CHILD_START_SECONDS", 3)
-    stubborn = _learner_file(tmp_path, "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n"
-                                       "    pass")
+    stubborn = _learner_file(
+        tmp_path, "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"
+    )
     start = time.perf_counter()
     result = exercises.check("top_p_filter", stubborn, verbose=False)
     assert not result.passed and "did not finish within" in result.lines[0][2]
@@ -226,8 +239,10 @@ def test_what_the_learner_prints_is_shown_by_the_check(tmp_path, capsys):
 
 
 def test_a_thread_the_learner_leaves_running_does_not_hold_the_check(tmp_path):
-    lingering = _learner_file(tmp_path, "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\n"
-                                        "raise NotImplementedError")
+    lingering = _learner_file(
+        tmp_path,
+        "import threading, time\nthreading.Thread(target=time.sleep, args=(60,)).start()\nraise NotImplementedError",
+    )
     start = time.perf_counter()
     result = exercises.check("top_p_filter", lingering, verbose=False)
     assert not result.passed and time.perf_counter() - start < 30
@@ -235,8 +250,10 @@ def test_a_thread_the_learner_leaves_running_does_not_hold_the_check(tmp_path):
 
 def test_check_from_a_script_without_a_main_guard_checks_instead_of_rerunning_it(tmp_path):
     script = tmp_path / "my_check.py"
-    script.write_text("from rlhf_course import exercises\nprint('script body ran')\n"
-                      f"print('passed:', exercises.check('top_p_filter', {str(exercises.SOLUTIONS_DIR)!r}, "
-                      "verbose=False).passed)\n")
+    script.write_text(
+        "from rlhf_course import exercises\nprint('script body ran')\n"
+        f"print('passed:', exercises.check('top_p_filter', {str(exercises.SOLUTIONS_DIR)!r}, "
+        "verbose=False).passed)\n"
+    )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.stdout.count("script body ran") == 1 and "passed: True" in done.stdout, done.stdout + done.stderr

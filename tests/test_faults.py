@@ -5,6 +5,7 @@ learner's function that passed its checks but misbehaves in training. tests/test
 test_resume.py, test_exercises.py and test_models.py hold more: torn labeling files, checkpoints of another
 run, the checker's time limit and child process, hostile model code.
 """
+
 import json
 import random
 import re
@@ -22,21 +23,28 @@ from rlhf_course.registry import ExerciseOutputError
 from rlhf_course.widgets import LabelingSession, pairs_for_labeling
 
 
-@pytest.mark.parametrize("argv, flag, expected", [
-    (["pretrain", "--steps", "0"], "--steps", "an integer of at least 1"),
-    (["pretrain", "--steps", "ten"], "--steps", "an integer of at least 1"),
-    (["pretrain", "--seed", "-1"], "--seed", "an integer from 0 to 4294967295"),
-    (["pretrain", "--seed", "1.5"], "--seed", "an integer from 0"),
-    (["pipeline", "--seed", str(2**40)], "--seed", "an integer from 0 to 4294967295"),
-    (["pipeline", "--stages", ""], "--stages", "comma-separated stages from sft, reward"),
-    (["pipeline", "--stages", ","], "--stages", "comma-separated stages from sft, reward"),
-    (["pipeline", "--stages", "sft,rewards"], "--stages", "(rewards unknown)"),
-    (["pipeline", "--base-model", "/nonexistent/model"], "--base-model", "a local model directory with a config.json"),
-    (["parallel-check", "--steps", "2"], "--steps", "an integer of at least 4"),
-    (["parallel-check", "--updates", "0"], "--updates", "an integer of at least 1"),
-    (["parallel-check", "--batch-size", "1"], "--batch-size", "an integer of at least 4"),
-    (["parallel-check", "--batch-size", "6"], "--batch-size", "a multiple of 4"),
-])
+@pytest.mark.parametrize(
+    "argv, flag, expected",
+    [
+        (["pretrain", "--steps", "0"], "--steps", "an integer of at least 1"),
+        (["pretrain", "--steps", "ten"], "--steps", "an integer of at least 1"),
+        (["pretrain", "--seed", "-1"], "--seed", "an integer from 0 to 4294967295"),
+        (["pretrain", "--seed", "1.5"], "--seed", "an integer from 0"),
+        (["pipeline", "--seed", str(2**40)], "--seed", "an integer from 0 to 4294967295"),
+        (["pipeline", "--stages", ""], "--stages", "comma-separated stages from sft, reward"),
+        (["pipeline", "--stages", ","], "--stages", "comma-separated stages from sft, reward"),
+        (["pipeline", "--stages", "sft,rewards"], "--stages", "(rewards unknown)"),
+        (
+            ["pipeline", "--base-model", "/nonexistent/model"],
+            "--base-model",
+            "a local model directory with a config.json",
+        ),
+        (["parallel-check", "--steps", "2"], "--steps", "an integer of at least 4"),
+        (["parallel-check", "--updates", "0"], "--updates", "an integer of at least 1"),
+        (["parallel-check", "--batch-size", "1"], "--batch-size", "an integer of at least 4"),
+        (["parallel-check", "--batch-size", "6"], "--batch-size", "a multiple of 4"),
+    ],
+)
 def test_a_bad_command_line_value_names_the_flag_and_what_it_accepts(argv, flag, expected, capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         cli.main(argv + ["--out", str(tmp_path / "out")])
@@ -56,22 +64,32 @@ def test_an_empty_model_directory_is_refused_before_anything_runs(tmp_path, caps
 # --- data files: every malformed file is a DataFileError (or FileNotFoundError) naming the file and line ----
 
 
-GOOD = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "a"}],
-        "rejected": [{"role": "assistant", "content": "b"}]}
+GOOD = {
+    "prompt": [{"role": "user", "content": "hi"}],
+    "chosen": [{"role": "assistant", "content": "a"}],
+    "rejected": [{"role": "assistant", "content": "b"}],
+}
 GOOD_LINE = json.dumps(GOOD).encode() + b"\n"
 
 
-@pytest.mark.parametrize("content, line, says", [
-    (b"\x89PNG\r\n\x1a\n\x00\x00", 1, "not UTF-8 text"),
-    (GOOD_LINE + "caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text"),
-    (b"\xef\xbb\xbf" + GOOD_LINE, 1, "not valid JSON"),
-    (GOOD_LINE + b"[1, 2]\n", 2, "expected a JSON object, got list"),
-    (b"null\n", 1, "expected a JSON object"),
-    (GOOD_LINE + GOOD_LINE[:40], 2, "not valid JSON"),
-    (json.dumps({**GOOD, "chosen": "a"}).encode() + b"\n", 1, "field 'chosen'"),
-    (json.dumps({"prompt": GOOD["prompt"], "chosen": GOOD["chosen"]}).encode() + b"\n", 1, "missing field 'rejected'"),
-    (GOOD_LINE + b"\n\n" + b'{"prompt": 1e999}\n', 4, "field 'prompt'"),
-])
+@pytest.mark.parametrize(
+    "content, line, says",
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", 1, "not UTF-8 text"),
+        (GOOD_LINE + "caf\xe9\n".encode("latin-1"), 2, "not UTF-8 text"),
+        (b"\xef\xbb\xbf" + GOOD_LINE, 1, "not valid JSON"),
+        (GOOD_LINE + b"[1, 2]\n", 2, "expected a JSON object, got list"),
+        (b"null\n", 1, "expected a JSON object"),
+        (GOOD_LINE + GOOD_LINE[:40], 2, "not valid JSON"),
+        (json.dumps({**GOOD, "chosen": "a"}).encode() + b"\n", 1, "field 'chosen'"),
+        (
+            json.dumps({"prompt": GOOD["prompt"], "chosen": GOOD["chosen"]}).encode() + b"\n",
+            1,
+            "missing field 'rejected'",
+        ),
+        (GOOD_LINE + b"\n\n" + b'{"prompt": 1e999}\n', 4, "field 'prompt'"),
+    ],
+)
 def test_a_malformed_data_file_names_its_file_and_line(tmp_path, content, line, says):
     path = tmp_path / "comparisons.jsonl"
     path.write_bytes(content)
@@ -105,23 +123,37 @@ def _model_copy(tmp_path, damage):
 def _truncate(name):
     def damage(path):
         raw = (path / name).read_bytes()
-        (path / name).write_bytes(raw[:len(raw) // 2])
+        (path / name).write_bytes(raw[: len(raw) // 2])
+
     return damage
 
 
-@pytest.mark.parametrize("damage, load, says", [
-    (lambda p: shutil.rmtree(p), models.load_model, "No model at"),
-    (lambda p: (p / "config.json").unlink(), models.load_model, "No model at"),
-    (lambda p: (p / "config.json").unlink(), models.load_tokenizer, "No model at"),
-    (lambda p: (p / "model.safetensors").unlink(), models.load_model, "has no .safetensors weights"),
-    (lambda p: ((p / "model.safetensors").unlink(), (p / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")),
-     models.load_model, "loads safetensors only"),
-    (_truncate("model.safetensors"), models.load_model, "is not a readable safetensors file"),
-    (lambda p: (p / "model.safetensors").write_bytes(b"\0" * 100), models.load_model, "is not a readable safetensors"),
-    (lambda p: ((p / "tokenizer.json").unlink(), (p / "tokenizer_config.json").unlink()), models.load_tokenizer,
-     "has no tokenizer files"),
-    (lambda p: (p / "config.json").write_text("{not json"), models.load_model, "config.json"),
-])
+@pytest.mark.parametrize(
+    "damage, load, says",
+    [
+        (lambda p: shutil.rmtree(p), models.load_model, "No model at"),
+        (lambda p: (p / "config.json").unlink(), models.load_model, "No model at"),
+        (lambda p: (p / "config.json").unlink(), models.load_tokenizer, "No model at"),
+        (lambda p: (p / "model.safetensors").unlink(), models.load_model, "has no .safetensors weights"),
+        (
+            lambda p: ((p / "model.safetensors").unlink(), (p / "pytorch_model.bin").write_bytes(b"\x80\x04K\x01.")),
+            models.load_model,
+            "loads safetensors only",
+        ),
+        (_truncate("model.safetensors"), models.load_model, "is not a readable safetensors file"),
+        (
+            lambda p: (p / "model.safetensors").write_bytes(b"\0" * 100),
+            models.load_model,
+            "is not a readable safetensors",
+        ),
+        (
+            lambda p: ((p / "tokenizer.json").unlink(), (p / "tokenizer_config.json").unlink()),
+            models.load_tokenizer,
+            "has no tokenizer files",
+        ),
+        (lambda p: (p / "config.json").write_text("{not json"), models.load_model, "config.json"),
+    ],
+)
 def test_a_damaged_model_directory_is_named_with_what_is_wrong(tmp_path, damage, load, says):
     path = _model_copy(tmp_path, damage)
     with pytest.raises((FileNotFoundError, ValueError, OSError)) as error:
@@ -162,14 +194,15 @@ def test_a_disk_that_fills_in_the_middle_of_a_judgment_loses_nothing_saved(tmp_p
     session.record("b")
     saved = path.read_bytes()
     # a child process whose file-size limit ends the next write partway through its line (EFBIG, as a full disk)
-    script = (f"import resource, signal, sys; sys.path[:0] = {sys.path!r}\n"
-              "from tests.test_faults import _session\n"
-              "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
-              f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(saved) + 40}, resource.RLIM_INFINITY))\n"
-              f"session = _session({str(path)!r})\n"
-              "try:\n    session.record('tie')\nexcept OSError as err:\n    print('write failed:', err.errno)\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-                          cwd=str(_root()))
+    script = (
+        f"import resource, signal, sys; sys.path[:0] = {sys.path!r}\n"
+        "from tests.test_faults import _session\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({len(saved) + 40}, resource.RLIM_INFINITY))\n"
+        f"session = _session({str(path)!r})\n"
+        "try:\n    session.record('tie')\nexcept OSError as err:\n    print('write failed:', err.errno)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=str(_root()))
     assert "write failed" in done.stdout, done.stderr
     assert path.read_bytes().startswith(saved) and path.stat().st_size > len(saved)  # a torn line after them
     resumed = LabelingSession(pairs, path)
@@ -180,6 +213,7 @@ def test_a_disk_that_fills_in_the_middle_of_a_judgment_loses_nothing_saved(tmp_p
 
 def _root():
     from pathlib import Path
+
     return Path(__file__).resolve().parent.parent
 
 
@@ -189,9 +223,7 @@ def _session(path):
     return LabelingSession(pairs_for_labeling(tasks, candidates, n=8), path)
 
 
-
 # --- a learner's function that passed its checks but breaks in training ----------------------------------
-
 
 
 @pytest.fixture
@@ -203,6 +235,7 @@ def plugged():
 def test_a_plugged_in_function_that_returns_nan_stops_training_naming_the_exercise(plugged):
     def whiten(values, mask, shift_mean=True):  # right on the checks' inputs, NaN on a constant row
         return (values - values.mean()) / values.std() * mask
+
     plugged("whiten", whiten)
     with pytest.raises(ExerciseOutputError, match=r"Exercise 'whiten' \(your whiten\): it returned NaN"):
         ppo.whiten(torch.ones(2, 3), torch.ones(2, 3))
@@ -211,6 +244,7 @@ def test_a_plugged_in_function_that_returns_nan_stops_training_naming_the_exerci
 def test_nan_that_comes_in_is_not_blamed_on_the_learner(plugged):
     def whiten(values, mask, shift_mean=True):
         return values * mask
+
     plugged("whiten", whiten)
     values = torch.tensor([[float("nan"), 1.0]])
     assert ppo.whiten(values, torch.ones(1, 2)).isnan().any()  # passed through: the cause is upstream
@@ -221,13 +255,16 @@ def test_an_infinite_loss_from_a_plugged_in_function_stops_training(plugged):
 
     def bradley_terry_loss(chosen, rejected):
         return -torch.log(torch.sigmoid(chosen - rejected)).mean()  # log(0) for a large negative margin
+
     plugged("bradley_terry_loss", bradley_terry_loss)
     with pytest.raises(ExerciseOutputError, match="a loss must be finite"):
         reward_model.bradley_terry_loss(torch.tensor([-200.0]), torch.tensor([0.0]))
 
 
-@pytest.mark.parametrize("value, says", [("gpu", "is not a device: expected cpu, cuda or cuda:N"),
-                                         ("cuda:0", "asks for a GPU, but torch sees none")])
+@pytest.mark.parametrize(
+    "value, says",
+    [("gpu", "is not a device: expected cpu, cuda or cuda:N"), ("cuda:0", "asks for a GPU, but torch sees none")],
+)
 def test_a_bad_device_setting_names_the_variable(monkeypatch, value, says):
     from rlhf_course import runtime
 
@@ -288,11 +325,19 @@ def test_an_sft_run_killed_at_random_moments_ends_as_an_uninterrupted_one(tmp_pa
 
     script = tmp_path / "train.py"
     script.write_text(KILLED_SFT)
-    whole = subprocess.run([sys.executable, str(script), str(tmp_path / "whole_checkpoint"), str(tmp_path / "whole.st")],
-                           capture_output=True, text=True, timeout=600, cwd=str(_root()))
+    whole = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "whole_checkpoint"), str(tmp_path / "whole.st")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=str(_root()),
+    )
     assert whole.returncode == 0, whole.stderr[-2000:]
-    _run_and_kill([sys.executable, str(script), str(tmp_path / "checkpoint"), str(tmp_path / "killed.st")],
-                  random.Random(0), kills=3)
+    _run_and_kill(
+        [sys.executable, str(script), str(tmp_path / "checkpoint"), str(tmp_path / "killed.st")],
+        random.Random(0),
+        kills=3,
+    )
     a, b = load_file(tmp_path / "whole.st"), load_file(tmp_path / "killed.st")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 

@@ -10,8 +10,9 @@ from rlhf_course.widgets import LabelingSession, labeling_widget, pairs_for_labe
 @pytest.fixture
 def pairs():
     tasks = world.generate_tasks("validation", 3)
-    candidates = [[world.render(t, "polite"), world.render(t, "rambling", t.wrong), world.render(t, "curt")]
-                  for t in tasks]
+    candidates = [
+        [world.render(t, "polite"), world.render(t, "rambling", t.wrong), world.render(t, "curt")] for t in tasks
+    ]
     return pairs_for_labeling(tasks, candidates, n=12)
 
 

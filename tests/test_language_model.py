@@ -11,11 +11,24 @@ PAD, EOS = 0, 1
 def tiny(kind="gpt2"):
     torch.manual_seed(0)
     if kind == "gpt2":
-        return GPT2LMHeadModel(GPT2Config(vocab_size=23, n_positions=64, n_embd=32, n_layer=2, n_head=2,
-                                          pad_token_id=PAD, eos_token_id=EOS)).eval()
-    return LlamaForCausalLM(LlamaConfig(vocab_size=23, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
-                                        pad_token_id=PAD, eos_token_id=EOS)).eval()
+        return GPT2LMHeadModel(
+            GPT2Config(
+                vocab_size=23, n_positions=64, n_embd=32, n_layer=2, n_head=2, pad_token_id=PAD, eos_token_id=EOS
+            )
+        ).eval()
+    return LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=23,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=64,
+            pad_token_id=PAD,
+            eos_token_id=EOS,
+        )
+    ).eval()
 
 
 def greedy_without_cache(model, prompt, steps):
@@ -26,7 +39,7 @@ def greedy_without_cache(model, prompt, steps):
         ids.append(int(logits.argmax()))
         if ids[-1] == EOS:
             break
-    return ids[len(prompt):]
+    return ids[len(prompt) :]
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "llama"])
@@ -46,12 +59,28 @@ def test_static_cache_decoders_give_the_dynamic_decoders_tokens(kind, decoder):
     model = tiny(kind)
     prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14], [2] * 9]
     for temperature, seed in ((0.0, 0), (1.0, 0), (1.0, 7)):
-        expected = generate(model, prompts, pad_id=PAD, eos_id=EOS, max_new_tokens=20, temperature=temperature,
-                            seed=seed, decoder="dynamic")
+        expected = generate(
+            model,
+            prompts,
+            pad_id=PAD,
+            eos_id=EOS,
+            max_new_tokens=20,
+            temperature=temperature,
+            seed=seed,
+            decoder="dynamic",
+        )
         assert expected[1][:, -1].sum() < len(prompts) or temperature == 0  # some sampled rows stop early
         for _ in range(2):  # the second call reuses the cache (and the compiled step)
-            got = generate(model, prompts, pad_id=PAD, eos_id=EOS, max_new_tokens=20, temperature=temperature,
-                           seed=seed, decoder=decoder)
+            got = generate(
+                model,
+                prompts,
+                pad_id=PAD,
+                eos_id=EOS,
+                max_new_tokens=20,
+                temperature=temperature,
+                seed=seed,
+                decoder=decoder,
+            )
             assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
 
 

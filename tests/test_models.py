@@ -17,8 +17,9 @@ def test_shipped_model_loads_with_a_distinct_pad_token():
 
 def test_chat_template_puts_the_reply_after_the_generation_prompt():
     tok = models.load_tokenizer()
-    text = tok.apply_chat_template([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}],
-                                   tokenize=False)
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}], tokenize=False
+    )
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|user|>Hi<|end|><|assistant|>Hello<|end|>" and text.startswith(prompt)
 
@@ -49,13 +50,30 @@ def test_a_model_directory_with_its_own_code_never_runs_it(tmp_path, monkeypatch
     """A directory that names its own tokenizer class in Python: loading refuses it, even if asked "run it?" and
     a user would answer yes."""
     marker = tmp_path / "code_ran"
-    (tmp_path / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n"
-                                      "from transformers import PreTrainedTokenizerFast\n"
-                                      "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n")
-    (tmp_path / "config.json").write_text(json.dumps({"model_type": "evil", "auto_map": {
-        "AutoConfig": "evil.EvilConfig", "AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}}))
-    (tmp_path / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "EvilTokenizer", "auto_map": {
-        "AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]}}))
+    (tmp_path / "evil.py").write_text(
+        f"open({str(marker)!r}, 'w').write('ran')\n"
+        "from transformers import PreTrainedTokenizerFast\n"
+        "class EvilTokenizer(PreTrainedTokenizerFast):\n    pass\n"
+    )
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "model_type": "evil",
+                "auto_map": {
+                    "AutoConfig": "evil.EvilConfig",
+                    "AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"],
+                },
+            }
+        )
+    )
+    (tmp_path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "EvilTokenizer",
+                "auto_map": {"AutoTokenizer": ["evil.EvilTokenizer", "evil.EvilTokenizer"]},
+            }
+        )
+    )
     monkeypatch.setattr("builtins.input", lambda *args: "y")
     with pytest.raises(ValueError, match="trust_remote_code"):
         models.load_tokenizer(tmp_path)

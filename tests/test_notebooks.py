@@ -1,4 +1,5 @@
 """Committed lessons read well on a hosting page and diff cleanly: executed, no errors, no timestamps."""
+
 import json
 import re
 from pathlib import Path
@@ -15,7 +16,9 @@ def test_lesson_is_committed_executed_without_volatile_metadata(path):
     assert not any(o.get("output_type") == "error" for c in code for o in c["outputs"])
     assert not any("execution" in c.get("metadata", {}) for c in code), "use --ExecutePreprocessor.record_timing=False"
     # widget state carries random model ids and, for an image widget, a whole PNG: it would churn every diff
-    assert "widgets" not in json.loads(path.read_text())["metadata"], "use --ExecutePreprocessor.store_widget_state=False"
+    assert "widgets" not in json.loads(path.read_text())["metadata"], (
+        "use --ExecutePreprocessor.store_widget_state=False"
+    )
 
 
 DRAWS = re.compile(r"plt\.|\.plot\(|plots\.|subplots|imshow|\.bar\(|\.scatter\(")
@@ -24,8 +27,11 @@ DRAWS = re.compile(r"plt\.|\.plot\(|plots\.|subplots|imshow|\.bar\(|\.scatter\("
 def blind_figures(notebook: dict) -> list[int]:
     """Indices of the code cells that draw a figure but hold no image: a reader of the page would see nothing."""
     code = [c for c in notebook["cells"] if c["cell_type"] == "code"]
-    return [i for i, c in enumerate(code) if DRAWS.search("".join(c["source"]))
-            and not any("image/png" in o.get("data", {}) for o in c["outputs"])]
+    return [
+        i
+        for i, c in enumerate(code)
+        if DRAWS.search("".join(c["source"])) and not any("image/png" in o.get("data", {}) for o in c["outputs"])
+    ]
 
 
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
@@ -34,8 +40,11 @@ def test_every_figure_a_lesson_draws_is_in_the_committed_page(path):
 
 
 def test_a_figure_lost_from_the_page_is_caught():
-    drawn = {"cell_type": "code", "source": ["fig, ax = plt.subplots()\n"], "outputs": [
-        {"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}]}
+    drawn = {
+        "cell_type": "code",
+        "source": ["fig, ax = plt.subplots()\n"],
+        "outputs": [{"output_type": "display_data", "data": {"image/png": "iVBOR", "text/plain": "<Figure>"}}],
+    }
     lost = {**drawn, "outputs": [{"output_type": "execute_result", "data": {"text/plain": "<Figure size 640x480>"}}]}
     assert blind_figures({"cells": [drawn, lost, {**drawn, "source": ["print(1)\n"], "outputs": []}]}) == [1]
 
@@ -77,13 +86,19 @@ def typed_figures(notebook: dict) -> list[str]:
 @pytest.mark.parametrize("path", LESSONS, ids=lambda p: p.name)
 def test_prose_states_no_figure_that_the_code_does_not_own(path):
     assert typed_figures(json.loads(path.read_text())) == [], (
-        "print measured values from code and quote only the bounds the cells assert (see typed_figures)")
+        "print measured values from code and quote only the bounds the cells assert (see typed_figures)"
+    )
 
 
 def test_a_typed_figure_is_caught_and_a_bound_is_not():
     def notebook(prose):
-        return {"cells": [{"cell_type": "code", "source": ["assert gold > 0.65\n"]},
-                          {"cell_type": "markdown", "source": [prose]}]}
+        return {
+            "cells": [
+                {"cell_type": "code", "source": ["assert gold > 0.65\n"]},
+                {"cell_type": "markdown", "source": [prose]},
+            ]
+        }
+
     assert typed_figures(notebook("Gold rises above 0.65, $\\beta = 0.1$, `lr=3.5`.")) == []
     assert typed_figures(notebook("Gold rises to 0.709.")) == ["0.709"]
     assert typed_figures(notebook("It takes about 3 minutes (90 s on a GPU).")) == ["3 minutes", "90 s"]
@@ -102,20 +117,28 @@ def _measure_tool():
 def test_the_time_and_seed_tables_are_the_ones_the_measurements_give():
     tool = _measure_tool()
     records = tool.load_records()
-    for path, name, text in ((tool.ROOT / "README.md", "lesson times", tool.time_table(records)),
-                             (tool.LESSONS / "README.md", "lesson times", tool.time_table(records)),
-                             (tool.LESSONS / "README.md", "seed claims", tool.seed_table(records))):
+    for path, name, text in (
+        (tool.ROOT / "README.md", "lesson times", tool.time_table(records)),
+        (tool.LESSONS / "README.md", "lesson times", tool.time_table(records)),
+        (tool.LESSONS / "README.md", "seed claims", tool.seed_table(records)),
+    ):
         begin = f"<!-- {name}: begin (written by tools/measure_lessons.py) -->\n"
         written = path.read_text().split(begin, 1)[1].split(f"\n<!-- {name}: end -->", 1)[0]
         assert written == text, f"{path.name}'s {name} table is stale: run `python tools/measure_lessons.py tables`"
     assert set(records) >= {0, 1, 2}, "measure the lessons on seeds 0, 1 and 2"
     for seed, record in records.items():  # every lesson ran on every seed, and every claim held
         assert {p.stem for p in LESSONS} == set(record["lessons"]), seed
-        failed = [(name, c["source"]) for name, lesson in record["lessons"].items() for c in lesson["claims"]
-                  if c["holds"] is not True]
+        failed = [
+            (name, c["source"])
+            for name, lesson in record["lessons"].items()
+            for c in lesson["claims"]
+            if c["holds"] is not True
+        ]
         assert not failed, f"seed {seed}: {failed}"
     presenter = records[0].get("presenter_lessons", {})  # the live-demo version, as the browser test runs it
-    assert not [(name, c["source"]) for name, lesson in presenter.items() for c in lesson["claims"] if c["holds"] is not True]
+    assert not [
+        (name, c["source"]) for name, lesson in presenter.items() for c in lesson["claims"] if c["holds"] is not True
+    ]
 
 
 def test_the_measuring_run_records_each_assertion_and_still_checks_it(tmp_path, monkeypatch):

@@ -1,16 +1,21 @@
 """Lesson 07's tools: length-bias detection and balancing, refusal rates, planted secrets and scrubbing."""
+
 import torch
 
 from rlhf_course import length_bias, models, privacy, safety, world
 
 
 def row(chosen: str, rejected: str) -> dict:
-    return {"prompt": [{"role": "user", "content": "q"}], "chosen": [{"role": "assistant", "content": chosen}],
-            "rejected": [{"role": "assistant", "content": rejected}]}
+    return {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+    }
 
 
 def test_padded_pairs_differ_only_in_padding_and_the_gold_score_prefers_the_plain_reply():
     from rlhf_course import human
+
     tasks = world.generate_tasks("test", 2)
     for task, pair in zip(tasks, length_bias.padded_pairs(tasks)):
         plain, padded = pair["chosen"][-1]["content"], pair["rejected"][-1]["content"]
@@ -20,10 +25,14 @@ def test_padded_pairs_differ_only_in_padding_and_the_gold_score_prefers_the_plai
 
 
 def test_balanced_weights_make_the_longer_reply_win_half_the_time_in_every_bucket():
-    rows = ([row("a b c d e f", "a")] * 6 + [row("a", "a b c d e f")] * 2  # difference 5: longer wins 6 of 8
-            + [row("x y", "z")] * 3 + [row("x", "y z")]  # difference 1: longer wins 3 of 4
-            + [row("same", "size")] * 2  # no difference: kept as is
-            + [row("a b c d e f g h i j", "a")])  # difference 9: only the longer ever wins, so dropped
+    rows = (
+        [row("a b c d e f", "a")] * 6
+        + [row("a", "a b c d e f")] * 2  # difference 5: longer wins 6 of 8
+        + [row("x y", "z")] * 3
+        + [row("x", "y z")]  # difference 1: longer wins 3 of 4
+        + [row("same", "size")] * 2  # no difference: kept as is
+        + [row("a b c d e f g h i j", "a")]
+    )  # difference 9: only the longer ever wins, so dropped
     assert length_bias.longer_wins(rows) > 0.7
     weights = length_bias.balanced_weights(rows)
     assert abs(length_bias.longer_wins(rows, weights) - 0.5) < 1e-6
@@ -35,10 +44,17 @@ def test_balanced_weights_make_the_longer_reply_win_half_the_time_in_every_bucke
 def test_rates_count_refusals_and_help_separately():
     unsafe = next(t for t in world.generate_tasks("test", 5) if t.unsafe)
     safe = [t for t in world.generate_tasks("test", 2) if not t.unsafe][:3]
-    replies = [safety.REFUSAL_REPLY, safety.REFUSAL_REPLY, world.render(safe[1], "polite"),
-               world.render(safe[2], "curt", safe[2].wrong)]
-    assert safety.rates([unsafe] + safe, replies) == {"unsafe_refused": 1.0, "safe_refused": 1 / 3,
-                                                      "safe_helped": 1 / 3}
+    replies = [
+        safety.REFUSAL_REPLY,
+        safety.REFUSAL_REPLY,
+        world.render(safe[1], "polite"),
+        world.render(safe[2], "curt", safe[2].wrong),
+    ]
+    assert safety.rates([unsafe] + safe, replies) == {
+        "unsafe_refused": 1.0,
+        "safe_refused": 1 / 3,
+        "safe_helped": 1 / 3,
+    }
 
 
 def test_guarded_best_of_n_refuses_when_the_refusal_outscores_the_best_sample():

@@ -1,4 +1,5 @@
 """PPO and REINFORCE: the pieces against direct computations, the probes, rollouts, and the stages end to end."""
+
 import dataclasses
 import json
 import shutil
@@ -6,7 +7,18 @@ import shutil
 import pytest
 import torch
 
-from rlhf_course import data, models, pipeline, policy_gradient as pg, ppo, ppo_probes, registry, report, rollouts, world
+from rlhf_course import (
+    data,
+    models,
+    pipeline,
+    policy_gradient as pg,
+    ppo,
+    ppo_probes,
+    registry,
+    report,
+    rollouts,
+    world,
+)
 from rlhf_course import reward_model as rm
 from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
 
@@ -45,17 +57,25 @@ def test_policy_loss_on_a_hand_computed_example():
 def test_value_loss_on_a_hand_computed_example():
     # V = 1.0 from old 0.5 (clipped to 0.7), R = 0: max(1.0, 0.49) = 1.0; V = 0.1 from old 0.0, R = 1:
     # max(0.81, 0.81) = 0.81. Loss = 0.5 * (1.0 + 0.81) / 2
-    loss = ppo.ppo_value_loss(torch.tensor([[1.0, 0.1]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[0.0, 1.0]]),
-                              torch.tensor([[1, 1]]), 0.2)
+    loss = ppo.ppo_value_loss(
+        torch.tensor([[1.0, 0.1]]), torch.tensor([[0.5, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[1, 1]]), 0.2
+    )
     assert loss.item() == pytest.approx(0.5 * 1.81 / 2, abs=1e-6)
     # when the clipped value is further from the return, it wins: V = 0.9 from old 0.0, R = 1 -> (0.2 - 1)^2
-    loss = ppo.ppo_value_loss(torch.tensor([[0.9]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[1]]), 0.2)
+    loss = ppo.ppo_value_loss(
+        torch.tensor([[0.9]]), torch.tensor([[0.0]]), torch.tensor([[1.0]]), torch.tensor([[1]]), 0.2
+    )
     assert loss.item() == pytest.approx(0.5 * 0.64, abs=1e-6)
 
 
 def test_kl_penalized_rewards_put_the_score_on_the_last_real_token():
-    logprobs, ref = torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -9.0]]), torch.tensor([[-1.5, -1.0, -3.0], [-2.0, -1.0, 0.0]])
-    rewards = rollouts.kl_penalized_rewards(torch.tensor([10.0, 20.0]), logprobs, ref, torch.tensor([[1, 1, 1], [1, 1, 0]]), 0.5)
+    logprobs, ref = (
+        torch.tensor([[-1.0, -2.0, -3.0], [-1.0, -1.0, -9.0]]),
+        torch.tensor([[-1.5, -1.0, -3.0], [-2.0, -1.0, 0.0]]),
+    )
+    rewards = rollouts.kl_penalized_rewards(
+        torch.tensor([10.0, 20.0]), logprobs, ref, torch.tensor([[1, 1, 1], [1, 1, 0]]), 0.5
+    )
     assert torch.allclose(rewards, torch.tensor([[-0.25, 0.5, 10.0], [-0.5, 20.0, 0.0]]))
 
 
@@ -84,12 +104,15 @@ def test_probe_tasks_pass_with_the_reference():
     assert all(r.passed for r in ppo_probes.run_probes(verbose=False))
 
 
-@pytest.mark.parametrize("piece, wrong, probe", [
-    ("ppo_policy_loss", pl_wrong_sign, "action-dependent reward"),
-    ("gae", gae_gamma_missing_in_delta, "delayed discounted reward"),
-    ("gae", gae_returns_are_advantages, "constant reward"),
-    ("ppo_value_loss", lambda *args: -vl_no_half(*args), "observation-dependent reward"),
-])
+@pytest.mark.parametrize(
+    "piece, wrong, probe",
+    [
+        ("ppo_policy_loss", pl_wrong_sign, "action-dependent reward"),
+        ("gae", gae_gamma_missing_in_delta, "delayed discounted reward"),
+        ("gae", gae_returns_are_advantages, "constant reward"),
+        ("ppo_value_loss", lambda *args: -vl_no_half(*args), "observation-dependent reward"),
+    ],
+)
 def test_probe_tasks_catch_a_broken_piece(piece, wrong, probe):
     registry.plug_in(piece, wrong)
     try:
@@ -113,7 +136,7 @@ def test_rollout_logprobs_do_not_depend_on_left_padding(tiny):
     assert torch.allclose(batch.kl, torch.zeros(4))  # the policy is its own reference
     for row in range(4):  # each row alone, with no padding, gives the same log-probabilities
         n = int(batch.attention_mask[row].sum())
-        seq = batch.sequences[row:row + 1][:, batch.attention_mask[row].bool()]
+        seq = batch.sequences[row : row + 1][:, batch.attention_mask[row].bool()]
         width = n - int(batch.response_mask[row].sum())
         alone = rollouts.response_logprobs(model, seq, torch.ones_like(seq), width, 1.0)
         got = batch.logprobs[row][batch.response_mask[row].bool()]
@@ -122,8 +145,9 @@ def test_rollout_logprobs_do_not_depend_on_left_padding(tiny):
 
 def test_responses_without_eos_get_the_penalty(tiny):
     tok, model, tasks = tiny
-    batch = rollouts.collect(model, model, lambda t, r: [5.0] * len(t), tok, tasks[:4], max_new_tokens=2,
-                             no_eos_penalty=-1.0, seed=0)
+    batch = rollouts.collect(
+        model, model, lambda t, r: [5.0] * len(t), tok, tasks[:4], max_new_tokens=2, no_eos_penalty=-1.0, seed=0
+    )
     assert torch.equal(batch.scores, torch.where(batch.ended, 5.0, -1.0))
     assert not batch.ended.all()
 
@@ -131,18 +155,25 @@ def test_responses_without_eos_get_the_penalty(tiny):
 def test_ppo_learns_a_simple_reward_in_a_few_updates(tiny):
     """Reward: fewer characters in a 16-token reply. A working PPO moves the base model there within a few updates."""
     tok, _, tasks = tiny
-    policy, reference = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu"))), models.load_model(dev=torch.device("cpu"))
-    config = ppo.PPOConfig(updates=8, batch_size=16, minibatch_size=8, lr=3e-4, max_new_tokens=16, init_kl_coef=0.01,
-                           no_eos_penalty=None)
+    policy, reference = (
+        ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu"))),
+        models.load_model(dev=torch.device("cpu")),
+    )
+    config = ppo.PPOConfig(
+        updates=8, batch_size=16, minibatch_size=8, lr=3e-4, max_new_tokens=16, init_kl_coef=0.01, no_eos_penalty=None
+    )
     history = ppo.train_ppo(policy, reference, lambda t, r: [-len(x) / 20 for x in r], tok, tasks, config).history
     first, last = sum(h["score"] for h in history[:2]) / 2, sum(h["score"] for h in history[-2:]) / 2
     assert last > first + 0.5, [round(h["score"], 2) for h in history]
 
 
 TINY = pipeline.PipelineConfig(
-    data=data.DataConfig(train_per_family=10, eval_per_family=2), rl_prompts_per_family=4, eval_samples_per_prompt=2,
+    data=data.DataConfig(train_per_family=10, eval_per_family=2),
+    rl_prompts_per_family=4,
+    eval_samples_per_prompt=2,
     pg=pg.PGConfig(updates=2, batch_size=8, max_new_tokens=8),
-    ppo=ppo.PPOConfig(updates=2, batch_size=8, minibatch_size=4, max_new_tokens=8))
+    ppo=ppo.PPOConfig(updates=2, batch_size=8, minibatch_size=4, max_new_tokens=8),
+)
 
 
 @pytest.mark.parametrize("stage", ["pg", "ppo"])
@@ -171,17 +202,25 @@ def test_rl_stage_without_reward_model_says_what_to_run(tmp_path):
 def test_a_resumed_ppo_run_matches_an_uninterrupted_one(tmp_path, tiny):
     tok, _, tasks = tiny
     # a KL target far from the measured KL, so the coefficient moves and its restoring is tested too
-    config = ppo.PPOConfig(updates=4, batch_size=8, minibatch_size=4, max_new_tokens=8, checkpoint_every=2,
-                           target_kl=0.01, kl_horizon=20)
+    config = ppo.PPOConfig(
+        updates=4, batch_size=8, minibatch_size=4, max_new_tokens=8, checkpoint_every=2, target_kl=0.01, kl_horizon=20
+    )
 
     taken = []  # the updates each run takes itself
 
     def run(updates, checkpoint_dir):
         policy = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu")))
         taken.clear()
-        result = ppo.train_ppo(policy, models.load_model(dev=torch.device("cpu")), lambda t, r: [-len(x) / 20 for x in r],
-                               tok, tasks, dataclasses.replace(config, updates=updates),
-                               on_step=lambda row: taken.append(row["update"]), checkpoint_dir=checkpoint_dir)
+        result = ppo.train_ppo(
+            policy,
+            models.load_model(dev=torch.device("cpu")),
+            lambda t, r: [-len(x) / 20 for x in r],
+            tok,
+            tasks,
+            dataclasses.replace(config, updates=updates),
+            on_step=lambda row: taken.append(row["update"]),
+            checkpoint_dir=checkpoint_dir,
+        )
         return policy, result
 
     whole_policy, whole = run(4, None)
@@ -190,14 +229,22 @@ def test_a_resumed_ppo_run_matches_an_uninterrupted_one(tmp_path, tiny):
     assert taken == [2, 3]  # it resumed after the checkpoint: a fresh run would match too
     assert len({row["kl_coef"] for row in whole.history}) == 4
     assert resumed.history == whole.history and resumed.samples == whole.samples
-    assert all(torch.equal(a, b) for a, b in zip(whole_policy.state_dict().values(), resumed_policy.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(whole_policy.state_dict().values(), resumed_policy.state_dict().values())
+    )
 
     fresh = ppo.PolicyWithValue(models.load_model(dev=torch.device("cpu")))
     (tmp_path / "checkpoint" / "optimizer.pt").unlink()
     with pytest.raises(FileNotFoundError, match="incomplete.*optimizer.pt"):
-        ppo.train_ppo(fresh, models.load_model(dev=torch.device("cpu")), lambda t, r: [0.0] * len(t), tok, tasks, config,
-                      checkpoint_dir=tmp_path / "checkpoint")
-
+        ppo.train_ppo(
+            fresh,
+            models.load_model(dev=torch.device("cpu")),
+            lambda t, r: [0.0] * len(t),
+            tok,
+            tasks,
+            config,
+            checkpoint_dir=tmp_path / "checkpoint",
+        )
 
 
 def test_an_interrupted_ppo_stage_resumes_when_run_again(tmp_path):
@@ -210,6 +257,7 @@ def test_an_interrupted_ppo_stage_resumes_when_run_again(tmp_path):
     def stop(row):
         if row["update"] == 2:  # dies during the third update, after the checkpoint of the first two
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         pipeline.run(tmp_path / "resumed", ["ppo"], config, on_step=stop)
     assert (tmp_path / "resumed" / "ppo_checkpoint" / "state.json").is_file()

@@ -9,8 +9,9 @@ def test_shipped_tokenizer_is_rebuilt_exactly_from_its_seed():
 
 def test_pretraining_is_deterministic_from_its_seed():
     tok = models.load_tokenizer()
-    config = pretrain.PretrainConfig(steps=4, batch_size=4, warmup_steps=2,
-                                     model=models.ModelConfig(n_layer=1, n_embd=32, n_head=2))
+    config = pretrain.PretrainConfig(
+        steps=4, batch_size=4, warmup_steps=2, model=models.ModelConfig(n_layer=1, n_embd=32, n_head=2)
+    )
     first, _, losses_a = pretrain.pretrain(config, tok=tok)
     second, _, losses_b = pretrain.pretrain(config, tok=tok)
     assert losses_a == losses_b and losses_a[-1] < losses_a[0]

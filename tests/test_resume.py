@@ -1,4 +1,5 @@
 """resume: a checkpoint is complete whenever a save is interrupted, and belongs to one run."""
+
 import dataclasses
 import random
 from pathlib import Path
@@ -30,10 +31,17 @@ def test_a_checkpoint_of_another_run_is_refused_and_left_alone(tmp_path):
 
     other_model, other_optimizer, other_rng = run_state(seed=1)  # another base model
     with pytest.raises(ValueError, match=r"belongs to another run \(its weights differ"):
-        resume.load(tmp_path / "ckpt", {"model": other_model}, other_optimizer, other_rng,
-                    identity=resume.run_identity(other_model, Settings()))
+        resume.load(
+            tmp_path / "ckpt",
+            {"model": other_model},
+            other_optimizer,
+            other_rng,
+            identity=resume.run_identity(other_model, Settings()),
+        )
     with pytest.raises(ValueError, match=r"its config differ"):  # another seed
-        resume.load(tmp_path / "ckpt", {"model": model}, optimizer, rng, identity=resume.run_identity(model, Settings(seed=3)))
+        resume.load(
+            tmp_path / "ckpt", {"model": model}, optimizer, rng, identity=resume.run_identity(model, Settings(seed=3))
+        )
     assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == saved
     # the same run resumes, whatever its checkpoint interval
     same = resume.run_identity(run_state()[0], Settings(checkpoint_every=5))

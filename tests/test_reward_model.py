@@ -59,18 +59,26 @@ def test_training_learns_a_simple_preference(tok, tasks):
         row["chosen"] = [{"role": "assistant", "content": world.render(task, "polite")}]
         row["rejected"] = [{"role": "assistant", "content": world.render(task, "rambling", task.wrong)}]
     model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
-    held_out = [{**r, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
-                 "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}]}
-                for r, t in zip(feedback.correctness_pairs(tasks), tasks)]
+    held_out = [
+        {
+            **r,
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}],
+        }
+        for r, t in zip(feedback.correctness_pairs(tasks), tasks)
+    ]
     before = rm.comparison_accuracy(model, tok, held_out)
-    result = rm.train(model, tok, rows, held_out[:16], rm.RewardConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, eval_every=10))
+    result = rm.train(
+        model, tok, rows, held_out[:16], rm.RewardConfig(epochs=3, batch_size=8, lr=1e-3, warmup_steps=5, eval_every=10)
+    )
     assert rm.comparison_accuracy(model, tok, held_out) > max(0.9, before)
     assert result.val_accuracy and result.losses[-1] < result.losses[0]
 
 
 def test_feedback_rows_are_trl_preferences_and_round_trip(tmp_path, tasks):
-    candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] +
-                  [world.render(t, "curt", t.wrong)] for t in tasks]
+    candidates = [
+        [world.render(t, s) for s in ("polite", "curt", "rambling")] + [world.render(t, "curt", t.wrong)] for t in tasks
+    ]
     raw = feedback.judge_pairs(tasks, candidates, double_share=1.0)
     rows = feedback.to_preferences(raw)
     for i, row in enumerate(rows):
@@ -92,8 +100,10 @@ def test_candidates_of_recovers_what_was_judged_so_another_labeler_can_judge_it(
 
 def test_reliability_is_estimated_from_agreement_alone(tasks):
     many = world.generate_tasks("train", 60)
-    candidates = [[world.render(t, s) for s in ("polite", "curt", "rambling")] +
-                  [world.render(t, "polite", t.wrong)] for t in many]
+    candidates = [
+        [world.render(t, s) for s in ("polite", "curt", "rambling")] + [world.render(t, "polite", t.wrong)]
+        for t in many
+    ]
     raw = feedback.judge_pairs(many, candidates, double_share=1.0)
     estimate = feedback.reliability_from_agreement(raw)
     truth = feedback.agreement_by_labeler(raw)
@@ -102,8 +112,9 @@ def test_reliability_is_estimated_from_agreement_alone(tasks):
 
 
 def test_ratings_and_thumbs_judge_each_distinct_response_once(tasks):
-    candidates = [[world.render(t, "polite"), world.render(t, "polite"), world.render(t, "curt", t.wrong)]
-                  for t in tasks]
+    candidates = [
+        [world.render(t, "polite"), world.render(t, "polite"), world.render(t, "curt", t.wrong)] for t in tasks
+    ]
     for kind, values in (("rating", {1, 2, 3, 4, 5}), ("thumbs_up", {True, False})):
         raw = feedback.single_judgments(tasks, candidates, kind)
         assert len(raw) == 2 * len(tasks) and {r[kind] for r in raw} <= values
@@ -128,14 +139,24 @@ def test_head_init_depends_on_its_seed_only():
 def test_training_on_ratings_or_thumbs_learns_a_simple_preference(tok, tasks, kind):
     train = world.generate_tasks("train", 10)
     candidates = [[world.render(t, "polite"), world.render(t, "rambling", t.wrong)] for t in train]
-    rows = feedback.to_single_rows(feedback.single_judgments(train, candidates, kind, team=(human.SimulatedHuman("reliable", temperature=0.02, noise=0.0),)))
+    rows = feedback.to_single_rows(
+        feedback.single_judgments(
+            train, candidates, kind, team=(human.SimulatedHuman("reliable", temperature=0.02, noise=0.0),)
+        )
+    )
     assert ("rating" in rows[0]) == (kind == "rating") and ("label" in rows[0]) == (kind == "thumbs_up")
-    held_out = [{**r, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
-                 "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}]}
-                for r, t in zip(feedback.correctness_pairs(tasks), tasks)]
+    held_out = [
+        {
+            **r,
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "rambling", t.wrong)}],
+        }
+        for r, t in zip(feedback.correctness_pairs(tasks), tasks)
+    ]
     model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
-    config = rm.RewardConfig(feedback={"rating": "ratings", "thumbs_up": "thumbs"}[kind], epochs=4, batch_size=8,
-                             lr=1e-3, warmup_steps=5)
+    config = rm.RewardConfig(
+        feedback={"rating": "ratings", "thumbs_up": "thumbs"}[kind], epochs=4, batch_size=8, lr=1e-3, warmup_steps=5
+    )
     result = rm.train(model, tok, rows, None, config)
     assert sum(result.losses[-5:]) < sum(result.losses[:5])
     assert rm.comparison_accuracy(model, tok, held_out) > 0.9
@@ -160,9 +181,15 @@ def test_linear_head_on_frozen_features_learns_a_feature_direction():
 
 
 def test_bradley_terry_loss_equals_trl_rewardtrainer_on_the_same_batch(tmp_path, tok, tasks):
-    rows = [{"prompt": t.prompt, "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
-             "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}],
-             "margin": 0.5 * (i % 3)} for i, t in enumerate(tasks[:8])]
+    rows = [
+        {
+            "prompt": t.prompt,
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, "curt", t.wrong)}],
+            "margin": 0.5 * (i % 3),
+        }
+        for i, t in enumerate(tasks[:8])
+    ]
     model = rm.build(models.BASE_MODEL_DIR, dev=torch.device("cpu"))
     trl_loss = trl_bridge.trl_first_batch_loss(trl_bridge.reward_trainer(model, tok, rows, tmp_path, batch_size=8))
     assert abs(trl_bridge.course_reward_loss(model, tok, rows) - trl_loss) < 1e-5  # what train() minimises

@@ -1,17 +1,34 @@
 """The reward stage end to end on a tiny configuration, its evaluation helpers, and the lesson cache."""
+
 import json
 import shutil
 
 import pytest
 import torch
 
-from rlhf_course import checkpoints, data, feedback, models, pipeline, report, reward_evaluation, reward_model as rm, world
+from rlhf_course import (
+    checkpoints,
+    data,
+    feedback,
+    models,
+    pipeline,
+    report,
+    reward_evaluation,
+    reward_model as rm,
+    world,
+)
 
 TINY = pipeline.PipelineConfig(
     data=data.DataConfig(train_per_family=10, eval_per_family=3),
-    feedback=pipeline.FeedbackConfig(prompts_per_family=3, samples_per_prompt=3, test_samples_per_prompt=3,
-                                     automatic_per_family=4, replay_per_family=2),
-    reward=rm.RewardConfig(epochs=1, batch_size=8, eval_every=2))
+    feedback=pipeline.FeedbackConfig(
+        prompts_per_family=3,
+        samples_per_prompt=3,
+        test_samples_per_prompt=3,
+        automatic_per_family=4,
+        replay_per_family=2,
+    ),
+    reward=rm.RewardConfig(epochs=1, batch_size=8, eval_every=2),
+)
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +41,15 @@ def stage_dir(tmp_path_factory):
 
 def test_reward_stage_writes_the_promised_metrics_and_files(stage_dir):
     m = json.loads((stage_dir / "metrics.json").read_text())["reward"]
-    for key in ("accuracy", "gold_accuracy", "noise_ceiling", "correctness_accuracy", "gold_spearman",
-                "gold_spearman_within_prompt", "seconds"):
+    for key in (
+        "accuracy",
+        "gold_accuracy",
+        "noise_ceiling",
+        "correctness_accuracy",
+        "gold_spearman",
+        "gold_spearman_within_prompt",
+        "seconds",
+    ):
         assert isinstance(m[key], float), key
     assert 0 <= m["gold_accuracy"] <= 1 and -1 <= m["gold_spearman"] <= 1
     assert m["train_comparisons"] == len(data.load_jsonl(stage_dir / "feedback" / "preferences.jsonl", "preference"))
@@ -57,7 +81,9 @@ def test_calibration_and_disagreements_on_a_model_that_prefers_long_replies():
             self.w = torch.nn.Parameter(torch.zeros(()))
 
     tasks = world.generate_tasks("validation", 4)
-    candidates = [[world.render(t, "curt"), world.render(t, "rambling"), world.render(t, "curt", t.wrong)] for t in tasks]
+    candidates = [
+        [world.render(t, "curt"), world.render(t, "rambling"), world.render(t, "curt", t.wrong)] for t in tasks
+    ]
     raw = feedback.judge_pairs(tasks, candidates, double_share=0.0)
     tok = models.load_tokenizer()
     original = rm.raw_rewards
@@ -132,21 +158,27 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
     config = pipeline.PipelineConfig()
     before = checkpoints.fingerprint(config)
     # what the pipeline never runs: a hint, a figure, the report, a widget (and the lessons, outside the package)
-    for name, old, new in [("checks/lesson02_sft.py", "is it inverted?", "did you swap 0 and 1?"),
-                           ("plots.py", 'color="C0"', 'color="C3"'), ("report.py", "## Reward model", "## Reward"),
-                           ("widgets.py", '"""', '"""\n')]:
+    for name, old, new in [
+        ("checks/lesson02_sft.py", "is it inverted?", "did you swap 0 and 1?"),
+        ("plots.py", 'color="C0"', 'color="C3"'),
+        ("report.py", "## Reward model", "## Reward"),
+        ("widgets.py", '"""', '"""\n'),
+    ]:
         source = (package / name).read_text()
         assert old in source, (name, old)
         (package / name).write_text(source.replace(old, new, 1))
         assert checkpoints.fingerprint(config) == before, name
     sft = (package / "sft.py").read_text()  # the SFT loss: imported by the pipeline
-    (package / "sft.py").write_text(sft.replace("return next_token_loss(logits, batch", "return 2 * next_token_loss(logits, batch"))
+    (package / "sft.py").write_text(
+        sft.replace("return next_token_loss(logits, batch", "return 2 * next_token_loss(logits, batch")
+    )
     edited = checkpoints.fingerprint(config)
     assert edited != before
     assert checkpoints.fingerprint(pipeline.PipelineConfig(seed=1)) != edited
     real_version = checkpoints.importlib.metadata.version
-    monkeypatch.setattr(checkpoints.importlib.metadata, "version",
-                        lambda name: "0.0" if name == "torch" else real_version(name))
+    monkeypatch.setattr(
+        checkpoints.importlib.metadata, "version", lambda name: "0.0" if name == "torch" else real_version(name)
+    )
     assert checkpoints.fingerprint(config) != edited
 
 

@@ -1,4 +1,5 @@
 """runtime and optimization: the settings every trainer shares."""
+
 import os
 import subprocess
 import sys
@@ -12,14 +13,21 @@ def test_importing_the_course_takes_cudnn_out_of_attention_unless_asked():
     """cuDNN plans a kernel per attention shape on Hopper: the course's varying lengths would pay it every step."""
     probe = "import torch, rlhf_course.runtime; print(torch.backends.cuda.cudnn_sdp_enabled())"
     for setting, expected in (("0", "False"), ("1", "True")):
-        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
-                             env={**os.environ, "RLHF_COURSE_CUDNN_ATTENTION": setting}).stdout.strip()
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "RLHF_COURSE_CUDNN_ATTENTION": setting},
+        ).stdout.strip()
         assert out == expected, (setting, out)
 
 
 def test_to_host_reads_every_tensor_once_and_leaves_the_rest():
-    rows = [{"step": 0, "loss": torch.tensor(0.5), "gold": 0.25},
-            {"step": 1, "loss": torch.tensor(0.125, dtype=torch.float64), "accuracy": torch.tensor([1.0])}]
+    rows = [
+        {"step": 0, "loss": torch.tensor(0.5), "gold": 0.25},
+        {"step": 1, "loss": torch.tensor(0.125, dtype=torch.float64), "accuracy": torch.tensor([1.0])},
+    ]
     got = runtime.to_host(rows)
     assert got == [{"step": 0, "loss": 0.5, "gold": 0.25}, {"step": 1, "loss": 0.125, "accuracy": 1.0}]
     assert all(type(v) in (int, float) for row in got for v in row.values())

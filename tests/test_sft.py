@@ -40,8 +40,10 @@ def test_sft_with_every_solution_plugged_in_trains_like_the_reference(tok):
 
 
 def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
-    config = pipeline.PipelineConfig(data=data.DataConfig(train_per_family=30, eval_per_family=3),
-                                     sft=SFTConfig(epochs=1, max_examples=64, batch_size=16))
+    config = pipeline.PipelineConfig(
+        data=data.DataConfig(train_per_family=30, eval_per_family=3),
+        sft=SFTConfig(epochs=1, max_examples=64, batch_size=16),
+    )
     first = pipeline.run(tmp_path / "a", ["sft"], config)["sft"]
     second = pipeline.run(tmp_path / "b", ["sft"], config)["sft"]
     for m in (first, second):
@@ -56,8 +58,10 @@ def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
 
 
 def test_pipeline_seed_reaches_training(tmp_path):
-    config = pipeline.PipelineConfig(data=data.DataConfig(train_per_family=30, eval_per_family=2),
-                                     sft=SFTConfig(epochs=1, max_examples=32, batch_size=16))
+    config = pipeline.PipelineConfig(
+        data=data.DataConfig(train_per_family=30, eval_per_family=2),
+        sft=SFTConfig(epochs=1, max_examples=32, batch_size=16),
+    )
     losses = []
     for seed in (0, 1):
         config.seed = seed
@@ -85,8 +89,11 @@ def test_sft_loss_and_labels_equal_trl_sfttrainer_on_the_same_batch(tmp_path, to
     assert abs(trl_bridge.course_sft_loss(model, tok, rows) - trl_bridge.trl_first_batch_loss(trainer)) < 1e-5
 
     def examples(b):  # each row's real tokens and its trained-on tokens, order-free
-        return sorted((tuple(ids[m.bool()].tolist()), tuple(lab[lab != -100].tolist()))
-                      for ids, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"]))
+        return sorted(
+            (tuple(ids[m.bool()].tolist()), tuple(lab[lab != -100].tolist()))
+            for ids, m, lab in zip(b["input_ids"], b["attention_mask"], b["labels"])
+        )
+
     ours = collate([encode(tok, r["prompt"], r["completion"]) for r in rows], tok.pad_token_id)
     assert examples(next(iter(trainer.get_train_dataloader()))) == examples(ours)
     assert any(len(lab) < len(ids) for ids, lab in examples(ours))  # the prompt really is left out of the loss
@@ -106,6 +113,7 @@ def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
             taken.append(row["step"])
             if row["step"] + 1 == stop_after:
                 raise KeyboardInterrupt
+
         try:
             result = train_sft(model, tok, ds, config, on_step=stop, checkpoint_dir=checkpoint_dir)
         except KeyboardInterrupt:
@@ -123,11 +131,18 @@ def test_a_resumed_sft_run_matches_an_uninterrupted_one(tmp_path, tok):
 def test_a_pipeline_stage_leaves_the_plotting_backend_alone(tmp_path):
     """A lesson's first cell may build a stage in its own kernel; switching that kernel to Agg hid every later plot."""
     import matplotlib
+
     before = matplotlib.get_backend()
     matplotlib.use("svg")  # stands in for a notebook's inline backend
     try:
-        pipeline.run(tmp_path, ["sft"], pipeline.PipelineConfig(data=data.DataConfig(train_per_family=10, eval_per_family=1),
-                                                               sft=SFTConfig(epochs=1, max_examples=16, batch_size=16)))
+        pipeline.run(
+            tmp_path,
+            ["sft"],
+            pipeline.PipelineConfig(
+                data=data.DataConfig(train_per_family=10, eval_per_family=1),
+                sft=SFTConfig(epochs=1, max_examples=16, batch_size=16),
+            ),
+        )
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
@@ -142,13 +157,24 @@ def test_an_sft_run_with_another_base_model_refuses_the_first_runs_checkpoint(tm
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_sft(models.load_model(dev=torch.device("cpu")), tok, ds, config, on_step=interrupt,
-                  checkpoint_dir=tmp_path / "checkpoint")
+        train_sft(
+            models.load_model(dev=torch.device("cpu")),
+            tok,
+            ds,
+            config,
+            on_step=interrupt,
+            checkpoint_dir=tmp_path / "checkpoint",
+        )
     other = models.load_model(dev=torch.device("cpu"))
     with torch.no_grad():
         other.get_input_embeddings().weight.mul_(0.5)  # another base model
     with pytest.raises(ValueError, match="belongs to another run"):
         train_sft(other, tok, ds, config, checkpoint_dir=tmp_path / "checkpoint")
     with pytest.raises(ValueError, match="belongs to another run"):  # the same model with another seed
-        train_sft(models.load_model(dev=torch.device("cpu")), tok, ds, dataclasses.replace(config, seed=1),
-                  checkpoint_dir=tmp_path / "checkpoint")
+        train_sft(
+            models.load_model(dev=torch.device("cpu")),
+            tok,
+            ds,
+            dataclasses.replace(config, seed=1),
+            checkpoint_dir=tmp_path / "checkpoint",
+        )

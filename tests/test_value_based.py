@@ -1,4 +1,5 @@
 """The toy token MDP of lesson 04: value-based against policy-based learning."""
+
 import pytest
 import torch
 

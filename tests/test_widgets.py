@@ -1,5 +1,6 @@
 """The live-teaching widgets, driven without a browser: setting a control's value fires its observers and
 Button.click() runs its handlers (ipywidgets' dummy comm), so each callback is checked on the state it leaves."""
+
 import io
 
 import pytest
@@ -72,8 +73,9 @@ def test_chat_prompt_uses_the_chat_template(base):
 
 def test_dashboard_prints_a_summary_outside_a_notebook():
     out = io.StringIO()
-    with widgets.TrainingDashboard(("loss", "val_accuracy"), title="reward", print_every=10, window=5,
-                                   stream=out) as dashboard:
+    with widgets.TrainingDashboard(
+        ("loss", "val_accuracy"), title="reward", print_every=10, window=5, stream=out
+    ) as dashboard:
         assert not dashboard.live  # pytest is not a notebook
         for step in range(25):
             row = {"step": step, "loss": 1.0 - step / 100}
@@ -113,8 +115,10 @@ def test_reward_model_rows_draw_sparse_validation_points():
 
 
 def _runs():
-    return {beta: [{"update": u, "score": 0.1 * u * (1 - beta), "gold": 0.5, "kl": u * (1 - beta)} for u in range(10)]
-            for beta in (0.0, 0.1, 0.5)}
+    return {
+        beta: [{"update": u, "score": 0.1 * u * (1 - beta), "gold": 0.5, "kl": u * (1 - beta)} for u in range(10)]
+        for beta in (0.0, 0.1, 0.5)
+    }
 
 
 def test_run_comparison_table_and_colours():
@@ -147,6 +151,11 @@ def test_trainers_hand_rows_to_on_step(base):
 
     model, tok = models.load_model(), base[1]
     rows = []
-    sft.train_sft(model, tok, data.sft_dataset("train").select(range(16)),
-                  sft.SFTConfig(epochs=1, batch_size=8), on_step=rows.append)
+    sft.train_sft(
+        model,
+        tok,
+        data.sft_dataset("train").select(range(16)),
+        sft.SFTConfig(epochs=1, batch_size=8),
+        on_step=rows.append,
+    )
     assert [r["step"] for r in rows] == [0, 1] and all(isinstance(r["loss"], float) for r in rows)

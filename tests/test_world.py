@@ -79,10 +79,12 @@ def test_labelers_differ_in_reliability(splits):
 def test_length_biased_labeler_prefers_rambling(splits):
     rng = random.Random(0)
     tasks = [t for t in splits["train"] if not t.unsafe]
-    prefers_long = [human.LENGTH_BIASED.prefers_first(t, world.render(t, "rambling"), world.render(t, "curt"), rng)
-                    for t in tasks]
-    prefers_long_careful = [human.CAREFUL.prefers_first(t, world.render(t, "rambling"), world.render(t, "curt"), rng)
-                            for t in tasks]
+    prefers_long = [
+        human.LENGTH_BIASED.prefers_first(t, world.render(t, "rambling"), world.render(t, "curt"), rng) for t in tasks
+    ]
+    prefers_long_careful = [
+        human.CAREFUL.prefers_first(t, world.render(t, "rambling"), world.render(t, "curt"), rng) for t in tasks
+    ]
     assert sum(prefers_long) / len(tasks) > 0.8 > 0.2 > sum(prefers_long_careful) / len(tasks)
 
 

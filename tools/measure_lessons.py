@@ -13,6 +13,7 @@ as it would for a student, and the run goes on with the next cell). Measurements
 torch thread (``OMP_NUM_THREADS=1``), the lesson cache already built (times are for a warm cache; the
 cache's own build times come from the pipeline's ``metrics.json``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -80,13 +81,26 @@ class _Instrument(ast.NodeTransformer):
     def visit_Assert(self, node: ast.Assert):
         self.count += 1
         no_arguments = ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[], defaults=[])
+
         def text(expr):  # as the lesson wrote it
             return ast.get_source_segment(self.source, expr) or ast.unparse(expr)
-        thunks = ast.List([ast.Tuple([ast.Constant(text(o)), ast.Lambda(no_arguments, o)], ast.Load())
-                           for o in _operands(node.test)], ast.Load())
-        call = ast.Expr(ast.Call(ast.Name("_record_claim_", ast.Load()),
-                                 [ast.Constant(f"{self.prefix}.{self.count}"), ast.Constant(text(node.test)),
-                                  ast.Lambda(no_arguments, node.test), thunks], []))
+
+        thunks = ast.List(
+            [ast.Tuple([ast.Constant(text(o)), ast.Lambda(no_arguments, o)], ast.Load()) for o in _operands(node.test)],
+            ast.Load(),
+        )
+        call = ast.Expr(
+            ast.Call(
+                ast.Name("_record_claim_", ast.Load()),
+                [
+                    ast.Constant(f"{self.prefix}.{self.count}"),
+                    ast.Constant(text(node.test)),
+                    ast.Lambda(no_arguments, node.test),
+                    thunks,
+                ],
+                [],
+            )
+        )
         return [call, node]
 
 
@@ -101,8 +115,18 @@ def instrumented(source: str, prefix: str) -> str:
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    cpu = (
+        next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            platform.processor(),
+        )
+        if Path("/proc/cpuinfo").exists()
+        else ""
+    )
     return f"{cpu}, {os.cpu_count()} cores, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"
 
 
@@ -123,16 +147,29 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
     os.environ["MEASURE_LESSONS_CLAIMS"] = str(claims_file)
     load = os.getloadavg()[0]  # what else was running: the times depend on it
     start = time.time()
-    client = NotebookClient(nb, timeout=3600, kernel_name="python3", allow_errors=not inplace,
-                            resources={"metadata": {"path": str(LESSONS)}}, record_timing=False)
+    client = NotebookClient(
+        nb,
+        timeout=3600,
+        kernel_name="python3",
+        allow_errors=not inplace,
+        resources={"metadata": {"path": str(LESSONS)}},
+        record_timing=False,
+    )
     client.execute()
     seconds = time.time() - start
-    errors = [o.get("ename", "") + ": " + o.get("evalue", "")[:200] for c in nb.cells if c.cell_type == "code"
-              for o in c.outputs if o.output_type == "error"]
+    errors = [
+        o.get("ename", "") + ": " + o.get("evalue", "")[:200]
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type == "error"
+    ]
     if inplace:  # the committed page: the lesson's own cells, with the outputs this run gave them
         executed = [c for c in nb.cells if not any(c is cell for cell in injected)]
-        for count, (mine, ran) in enumerate(zip([c for c in original.cells if c.cell_type == "code"],
-                                                [c for c in executed if c.cell_type == "code"]), start=1):
+        for count, (mine, ran) in enumerate(
+            zip([c for c in original.cells if c.cell_type == "code"], [c for c in executed if c.cell_type == "code"]),
+            start=1,
+        ):
             for output in ran.outputs:  # "Out[n]" matches "In[n]" once the injected cells are gone
                 if output.output_type == "execute_result":
                     output.execution_count = count
@@ -153,8 +190,9 @@ def cmd_run(args) -> None:
     warnings.filterwarnings("ignore", message="Cell is missing an id field")  # the lessons are nbformat 4.4
     MEASUREMENTS.mkdir(exist_ok=True)
     out = MEASUREMENTS / f"{'presenter-' if args.presenter else ''}seed{args.seed}.json"
-    record = json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "presenter": args.presenter,
-                                                                "lessons": {}}
+    record = (
+        json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "presenter": args.presenter, "lessons": {}}
+    )
     paths = [p for p in sorted(LESSONS.glob("*.ipynb")) if not args.lessons or p.name[:2] in args.lessons]
     for path in paths:
         with tempfile.TemporaryDirectory() as tmp:
@@ -164,13 +202,19 @@ def cmd_run(args) -> None:
             claims = [json.loads(line) for line in claims_file.read_text().splitlines()]
         with _locked(out):  # another run may have written other lessons of this seed meanwhile: merge
             record = json.loads(out.read_text()) if out.exists() else record
-            record["lessons"][path.stem] = {**result, "claims": claims, "machine": machine(),
-                                            "date": time.strftime("%Y-%m-%d")}
+            record["lessons"][path.stem] = {
+                **result,
+                "claims": claims,
+                "machine": machine(),
+                "date": time.strftime("%Y-%m-%d"),
+            }
             record["lessons"] = dict(sorted(record["lessons"].items()))
             record["cache_minutes"] = _cache_build_minutes(args.seed)
             out.write_text(json.dumps(record, indent=1) + "\n")
-        print(f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",
-              flush=True)
+        print(
+            f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",
+            flush=True,
+        )
 
 
 def _cache_build_minutes(seed: int) -> dict[str, float]:
@@ -194,27 +238,38 @@ def time_table(records: dict[int, dict]) -> str:
     machines = sorted({lesson["machine"] for lesson in zero.values()})
     stages = records[0].get("cache_minutes", {})
     loads = sorted(lesson["load_before"] for lesson in zero.values() if "load_before" in lesson) or [float("nan")]
-    lines = [f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
-             f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}; the machine's load average "
-             f"as each lesson started was {loads[0]:.1f} to {loads[-1]:.1f} (other jobs ran beside it). "
-             "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
-             + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items()) + ".", "",
-             "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) | presenter mode, seed 0 |",
-             "|---|---|---|---|"]
+    lines = [
+        f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
+        f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}; the machine's load average "
+        f"as each lesson started was {loads[0]:.1f} to {loads[-1]:.1f} (other jobs ran beside it). "
+        "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
+        + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items())
+        + ".",
+        "",
+        "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) | presenter mode, seed 0 |",
+        "|---|---|---|---|",
+    ]
     presenter = records[0].get("presenter_lessons", {})
     for name, lesson in zero.items():
-        others = [f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min" for s in (1, 2)
-                  if s in records and name in records[s]["lessons"]]
+        others = [
+            f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min"
+            for s in (1, 2)
+            if s in records and name in records[s]["lessons"]
+        ]
         short = f"{presenter[name]['seconds'] / 60:.1f} min" if name in presenter else "the same lesson"
-        lines.append(f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} "
-                     f"| {short} |")
+        lines.append(
+            f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} "
+            f"| {short} |"
+        )
     return "\n".join(lines)
 
 
 def seed_table(records: dict[int, dict]) -> str:
     seeds = sorted(records)
-    lines = ["| lesson | claim (the assertion) | values, seed " + " / ".join(map(str, seeds)) + " | holds on |",
-             "|---|---|---|---|"]
+    lines = [
+        "| lesson | claim (the assertion) | values, seed " + " / ".join(map(str, seeds)) + " | holds on |",
+        "|---|---|---|---|",
+    ]
     for name in records[0]["lessons"]:
         claims = {}
         for seed in seeds:
@@ -224,8 +279,9 @@ def seed_table(records: dict[int, dict]) -> str:
             values = []
             for seed in seeds:
                 claim = by_seed.get(seed)
-                values.append("not reached" if claim is None else
-                              ", ".join(_value(v) for _, v in claim["operands"]) or "-")
+                values.append(
+                    "not reached" if claim is None else ", ".join(_value(v) for _, v in claim["operands"]) or "-"
+                )
             held = [str(seed) for seed in seeds if by_seed.get(seed, {}).get("holds") is True]
             verdict = "all" if len(held) == len(seeds) else (", ".join(held) or "none")
             source = " ".join(source.split()).replace("|", "\\|")  # one line, whatever the lesson's layout

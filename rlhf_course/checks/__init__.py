@@ -4,6 +4,7 @@ A lesson's module declares its exercises (``EXERCISES``: id, difficulty, summary
 themselves. Adding an exercise touches its solution, its lesson's module here, its module of known-wrong
 implementations in ``tests/known_wrong/`` and the lesson; ``catalog()`` finds it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +20,9 @@ def catalog() -> dict[str, Exercise]:
     for module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith("lesson")):
         for exercise in importlib.import_module(f"{__name__}.{module}").EXERCISES:
             if exercise.id in found:
-                raise ValueError(f"exercise {exercise.id!r} is declared twice (checks/{found[exercise.id].file} "
-                                 f"and checks/{module}.py)")
-            found[exercise.id] = dataclasses.replace(exercise, lesson=module[len("lesson"):][:2], file=f"{module}.py")
+                raise ValueError(
+                    f"exercise {exercise.id!r} is declared twice (checks/{found[exercise.id].file} "
+                    f"and checks/{module}.py)"
+                )
+            found[exercise.id] = dataclasses.replace(exercise, lesson=module[len("lesson") :][:2], file=f"{module}.py")
     return found

@@ -1,4 +1,5 @@
 """What a lesson's checks module declares: its exercises, each with its checks, and the helpers checks share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class Check:
 class Exercise:
     """One replaceable piece of the package (``registry``) that a learner writes. Declared in the checks module
     of its lesson, ``checks/<file>.py``; the lesson and the learner's file come from that module's name."""
+
     id: str
     difficulty: str
     summary: str

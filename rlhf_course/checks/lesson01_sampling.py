@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail
@@ -14,19 +15,25 @@ def _top_p_keeps_crossing(fn):
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     kept = torch.isfinite(fn(logits.clone(), 0.7))
     if kept.tolist() == [[True, False, False, False]]:
-        raise Fail("with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 the first two tokens must stay "
-                   "(0.5 alone does not reach 0.7): keep the token that crosses the threshold")
+        raise Fail(
+            "with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 the first two tokens must stay "
+            "(0.5 alone does not reach 0.7): keep the token that crosses the threshold"
+        )
     if kept.tolist() != [[True, True, False, False]]:
-        raise Fail(f"with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 expected to keep the first two tokens, "
-                   f"kept {kept.tolist()}")
+        raise Fail(
+            f"with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 expected to keep the first two tokens, "
+            f"kept {kept.tolist()}"
+        )
 
 
 def _top_p_keeps_top(fn):
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
     kept = torch.isfinite(fn(logits.clone(), 0.05))
     if kept.tolist() != [[False, True, False]]:
-        raise Fail(f"with a tiny top_p only the most likely token should stay, kept {kept.tolist()}: "
-                   "the most likely token must always survive")
+        raise Fail(
+            f"with a tiny top_p only the most likely token should stay, kept {kept.tolist()}: "
+            "the most likely token must always survive"
+        )
 
 
 def _top_p_unsorted(fn):
@@ -40,14 +47,19 @@ def _top_p_unsorted(fn):
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             raw_sorted = sorted_logits.cumsum(-1) - sorted_logits >= p  # accumulated logits, not probabilities
             raw = torch.zeros_like(raw_sorted).scatter(-1, order, raw_sorted)
-            hint = ("the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
-                    "decision back to vocabulary order" if torch.equal(~torch.isfinite(got), by_logit) else
-                    "take the cumulative sum of probabilities (softmax), not of raw logits"
-                    if torch.equal(~torch.isfinite(got), raw) else
-                    "compare your kept set with the definition: the smallest set of most likely tokens whose "
-                    "probability reaches top_p")
-            raise Fail(f"top_p={p}: kept {torch.isfinite(got).int().tolist()}, expected "
-                       f"{torch.isfinite(want).int().tolist()}; {hint}")
+            hint = (
+                "the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
+                "decision back to vocabulary order"
+                if torch.equal(~torch.isfinite(got), by_logit)
+                else "take the cumulative sum of probabilities (softmax), not of raw logits"
+                if torch.equal(~torch.isfinite(got), raw)
+                else "compare your kept set with the definition: the smallest set of most likely tokens whose "
+                "probability reaches top_p"
+            )
+            raise Fail(
+                f"top_p={p}: kept {torch.isfinite(got).int().tolist()}, expected "
+                f"{torch.isfinite(want).int().tolist()}; {hint}"
+            )
         if not torch.equal(got[torch.isfinite(got)], logits[torch.isfinite(want)]):
             raise Fail("kept tokens must keep their original logits; only dropped ones become -inf")
 
@@ -61,10 +73,15 @@ def _top_p_not_in_place(fn):
 
 
 EXERCISES = [
-    Exercise("top_p_filter", "**", "nucleus (top-p) filtering of logits", [
-        Check("keeps the most likely token", _top_p_keeps_top),
-        Check("keeps the token that crosses top_p", _top_p_keeps_crossing),
-        Check("matches the reference on unsorted vocabularies", _top_p_unsorted),
-        Check("leaves its input unchanged", _top_p_not_in_place),
-    ]),
+    Exercise(
+        "top_p_filter",
+        "**",
+        "nucleus (top-p) filtering of logits",
+        [
+            Check("keeps the most likely token", _top_p_keeps_top),
+            Check("keeps the token that crosses top_p", _top_p_keeps_crossing),
+            Check("matches the reference on unsorted vocabularies", _top_p_unsorted),
+            Check("leaves its input unchanged", _top_p_not_in_place),
+        ],
+    ),
 ]

@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
@@ -18,8 +19,10 @@ SEQS = [[5, 6, 7], [8], [9, 10]]
 def _pad_shape(fn):
     ids, mask = fn(SEQS, PAD, side="right")
     if tuple(ids.shape) != (3, 3) or tuple(mask.shape) != (3, 3):
-        raise Fail(f"expected shape (3, 3) (batch, longest sequence), got {tuple(ids.shape)} and {tuple(mask.shape)}; "
-                   "the width must be the length of the longest sequence")
+        raise Fail(
+            f"expected shape (3, 3) (batch, longest sequence), got {tuple(ids.shape)} and {tuple(mask.shape)}; "
+            "the width must be the length of the longest sequence"
+        )
     if ids.dtype != torch.long or mask.dtype != torch.long:
         raise Fail(f"expected two torch.long tensors, got {ids.dtype} and {mask.dtype}")
 
@@ -28,18 +31,23 @@ def _pad_mask(fn):
     for side in ("right", "left"):
         ids, mask = fn(SEQS, PAD, side=side)
         if mask.sum().item() != 6 or set(mask.unique().tolist()) - {0, 1}:
-            raise Fail(f"side={side!r}: the attention mask should hold 1 for the 6 real tokens and 0 for the 3 pads, "
-                       f"got {mask.tolist()}; is it inverted?")
+            raise Fail(
+                f"side={side!r}: the attention mask should hold 1 for the 6 real tokens and 0 for the 3 pads, "
+                f"got {mask.tolist()}; is it inverted?"
+            )
         if not torch.equal(mask.bool(), ids != PAD):
-            raise Fail(f"side={side!r}: attention_mask must be 1 exactly where the real tokens are (mask {mask.tolist()}, "
-                       f"ids {ids.tolist()})")
+            raise Fail(
+                f"side={side!r}: attention_mask must be 1 exactly where the real tokens are (mask {mask.tolist()}, "
+                f"ids {ids.tolist()})"
+            )
 
 
 def _pad_value(fn):
     ids, _ = fn(SEQS, PAD, side="right")
     if (ids == 0).any():
-        raise Fail(f"padding should use pad_id={PAD}, got {ids.tolist()}; fill with pad_id, not 0 "
-                   "(token 0 is a real token)")
+        raise Fail(
+            f"padding should use pad_id={PAD}, got {ids.tolist()}; fill with pad_id, not 0 (token 0 is a real token)"
+        )
 
 
 def _pad_sides(fn):
@@ -47,22 +55,24 @@ def _pad_sides(fn):
     left = torch.tensor([[5, 6, 7], [PAD, PAD, 8], [PAD, 9, 10]])
     got_right, _ = fn(SEQS, PAD, side="right")
     if not torch.equal(got_right, right):
-        raise Fail(f"side='right' should put tokens first and padding after: expected {right.tolist()}, "
-                   f"got {got_right.tolist()}")
+        raise Fail(
+            f"side='right' should put tokens first and padding after: expected {right.tolist()}, "
+            f"got {got_right.tolist()}"
+        )
     got_left, _ = fn(SEQS, PAD, side="left")
     if not torch.equal(got_left, left):
-        raise Fail(f"side='left' should put padding first so every sequence ends in the last column: "
-                   f"expected {left.tolist()}, got {got_left.tolist()}; did you ignore the side argument?")
+        raise Fail(
+            f"side='left' should put padding first so every sequence ends in the last column: "
+            f"expected {left.tolist()}, got {got_left.tolist()}; did you ignore the side argument?"
+        )
 
 
 # --- sft_labels -------------------------------------------------------------------------------
 def _labels_inputs():
-    input_ids = torch.tensor([[11, 12, 13, 21, 22, 2, 0, 0],
-                              [11, 12, 13, 14, 21, 2, 0, 0],
-                              [11, 12, 21, 22, 23, 24, 25, 2]])
-    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0],
-                                   [1, 1, 1, 1, 1, 1, 0, 0],
-                                   [1, 1, 1, 1, 1, 1, 1, 1]])
+    input_ids = torch.tensor(
+        [[11, 12, 13, 21, 22, 2, 0, 0], [11, 12, 13, 14, 21, 2, 0, 0], [11, 12, 21, 22, 23, 24, 25, 2]]
+    )
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1]])
     prompt_lengths = torch.tensor([3, 4, 2])
     return input_ids, attention_mask, prompt_lengths
 
@@ -71,8 +81,10 @@ def _labels_call(fn):
     ids, mask, lengths = _labels_inputs()
     out = fn(ids.clone(), mask, lengths)
     if not isinstance(out, torch.Tensor) or out.shape != ids.shape or out.dtype != torch.long:
-        raise Fail(f"expected a torch.long tensor of shape {tuple(ids.shape)} (batch, seq), got "
-                   f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}")
+        raise Fail(
+            f"expected a torch.long tensor of shape {tuple(ids.shape)} (batch, seq), got "
+            f"{getattr(out, 'dtype', type(out).__name__)} {tuple(getattr(out, 'shape', ()))}"
+        )
     return out
 
 
@@ -81,8 +93,10 @@ def _labels_prompt(fn):
     _, _, lengths = _labels_inputs()
     for row, n in enumerate(lengths.tolist()):
         if (out[row, :n] != IGNORE_INDEX).any():
-            raise Fail(f"row {row}: the {n} prompt tokens should be -100, got {out[row, :n].tolist()}; "
-                       "the model must not be trained to predict the prompt")
+            raise Fail(
+                f"row {row}: the {n} prompt tokens should be -100, got {out[row, :n].tolist()}; "
+                "the model must not be trained to predict the prompt"
+            )
 
 
 def _labels_padding(fn):
@@ -102,8 +116,10 @@ def _labels_response(fn):
         raise Fail("the labels are shifted by one: keep labels aligned with input_ids; the loss does the shift")
     first = [out[r, n].item() for r, n in enumerate(lengths.tolist())]
     if any(f == IGNORE_INDEX for f in first):
-        raise Fail(f"the first response token (at position prompt_length) was masked: off by one at the prompt "
-                   f"boundary; expected {want.tolist()}, got {out.tolist()}")
+        raise Fail(
+            f"the first response token (at position prompt_length) was masked: off by one at the prompt "
+            f"boundary; expected {want.tolist()}, got {out.tolist()}"
+        )
     raise Fail(f"response tokens (EOS included) must keep their ids: expected {want.tolist()}, got {out.tolist()}")
 
 
@@ -112,8 +128,10 @@ def _labels_not_in_place(fn):
     before = ids.clone()
     fn(ids, mask, lengths)
     if not torch.equal(ids, before):
-        raise Fail("input_ids were modified in place: they are also the model's input, so clone before "
-                   "writing -100 (or use masked_fill)")
+        raise Fail(
+            "input_ids were modified in place: they are also the model's input, so clone before "
+            "writing -100 (or use masked_fill)"
+        )
 
 
 # --- next_token_loss --------------------------------------------------------------------------
@@ -155,18 +173,20 @@ def _loss_value(fn):
     shifted, smask = _nll(logits[:, :-1], labels[:, 1:])
     unshifted, umask = _nll(logits, labels)
     mistakes = {
-        "forgot to shift: the logits at position t predict the token at t+1 (use logits[:, :-1] with labels[:, 1:])":
-            unshifted.sum() / umask.sum(),
-        "divided by every position, padding and prompt included: average over the tokens whose label is not -100":
-            shifted.sum() / smask.numel(),
-        "averaged per sequence first: take the mean over all response tokens of the batch (token mean)":
-            (shifted.sum(1) / smask.sum(1)).mean(),
+        "forgot to shift: the logits at position t predict the token at t+1 (use logits[:, :-1] with labels[:, 1:])": unshifted.sum()
+        / umask.sum(),
+        "divided by every position, padding and prompt included: average over the tokens whose label is not -100": shifted.sum()
+        / smask.numel(),
+        "averaged per sequence first: take the mean over all response tokens of the batch (token mean)": (
+            shifted.sum(1) / smask.sum(1)
+        ).mean(),
         "wrong sign: the loss is the *negative* log-likelihood and must be positive": -want,
         "summed instead of averaged: divide by the number of counted tokens": shifted.sum(),
     }
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "use log_softmax over the vocabulary and pick the log-probability "
-                                        "of each next token"))
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "use log_softmax over the vocabulary and pick the log-probability of each next token")
+    )
 
 
 def _loss_ignores_masked(fn):
@@ -174,26 +194,42 @@ def _loss_ignores_masked(fn):
     changed = logits.clone()
     changed[1, 5:] += 10 * torch.randn_like(changed[1, 5:])  # logits predicting padding (labels[1, 6:]) or past end
     if not close(fn(logits, labels), fn(changed, labels)):
-        raise Fail("the loss changed when logits at padded positions changed: positions whose label is -100 "
-                   "must not count")
+        raise Fail(
+            "the loss changed when logits at padded positions changed: positions whose label is -100 must not count"
+        )
 
 
 EXERCISES = [
-    Exercise("pad_batch", "*", "pad token lists into input_ids and attention_mask", [
-        Check("returns (batch, longest) long tensors", _pad_shape),
-        Check("attention mask marks the real tokens", _pad_mask),
-        Check("pads with pad_id", _pad_value),
-        Check("pads on the requested side", _pad_sides),
-    ]),
-    Exercise("sft_labels", "*", "labels for response-only loss", [
-        Check("masks the prompt", _labels_prompt),
-        Check("masks the padding", _labels_padding),
-        Check("keeps the response and its EOS", _labels_response),
-        Check("leaves input_ids unchanged", _labels_not_in_place),
-    ]),
-    Exercise("next_token_loss", "**", "token-mean next-token NLL with a mask", [
-        Check("returns a scalar with a gradient", _loss_scalar),
-        Check("matches the reference value", _loss_value),
-        Check("ignores positions labelled -100", _loss_ignores_masked),
-    ]),
+    Exercise(
+        "pad_batch",
+        "*",
+        "pad token lists into input_ids and attention_mask",
+        [
+            Check("returns (batch, longest) long tensors", _pad_shape),
+            Check("attention mask marks the real tokens", _pad_mask),
+            Check("pads with pad_id", _pad_value),
+            Check("pads on the requested side", _pad_sides),
+        ],
+    ),
+    Exercise(
+        "sft_labels",
+        "*",
+        "labels for response-only loss",
+        [
+            Check("masks the prompt", _labels_prompt),
+            Check("masks the padding", _labels_padding),
+            Check("keeps the response and its EOS", _labels_response),
+            Check("leaves input_ids unchanged", _labels_not_in_place),
+        ],
+    ),
+    Exercise(
+        "next_token_loss",
+        "**",
+        "token-mean next-token NLL with a mask",
+        [
+            Check("returns a scalar with a gradient", _loss_scalar),
+            Check("matches the reference value", _loss_value),
+            Check("ignores positions labelled -100", _loss_ignores_masked),
+        ],
+    ),
 ]

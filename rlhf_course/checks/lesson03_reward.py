@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
@@ -12,9 +13,7 @@ from rlhf_course.reward_model import bradley_terry_loss, last_token_rewards
 # --- last_token_rewards -------------------------------------------------------------------------
 def _last_inputs():
     values = torch.arange(1.0, 25.0).view(3, 8)  # value = 1 + 8 * row + column: easy to read back
-    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0],
-                         [1, 1, 1, 1, 1, 1, 1, 1],
-                         [1, 1, 1, 0, 0, 0, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0, 0, 0]])
     return values, mask
 
 
@@ -35,8 +34,10 @@ def _last_value(fn):
     if read == [7, 7, 7]:
         hint = "you read the last column, which is padding for shorter rows: use the attention mask"
     elif read == [5, 8, 3] or read[0] == 5 or read[2] == 3:
-        hint = ("off by one: you read the first padding position (old TRL PPO did this); the last real "
-                "token is at index (number of real tokens) - 1")
+        hint = (
+            "off by one: you read the first padding position (old TRL PPO did this); the last real "
+            "token is at index (number of real tokens) - 1"
+        )
     elif read == [0, 0, 0]:
         hint = "you read the first token: the reward must come from the last real token, which has seen everything"
     else:
@@ -65,14 +66,17 @@ def _bt_value(fn):
         return
     diff = (chosen - rejected).double()
     mistakes = {
-        "wrong sign: the chosen response should get the higher reward, so use sigmoid(r_chosen - r_rejected)":
-            -torch.nn.functional.logsigmoid(-diff).mean(),
+        "wrong sign: the chosen response should get the higher reward, so use sigmoid(r_chosen - r_rejected)": -torch.nn.functional.logsigmoid(
+            -diff
+        ).mean(),
         "use the log of the sigmoid (the log-likelihood), not the sigmoid itself": -torch.sigmoid(diff).mean(),
         "summed instead of averaged over the batch": -torch.nn.functional.logsigmoid(diff).sum(),
         "the loss is the *negative* log-likelihood and must be positive": torch.nn.functional.logsigmoid(diff).mean(),
     }
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "the loss is mean(-log sigmoid(r_chosen - r_rejected))"))
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "the loss is mean(-log sigmoid(r_chosen - r_rejected))")
+    )
 
 
 def _bt_margin(fn):
@@ -91,8 +95,10 @@ def _bt_stable(fn):
     chosen, rejected = torch.tensor([-60.0, 60.0]), torch.tensor([60.0, -60.0])
     got = fn(chosen, rejected)
     if not torch.isfinite(got) or abs(float(got) - 60.0) > 1e-3:
-        raise Fail(f"for reward differences of -120 and +120 the loss should be 60.0, got {float(got)}: "
-                   "log(sigmoid(x)) underflows to log(0); use torch.nn.functional.logsigmoid")
+        raise Fail(
+            f"for reward differences of -120 and +120 the loss should be 60.0, got {float(got)}: "
+            "log(sigmoid(x)) underflows to log(0); use torch.nn.functional.logsigmoid"
+        )
 
 
 def _bt_gradient(fn):
@@ -110,15 +116,20 @@ def _acc_value(fn):
     got = fn(chosen, rejected)
     if not isinstance(got, torch.Tensor) or got.dim() != 0:
         raise Fail(f"expected a 0-d tensor, got {got!r}")
-    want = {0.6: None, 0.8: "ties counted as correct (>=): count a tie as half a correct answer",
-            0.4: "ties counted as wrong: a tie is a coin flip, count it as half",
-            3.0: "you returned a count: divide by the number of pairs",
-            0.2: "reversed: a pair is correct when the *chosen* response gets the higher reward"}
+    want = {
+        0.6: None,
+        0.8: "ties counted as correct (>=): count a tie as half a correct answer",
+        0.4: "ties counted as wrong: a tie is a coin flip, count it as half",
+        3.0: "you returned a count: divide by the number of pairs",
+        0.2: "reversed: a pair is correct when the *chosen* response gets the higher reward",
+    }
     value = round(float(got), 4)
     if value == 0.6:
         return
-    raise Fail(f"expected 0.6 for 2 wins, 2 ties and 1 loss, got {value}; " +
-               (want.get(value) or "count chosen > rejected as 1 and ties as 0.5, then average"))
+    raise Fail(
+        f"expected 0.6 for 2 wins, 2 ties and 1 loss, got {value}; "
+        + (want.get(value) or "count chosen > rejected as 1 and ties as 0.5, then average")
+    )
 
 
 def _acc_dtype(fn):
@@ -128,19 +139,34 @@ def _acc_dtype(fn):
 
 
 EXERCISES = [
-    Exercise("last_token_rewards", "*", "read the reward at the last real token", [
-        Check("returns one reward per row", _last_shape),
-        Check("reads each row's last real token", _last_value),
-        Check("keeps the gradient", _last_gradient),
-    ]),
-    Exercise("bradley_terry_loss", "**", "the Bradley-Terry loss with a margin", [
-        Check("matches the reference value", _bt_value),
-        Check("subtracts the margin", _bt_margin),
-        Check("is stable for large reward differences", _bt_stable),
-        Check("returns a scalar with a gradient", _bt_gradient),
-    ]),
-    Exercise("pairwise_accuracy", "*", "how often the chosen response wins", [
-        Check("counts wins, ties and losses", _acc_value),
-        Check("returns a float", _acc_dtype),
-    ]),
+    Exercise(
+        "last_token_rewards",
+        "*",
+        "read the reward at the last real token",
+        [
+            Check("returns one reward per row", _last_shape),
+            Check("reads each row's last real token", _last_value),
+            Check("keeps the gradient", _last_gradient),
+        ],
+    ),
+    Exercise(
+        "bradley_terry_loss",
+        "**",
+        "the Bradley-Terry loss with a margin",
+        [
+            Check("matches the reference value", _bt_value),
+            Check("subtracts the margin", _bt_margin),
+            Check("is stable for large reward differences", _bt_stable),
+            Check("returns a scalar with a gradient", _bt_gradient),
+        ],
+    ),
+    Exercise(
+        "pairwise_accuracy",
+        "*",
+        "how often the chosen response wins",
+        [
+            Check("counts wins, ties and losses", _acc_value),
+            Check("returns a float", _acc_dtype),
+        ],
+    ),
 ]

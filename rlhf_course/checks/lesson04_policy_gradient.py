@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
@@ -20,8 +21,10 @@ def _tl_shape(fn):
     logits, tokens = _tl_inputs()
     out = fn(logits, tokens, 1.0)
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 4):
-        raise Fail(f"expected one log-probability per token, shape (2, 4), got {getattr(out, 'shape', type(out).__name__)}; "
-                   "the logits are already aligned with the tokens (no shift needed here): gather along the vocabulary")
+        raise Fail(
+            f"expected one log-probability per token, shape (2, 4), got {getattr(out, 'shape', type(out).__name__)}; "
+            "the logits are already aligned with the tokens (no shift needed here): gather along the vocabulary"
+        )
 
 
 def _tl_value(fn):
@@ -30,12 +33,17 @@ def _tl_value(fn):
     if close(got, want):
         return
     picked = lambda x: x.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)  # noqa: E731
-    mistakes = {"you returned probabilities: take log_softmax": picked(torch.softmax(logits, -1)),
-                "you returned raw logits: normalise with log_softmax over the vocabulary": picked(logits),
-                "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)":
-                    picked(torch.log_softmax(logits, 1))}
-    raise Fail(f"expected {want[0].tolist()}, got {got[0].tolist()}: " +
-               diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]"))
+    mistakes = {
+        "you returned probabilities: take log_softmax": picked(torch.softmax(logits, -1)),
+        "you returned raw logits: normalise with log_softmax over the vocabulary": picked(logits),
+        "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)": picked(
+            torch.log_softmax(logits, 1)
+        ),
+    }
+    raise Fail(
+        f"expected {want[0].tolist()}, got {got[0].tolist()}: "
+        + diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]")
+    )
 
 
 def _tl_temperature(fn):
@@ -43,9 +51,13 @@ def _tl_temperature(fn):
     got, want = fn(logits, tokens, 0.7), token_logprobs.reference(logits, tokens, 0.7)
     if close(got, want):
         return
-    mistakes = {"the temperature was ignored: the samples came from softmax(logits / temperature), so the "
-                "log-probabilities must too": token_logprobs.reference(logits, tokens, 1.0),
-                "you multiplied by the temperature: divide the logits by it": token_logprobs.reference(logits * 0.7, tokens, 1.0)}
+    mistakes = {
+        "the temperature was ignored: the samples came from softmax(logits / temperature), so the "
+        "log-probabilities must too": token_logprobs.reference(logits, tokens, 1.0),
+        "you multiplied by the temperature: divide the logits by it": token_logprobs.reference(
+            logits * 0.7, tokens, 1.0
+        ),
+    }
     raise Fail(diagnose(got, mistakes, "with temperature 0.7 the result differs from log_softmax(logits / 0.7)"))
 
 
@@ -84,14 +96,21 @@ def _klr_value(fn):
         "the score went on the first padding position (old TRL PPO did this): the last real token is at "
         "(number of response tokens) - 1": with_score_at(torch.tensor([4, 3, 1]), kl * mask),
         "the KL penalty has the wrong sign: it is -kl_coef * (log pi - log pi_ref)": with_score_at(
-            torch.tensor([4, 2, 0]), -kl * mask),
+            torch.tensor([4, 2, 0]), -kl * mask
+        ),
         "the padding got a KL penalty: multiply it by the response mask": with_score_at(torch.tensor([4, 2, 0]), kl),
         "the score was added to every token: only the last token gets it": kl * mask + scores.unsqueeze(1) * mask,
         "the KL penalty is missing": with_score_at(torch.tensor([4, 2, 0]), torch.zeros_like(kl)),
     }
-    raise Fail(f"row 1 expected {[round(v, 3) for v in want[1].tolist()]}, got "
-               f"{[round(v, 3) for v in got[1].tolist()]}: " +
-               diagnose(got, mistakes, "rewards = -kl_coef * (logprobs - ref_logprobs) * mask, plus the score at the last real token"))
+    raise Fail(
+        f"row 1 expected {[round(v, 3) for v in want[1].tolist()]}, got "
+        f"{[round(v, 3) for v in got[1].tolist()]}: "
+        + diagnose(
+            got,
+            mistakes,
+            "rewards = -kl_coef * (logprobs - ref_logprobs) * mask, plus the score at the last real token",
+        )
+    )
 
 
 def _klr_not_in_place(fn):
@@ -115,14 +134,21 @@ def _rl_value(fn):
     if close(got, want):
         return
     per_token = logprobs * adv
-    mistakes = {"wrong sign: minimising the loss must *raise* the log-probability of tokens with positive advantage":
-                    (per_token * mask).sum(1).mean(),
-                "averaged over tokens: sum each response's terms, then average over responses "
-                "(the policy gradient is a sum over the steps of an episode)": -(per_token * mask).sum() / mask.sum(),
-                "padding was included: multiply by the mask": -per_token.sum(1).mean(),
-                "summed over the batch: average over responses": -(per_token * mask).sum()}
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t"))
+    mistakes = {
+        "wrong sign: minimising the loss must *raise* the log-probability of tokens with positive advantage": (
+            per_token * mask
+        )
+        .sum(1)
+        .mean(),
+        "averaged over tokens: sum each response's terms, then average over responses "
+        "(the policy gradient is a sum over the steps of an episode)": -(per_token * mask).sum() / mask.sum(),
+        "padding was included: multiply by the mask": -per_token.sum(1).mean(),
+        "summed over the batch: average over responses": -(per_token * mask).sum(),
+    }
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t")
+    )
 
 
 def _rl_detached(fn):
@@ -137,18 +163,33 @@ def _rl_detached(fn):
 
 
 EXERCISES = [
-    Exercise("token_logprobs", "*", "log-probabilities of the sampled tokens", [
-        Check("returns one value per token", _tl_shape),
-        Check("matches the reference at temperature 1", _tl_value),
-        Check("divides the logits by the temperature", _tl_temperature),
-        Check("keeps the gradient", _tl_gradient),
-    ]),
-    Exercise("kl_penalized_rewards", "**", "per-token KL penalty plus the score", [
-        Check("matches the reference", _klr_value),
-        Check("leaves its inputs unchanged", _klr_not_in_place),
-    ]),
-    Exercise("reinforce_loss", "*", "the REINFORCE loss with a mask", [
-        Check("matches the reference", _rl_value),
-        Check("trains the log-probabilities, not the advantages", _rl_detached),
-    ]),
+    Exercise(
+        "token_logprobs",
+        "*",
+        "log-probabilities of the sampled tokens",
+        [
+            Check("returns one value per token", _tl_shape),
+            Check("matches the reference at temperature 1", _tl_value),
+            Check("divides the logits by the temperature", _tl_temperature),
+            Check("keeps the gradient", _tl_gradient),
+        ],
+    ),
+    Exercise(
+        "kl_penalized_rewards",
+        "**",
+        "per-token KL penalty plus the score",
+        [
+            Check("matches the reference", _klr_value),
+            Check("leaves its inputs unchanged", _klr_not_in_place),
+        ],
+    ),
+    Exercise(
+        "reinforce_loss",
+        "*",
+        "the REINFORCE loss with a mask",
+        [
+            Check("matches the reference", _rl_value),
+            Check("trains the log-probabilities, not the advantages", _rl_detached),
+        ],
+    ),
 ]

@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
@@ -24,13 +25,18 @@ def _wh_value(fn):
     n = m.sum()
     mean = (x * m).sum() / n
     unbiased = (x - mean) / (((x - mean) ** 2 * m).sum() / (n - 1)).sqrt() * m
-    mistakes = {"the padding entered the mean and variance: compute them over masked positions only":
-                    (x - x.mean()) / x.std(unbiased=False) * m,
-                "padding positions should come back as 0: multiply by the mask": (x - mean) * torch.rsqrt(
-                    ((x - mean) ** 2 * m).sum() / n + 1e-8),
-                "divide the squared deviations by the number of positions (the population variance), not n - 1": unbiased}
-    raise Fail(f"expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: " +
-               diagnose(got, mistakes, "(x - masked mean) / sqrt(masked variance + 1e-8), 0 on padding"))
+    mistakes = {
+        "the padding entered the mean and variance: compute them over masked positions only": (x - x.mean())
+        / x.std(unbiased=False)
+        * m,
+        "padding positions should come back as 0: multiply by the mask": (x - mean)
+        * torch.rsqrt(((x - mean) ** 2 * m).sum() / n + 1e-8),
+        "divide the squared deviations by the number of positions (the population variance), not n - 1": unbiased,
+    }
+    raise Fail(
+        f"expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: "
+        + diagnose(got, mistakes, "(x - masked mean) / sqrt(masked variance + 1e-8), 0 on padding")
+    )
 
 
 def _wh_shift(fn):
@@ -39,8 +45,10 @@ def _wh_shift(fn):
     if close(got, want, 1e-4):
         return
     if close(got, whiten.reference(x, mask), 1e-4):
-        raise Fail("shift_mean=False was ignored: scale to unit variance but add the mean back "
-                   "(rewards keep their sign that way)")
+        raise Fail(
+            "shift_mean=False was ignored: scale to unit variance but add the mean back "
+            "(rewards keep their sign that way)"
+        )
     raise Fail(f"with shift_mean=False expected {want[0].tolist()}, got {got[0].tolist()}")
 
 
@@ -80,17 +88,25 @@ def _gae_advantages(fn):
     want, _ = gae.reference(rewards, values, mask, 0.9, 0.8)
     if close(got * mask, want):
         return
-    mistakes = {"lambda was ignored: A_t = delta_t + gamma * lam * A_(t+1)":
-                    _gae_step_by_step(rewards, values, mask, 0.9, 1.0),
-                "you bootstrapped from the value on a padding position: after the last token V = 0":
-                    _gae_step_by_step(rewards, values, mask, 0.9, 0.8, bootstrap_padding=True),
-                "gamma was left out of delta: delta_t = r_t + gamma * V_(t+1) - V_t":
-                    _gae_step_by_step(rewards, values, mask, 1.0, 0.72),
-                "no bootstrapping: delta_t needs + gamma * V_(t+1)":
-                    _gae_step_by_step(rewards, values * 0, mask, 0.9, 0.8) - values * mask}
-    raise Fail(f"row 0 expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: " +
-               diagnose(got * mask, mistakes, "accumulate backwards from the last response token: "
-                                               "A_t = delta_t + gamma * lam * A_(t+1)"))
+    mistakes = {
+        "lambda was ignored: A_t = delta_t + gamma * lam * A_(t+1)": _gae_step_by_step(rewards, values, mask, 0.9, 1.0),
+        "you bootstrapped from the value on a padding position: after the last token V = 0": _gae_step_by_step(
+            rewards, values, mask, 0.9, 0.8, bootstrap_padding=True
+        ),
+        "gamma was left out of delta: delta_t = r_t + gamma * V_(t+1) - V_t": _gae_step_by_step(
+            rewards, values, mask, 1.0, 0.72
+        ),
+        "no bootstrapping: delta_t needs + gamma * V_(t+1)": _gae_step_by_step(rewards, values * 0, mask, 0.9, 0.8)
+        - values * mask,
+    }
+    raise Fail(
+        f"row 0 expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: "
+        + diagnose(
+            got * mask,
+            mistakes,
+            "accumulate backwards from the last response token: A_t = delta_t + gamma * lam * A_(t+1)",
+        )
+    )
 
 
 def _gae_returns(fn):
@@ -127,18 +143,22 @@ def _pl_value(fn):
     ratio, m = torch.exp(new - old), mask.float()
     clipped = ratio.clamp(0.8, 1.2)
     mean = lambda x: (x * m).sum() / m.sum()  # noqa: E731
-    mistakes = {"min where the loss needs max: the objective takes the *pessimistic* (smaller) of the two terms, "
-                "so the loss (its negative) takes the larger": mean(torch.minimum(-adv * ratio, -adv * clipped)),
-                "no clipping: the clipped term keeps the new policy near the one that collected the data":
-                    mean(-adv * ratio),
-                "the ratio is inverted: ratio = exp(logprobs - old_logprobs), new over old": mean(torch.maximum(
-                    -adv / ratio, -adv * (1 / ratio).clamp(0.8, 1.2))),
-                "wrong sign: minimising the loss must raise the probability of tokens with positive advantage":
-                    mean(torch.minimum(adv * ratio, adv * clipped)),
-                "padding was included: average over masked tokens only":
-                    torch.maximum(-adv * ratio, -adv * clipped).mean()}
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))"))
+    mistakes = {
+        "min where the loss needs max: the objective takes the *pessimistic* (smaller) of the two terms, "
+        "so the loss (its negative) takes the larger": mean(torch.minimum(-adv * ratio, -adv * clipped)),
+        "no clipping: the clipped term keeps the new policy near the one that collected the data": mean(-adv * ratio),
+        "the ratio is inverted: ratio = exp(logprobs - old_logprobs), new over old": mean(
+            torch.maximum(-adv / ratio, -adv * (1 / ratio).clamp(0.8, 1.2))
+        ),
+        "wrong sign: minimising the loss must raise the probability of tokens with positive advantage": mean(
+            torch.minimum(adv * ratio, adv * clipped)
+        ),
+        "padding was included: average over masked tokens only": torch.maximum(-adv * ratio, -adv * clipped).mean(),
+    }
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))")
+    )
 
 
 def _pl_gradient(fn):
@@ -150,8 +170,10 @@ def _pl_gradient(fn):
         raise Fail("no gradient reached the new log-probabilities")
     # ratio 1.5 with A > 0 is past the clip: the clipped term is flat there, so that token's gradient is 0
     if grad[0, 0].abs() > 1e-8 or grad[0, 2].abs() < 1e-8:
-        raise Fail("tokens whose ratio is clipped (ratio 1.5, advantage > 0) must get no gradient, and tokens "
-                   "inside the range must: check that the clipped term uses clamp on the ratio")
+        raise Fail(
+            "tokens whose ratio is clipped (ratio 1.5, advantage > 0) must get no gradient, and tokens "
+            "inside the range must: check that the clipped term uses clamp on the ratio"
+        )
 
 
 # --- ppo_value_loss -------------------------------------------------------------------------------------
@@ -171,13 +193,18 @@ def _vl_value(fn):
     mean = lambda x: (x * m).sum() / m.sum()  # noqa: E731
     clipped = old + (values - old).clamp(-0.2, 0.2)
     plain, clip = (values - returns) ** 2, (clipped - returns) ** 2
-    mistakes = {"no clipping: clip the new value to within clip_range of the rollout's value and take the larger "
-                "of the two squared errors": 0.5 * mean(plain),
-                "min where it needs max: the clipped value loss takes the larger squared error": 0.5 * mean(torch.minimum(plain, clip)),
-                "the 0.5 in front is missing": mean(torch.maximum(plain, clip)),
-                "padding was included: average over masked tokens only": 0.5 * torch.maximum(plain, clip).mean()}
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2)"))
+    mistakes = {
+        "no clipping: clip the new value to within clip_range of the rollout's value and take the larger "
+        "of the two squared errors": 0.5 * mean(plain),
+        "min where it needs max: the clipped value loss takes the larger squared error": 0.5
+        * mean(torch.minimum(plain, clip)),
+        "the 0.5 in front is missing": mean(torch.maximum(plain, clip)),
+        "padding was included: average over masked tokens only": 0.5 * torch.maximum(plain, clip).mean(),
+    }
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2)")
+    )
 
 
 def _vl_gradient(fn):
@@ -189,21 +216,41 @@ def _vl_gradient(fn):
 
 
 EXERCISES = [
-    Exercise("whiten", "*", "masked whitening of advantages or rewards", [
-        Check("uses masked statistics", _wh_value),
-        Check("keeps the mean when asked", _wh_shift),
-    ]),
-    Exercise("gae", "***", "generalised advantage estimation", [
-        Check("advantages match a step-by-step computation", _gae_advantages),
-        Check("returns are advantages plus values", _gae_returns),
-        Check("padding holds zeros", _gae_padding),
-    ]),
-    Exercise("ppo_policy_loss", "**", "the clipped surrogate loss", [
-        Check("matches the reference", _pl_value),
-        Check("clipped tokens get no gradient", _pl_gradient),
-    ]),
-    Exercise("ppo_value_loss", "**", "the clipped value loss", [
-        Check("matches the reference", _vl_value),
-        Check("trains the values", _vl_gradient),
-    ]),
+    Exercise(
+        "whiten",
+        "*",
+        "masked whitening of advantages or rewards",
+        [
+            Check("uses masked statistics", _wh_value),
+            Check("keeps the mean when asked", _wh_shift),
+        ],
+    ),
+    Exercise(
+        "gae",
+        "***",
+        "generalised advantage estimation",
+        [
+            Check("advantages match a step-by-step computation", _gae_advantages),
+            Check("returns are advantages plus values", _gae_returns),
+            Check("padding holds zeros", _gae_padding),
+        ],
+    ),
+    Exercise(
+        "ppo_policy_loss",
+        "**",
+        "the clipped surrogate loss",
+        [
+            Check("matches the reference", _pl_value),
+            Check("clipped tokens get no gradient", _pl_gradient),
+        ],
+    ),
+    Exercise(
+        "ppo_value_loss",
+        "**",
+        "the clipped value loss",
+        [
+            Check("matches the reference", _vl_value),
+            Check("trains the values", _vl_gradient),
+        ],
+    ),
 ]

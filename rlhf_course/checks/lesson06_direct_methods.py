@@ -3,6 +3,7 @@
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
 """
+
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
@@ -33,16 +34,23 @@ def _sl_value(fn):
     got, want = fn(logits, labels), sequence_logprobs.reference(logits, labels)
     if close(got, want):
         return
-    mistakes = {"no shift: the logits at position t predict the token at t + 1 (compare logits[:, :-1] with "
-                "labels[:, 1:])": _sl_variant(logits, labels, shift=False),
-                "raw logits were gathered: take log_softmax over the vocabulary first":
-                    _sl_variant(logits, labels, log_softmax=False),
-                "averaged over tokens: a sequence's log-probability is the *sum* of its tokens' log-probabilities":
-                    _sl_variant(logits, labels, mean=True),
-                "prompt and padding were counted: keep only positions whose label is not -100":
-                    _sl_variant(logits, labels, mask=False)}
-    raise Fail(f"expected {want.tolist()}, got {got.tolist() if hasattr(got, 'tolist') else got}: " +
-               diagnose(got, mistakes, "sum of log_softmax(logits[:, :-1]) at labels[:, 1:], where labels != -100"))
+    mistakes = {
+        "no shift: the logits at position t predict the token at t + 1 (compare logits[:, :-1] with "
+        "labels[:, 1:])": _sl_variant(logits, labels, shift=False),
+        "raw logits were gathered: take log_softmax over the vocabulary first": _sl_variant(
+            logits, labels, log_softmax=False
+        ),
+        "averaged over tokens: a sequence's log-probability is the *sum* of its tokens' log-probabilities": _sl_variant(
+            logits, labels, mean=True
+        ),
+        "prompt and padding were counted: keep only positions whose label is not -100": _sl_variant(
+            logits, labels, mask=False
+        ),
+    }
+    raise Fail(
+        f"expected {want.tolist()}, got {got.tolist() if hasattr(got, 'tolist') else got}: "
+        + diagnose(got, mistakes, "sum of log_softmax(logits[:, :-1]) at labels[:, 1:], where labels != -100")
+    )
 
 
 def _sl_gradient(fn):
@@ -55,8 +63,12 @@ def _sl_gradient(fn):
 
 # --- dpo_loss ---------------------------------------------------------------------------------------------
 def _dpo_inputs():
-    return (torch.tensor([-3.0, -5.0, -2.0]), torch.tensor([-4.0, -4.0, -6.0]),
-            torch.tensor([-3.5, -4.0, -2.5]), torch.tensor([-4.0, -4.5, -5.0]))
+    return (
+        torch.tensor([-3.0, -5.0, -2.0]),
+        torch.tensor([-4.0, -4.0, -6.0]),
+        torch.tensor([-3.5, -4.0, -2.5]),
+        torch.tensor([-4.0, -4.5, -5.0]),
+    )
 
 
 def _dpo_value(fn):
@@ -66,13 +78,17 @@ def _dpo_value(fn):
         return
     margin = (pc - rc) - (pr - rr)
     nll = lambda x: -torch.nn.functional.logsigmoid(x)  # noqa: E731
-    mistakes = {"beta is missing: the loss is -log sigmoid(beta * margin)": nll(margin).mean(),
-                "the reference was ignored: the implicit reward is log pi - log pi_ref": nll(0.5 * (pc - pr)).mean(),
-                "chosen and rejected are swapped: the chosen response's log-ratio comes first": nll(-0.5 * margin).mean(),
-                "summed over the batch: take the mean": nll(0.5 * margin).sum(),
-                "the log is missing: -log sigmoid, not -sigmoid": (-torch.sigmoid(0.5 * margin)).mean()}
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "margin = (pc - rc) - (pr - rr); loss = mean of -log sigmoid(beta * margin)"))
+    mistakes = {
+        "beta is missing: the loss is -log sigmoid(beta * margin)": nll(margin).mean(),
+        "the reference was ignored: the implicit reward is log pi - log pi_ref": nll(0.5 * (pc - pr)).mean(),
+        "chosen and rejected are swapped: the chosen response's log-ratio comes first": nll(-0.5 * margin).mean(),
+        "summed over the batch: take the mean": nll(0.5 * margin).sum(),
+        "the log is missing: -log sigmoid, not -sigmoid": (-torch.sigmoid(0.5 * margin)).mean(),
+    }
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "margin = (pc - rc) - (pr - rr); loss = mean of -log sigmoid(beta * margin)")
+    )
 
 
 def _dpo_ipo(fn):
@@ -81,12 +97,17 @@ def _dpo_ipo(fn):
     if close(got, want):
         return
     margin = (pc - rc) - (pr - rr)
-    mistakes = {"kind='ipo' was ignored: IPO is the squared loss (margin - 1 / (2 beta))^2":
-                    dpo_loss.reference(pc, pr, rc, rr, 0.5),
-                "the IPO target is 1 / (2 * beta), not 1 / beta": ((margin - 1 / 0.5) ** 2).mean(),
-                "IPO's margin is not multiplied by beta: (margin - 1 / (2 beta))^2": ((0.5 * margin - 1) ** 2).mean()}
-    raise Fail(f"IPO: expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "loss = mean of (margin - 1 / (2 * beta)) ** 2"))
+    mistakes = {
+        "kind='ipo' was ignored: IPO is the squared loss (margin - 1 / (2 beta))^2": dpo_loss.reference(
+            pc, pr, rc, rr, 0.5
+        ),
+        "the IPO target is 1 / (2 * beta), not 1 / beta": ((margin - 1 / 0.5) ** 2).mean(),
+        "IPO's margin is not multiplied by beta: (margin - 1 / (2 beta))^2": ((0.5 * margin - 1) ** 2).mean(),
+    }
+    raise Fail(
+        f"IPO: expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(got, mistakes, "loss = mean of (margin - 1 / (2 * beta)) ** 2")
+    )
 
 
 def _dpo_stable(fn):
@@ -118,15 +139,20 @@ def _ga_value(fn):
     grouped = rewards.view(-1, 4)
     centred = (grouped - grouped.mean(1, keepdim=True)).view(-1)
     strided = rewards.view(4, -1)  # groups read with the wrong stride
-    mistakes = {"population standard deviation: use the unbiased one (torch.std's default, divide by n - 1)":
-                    centred / (grouped.std(1, unbiased=False).repeat_interleave(4) + 1e-4),
-                "statistics of the whole batch: normalise within each group":
-                    (rewards - rewards.mean()) / (rewards.std() + 1e-4),
-                "not divided by the group's standard deviation": centred,
-                "the groups were read with the wrong stride: group g is rewards[g * G:(g + 1) * G]":
-                    ((strided - strided.mean(0)) / (strided.std(0) + 1e-4)).reshape(-1)}
-    raise Fail(f"expected {[round(v, 3) for v in want.tolist()]}, got {[round(v, 3) for v in got.tolist()]}: " +
-               diagnose(got, mistakes, "(r - mean of its group) / (std of its group + 1e-4)"))
+    mistakes = {
+        "population standard deviation: use the unbiased one (torch.std's default, divide by n - 1)": centred
+        / (grouped.std(1, unbiased=False).repeat_interleave(4) + 1e-4),
+        "statistics of the whole batch: normalise within each group": (rewards - rewards.mean())
+        / (rewards.std() + 1e-4),
+        "not divided by the group's standard deviation": centred,
+        "the groups were read with the wrong stride: group g is rewards[g * G:(g + 1) * G]": (
+            (strided - strided.mean(0)) / (strided.std(0) + 1e-4)
+        ).reshape(-1),
+    }
+    raise Fail(
+        f"expected {[round(v, 3) for v in want.tolist()]}, got {[round(v, 3) for v in got.tolist()]}: "
+        + diagnose(got, mistakes, "(r - mean of its group) / (std of its group + 1e-4)")
+    )
 
 
 def _ga_uniform(fn):
@@ -163,21 +189,32 @@ def _gl_value(fn):
     if close(got, want):
         return
     args = (new, old, ref, adv, mask)
-    mistakes = {"max where the objective needs min: the surrogate takes the pessimistic of the two terms":
-                    _gl_variant(*args, use_min=False),
-                "no clipping: clamp the ratio to [1 - eps, 1 + eps] in the second term": _gl_variant(*args, clip=False),
-                "the KL estimate is not weighted by the ratio (the tokens came from the old policy)":
-                    _gl_variant(*args, kl="k3"),
-                "the plain log-ratio (k1) was used for the KL: use k3 = exp(ref - logp) - (ref - logp) - 1":
-                    _gl_variant(*args, kl="k1"),
-                "the KL term is missing (or beta was ignored)": _gl_variant(*args, beta=0.0),
-                "averaged over all tokens of the batch at once: average within each response first, then over "
-                "responses": _gl_variant(*args, per_response=False),
-                "padding was included: average over each response's real tokens":
-                    _gl_variant(new, old, ref, adv, torch.ones(2, 4))}
-    raise Fail(f"expected {want.item():.5f}, got {float(got):.5f}: " +
-               diagnose(got, mistakes, "per token -min(ratio*A, clip(ratio)*A) + beta * k3 * ratio; "
-                                        "mean per response, then over responses"))
+    mistakes = {
+        "max where the objective needs min: the surrogate takes the pessimistic of the two terms": _gl_variant(
+            *args, use_min=False
+        ),
+        "no clipping: clamp the ratio to [1 - eps, 1 + eps] in the second term": _gl_variant(*args, clip=False),
+        "the KL estimate is not weighted by the ratio (the tokens came from the old policy)": _gl_variant(
+            *args, kl="k3"
+        ),
+        "the plain log-ratio (k1) was used for the KL: use k3 = exp(ref - logp) - (ref - logp) - 1": _gl_variant(
+            *args, kl="k1"
+        ),
+        "the KL term is missing (or beta was ignored)": _gl_variant(*args, beta=0.0),
+        "averaged over all tokens of the batch at once: average within each response first, then over "
+        "responses": _gl_variant(*args, per_response=False),
+        "padding was included: average over each response's real tokens": _gl_variant(
+            new, old, ref, adv, torch.ones(2, 4)
+        ),
+    }
+    raise Fail(
+        f"expected {want.item():.5f}, got {float(got):.5f}: "
+        + diagnose(
+            got,
+            mistakes,
+            "per token -min(ratio*A, clip(ratio)*A) + beta * k3 * ratio; mean per response, then over responses",
+        )
+    )
 
 
 def _gl_gradient(fn):
@@ -188,27 +225,49 @@ def _gl_gradient(fn):
         raise Fail("no gradient reached the new log-probabilities")
     # token (0, 0): ratio 1.5 and A > 0 is past the clip, so with beta = 0 its gradient is 0
     if new.grad[0, 0].abs() > 1e-8 or new.grad[0, 2].abs() < 1e-8:
-        raise Fail("tokens whose ratio is clipped (ratio 1.5, advantage > 0) must get no gradient, and tokens "
-                   "inside the range must: clamp the ratio in the second term")
+        raise Fail(
+            "tokens whose ratio is clipped (ratio 1.5, advantage > 0) must get no gradient, and tokens "
+            "inside the range must: clamp the ratio in the second term"
+        )
 
 
 EXERCISES = [
-    Exercise("sequence_logprobs", "*", "log-probability of a response", [
-        Check("sums the shifted, masked log-probabilities", _sl_value),
-        Check("keeps the gradient", _sl_gradient),
-    ]),
-    Exercise("dpo_loss", "**", "the DPO and IPO losses", [
-        Check("DPO matches the reference", _dpo_value),
-        Check("IPO matches the reference", _dpo_ipo),
-        Check("is stable for large margins", _dpo_stable),
-        Check("rejects an unknown kind", _dpo_unknown),
-    ]),
-    Exercise("group_advantages", "*", "GRPO's group-normalised advantages", [
-        Check("normalises within each group", _ga_value),
-        Check("gives 0 to a group with equal rewards", _ga_uniform),
-    ]),
-    Exercise("grpo_loss", "**", "GRPO's clipped loss with a k3 KL term", [
-        Check("matches the reference", _gl_value),
-        Check("clipped tokens get no gradient", _gl_gradient),
-    ]),
+    Exercise(
+        "sequence_logprobs",
+        "*",
+        "log-probability of a response",
+        [
+            Check("sums the shifted, masked log-probabilities", _sl_value),
+            Check("keeps the gradient", _sl_gradient),
+        ],
+    ),
+    Exercise(
+        "dpo_loss",
+        "**",
+        "the DPO and IPO losses",
+        [
+            Check("DPO matches the reference", _dpo_value),
+            Check("IPO matches the reference", _dpo_ipo),
+            Check("is stable for large margins", _dpo_stable),
+            Check("rejects an unknown kind", _dpo_unknown),
+        ],
+    ),
+    Exercise(
+        "group_advantages",
+        "*",
+        "GRPO's group-normalised advantages",
+        [
+            Check("normalises within each group", _ga_value),
+            Check("gives 0 to a group with equal rewards", _ga_uniform),
+        ],
+    ),
+    Exercise(
+        "grpo_loss",
+        "**",
+        "GRPO's clipped loss with a k3 KL term",
+        [
+            Check("matches the reference", _gl_value),
+            Check("clipped tokens get no gradient", _gl_gradient),
+        ],
+    ),
 ]

@@ -3,6 +3,7 @@
 Each is written the way a student would write it, not derived from the reference, so a check that
 recognises it is recognising the mistake and not a copy of its own code.
 """
+
 import torch
 
 

@@ -3,6 +3,7 @@
 Each is written the way a student would write it, not derived from the reference, so a check that
 recognises it is recognising the mistake and not a copy of its own code.
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -44,7 +45,11 @@ def _margin(pc, pr, rc, rr):
 
 
 def dpo_no_beta(pc, pr, rc, rr, beta, kind="dpo"):
-    return -F.logsigmoid(_margin(pc, pr, rc, rr)).mean() if kind == "dpo" else ((_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean()
+    return (
+        -F.logsigmoid(_margin(pc, pr, rc, rr)).mean()
+        if kind == "dpo"
+        else ((_margin(pc, pr, rc, rr) - 1 / (2 * beta)) ** 2).mean()
+    )
 
 
 def dpo_no_reference(pc, pr, rc, rr, beta, kind="dpo"):
@@ -103,7 +108,9 @@ def ga_no_epsilon(rewards, group_size):
 
 
 # --- grpo_loss --------------------------------------------------------------------------------
-def _grpo(logprobs, old, ref, adv, mask, clip_range, beta, *, pick=torch.min, clip=True, kl="k3_ratio", token_mean=False):
+def _grpo(
+    logprobs, old, ref, adv, mask, clip_range, beta, *, pick=torch.min, clip=True, kl="k3_ratio", token_mean=False
+):
     ratio = torch.exp(logprobs - old)
     a = adv[:, None]
     second = ratio.clamp(1 - clip_range, 1 + clip_range) if clip else ratio
