@@ -24,7 +24,9 @@ os.environ.setdefault("RLHF_COURSE_PROGRESS", "0")
 import torch  # noqa: E402
 from run import CONFIGS, gpt2_dir  # noqa: E402
 
-from rlhf_course import models, optimization, ppo, rollouts, runtime, world  # noqa: E402
+from rlhf_course.algorithms import ppo, rollouts
+from rlhf_course.core import models, optimization, runtime
+from rlhf_course.simulation import world
 
 spent: dict[str, float] = defaultdict(float)
 

@@ -36,8 +36,11 @@ import transformers  # noqa: E402
 import trl  # noqa: E402
 from transformers import GPT2Config, GPT2LMHeadModel  # noqa: E402
 
-from rlhf_course import data, dpo, grpo, models, ppo, reward_model, rollouts, runtime, sft, trl_bridge, world  # noqa: E402
-from rlhf_course.language_model import generate, pad_batch  # noqa: E402
+from rlhf_course.algorithms import dpo, grpo, ppo, reward_model, rollouts, sft
+from rlhf_course.core import chat, models, runtime
+from rlhf_course.core.language_model import generate, pad_batch
+from rlhf_course.scale import trl_bridge
+from rlhf_course.simulation import data, world
 
 
 @dataclass
@@ -159,7 +162,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     path = models.BASE_MODEL_DIR if config.model is None else gpt2_dir(config.model, tok, scratch)
     load = lambda p=path: models.load_model(p)  # noqa: E731
     demos = data.sft_dataset("train").to_list()[: config.sft_rows]
-    tokens = [len(sft.encode(tok, r["prompt"], r["completion"])[0]) for r in demos]
+    tokens = [len(chat.encode(tok, r["prompt"], r["completion"])[0]) for r in demos]
     pairs = preference_rows(config.pairs)
     tasks = world.generate_tasks("train", 20)
     b = config.batch_size
@@ -192,7 +195,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
         "   (baseline: TRL's trainer; for decoding, plain model.generate)"
     )
     decoder = load()
-    prompts = [sft.encode(tok, t.prompt)[0] for t in tasks]
+    prompts = [chat.encode(tok, t.prompt)[0] for t in tasks]
     prompts = (prompts * (config.decode_batch // len(prompts) + 1))[: config.decode_batch]
     ids, mask = (t.to(runtime.device()) for t in pad_batch(prompts, tok.pad_token_id, side="left"))
     short = max(2, config.new_tokens // 4)

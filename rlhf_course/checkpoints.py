@@ -47,22 +47,35 @@ LIBRARIES = (
 SETTINGS = ("RLHF_COURSE_DEVICE", "RLHF_COURSE_AUTOCAST", "RLHF_COURSE_DECODER", "RLHF_COURSE_CUDNN_ATTENTION")
 
 
+def _source(module: str) -> Path | None:
+    """The file of ``rlhf_course.a.b`` (``a/b.py``, or ``a/b/__init__.py`` for a package), if it is the package's."""
+    parts = module.split(".")[1:]
+    path = PACKAGE_DIR.joinpath(*parts)
+    for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+        if parts and candidate.is_file():
+            return candidate
+    return None
+
+
 def pipeline_modules() -> list[Path]:
-    """The package's modules that ``pipeline`` imports, directly or through each other (itself included)."""
-    found, todo = set(), ["pipeline"]
+    """The package's files that ``pipeline`` imports, directly or through each other (itself included), with
+    the ``__init__.py`` of every subpackage on the way."""
+    found, todo = set(), ["rlhf_course.pipeline"]
     while todo:
-        name = todo.pop()
-        if name in found:
+        module = todo.pop()
+        path = _source(module)
+        if path is None or path in found:
             continue
-        found.add(name)
-        for node in ast.walk(ast.parse((PACKAGE_DIR / f"{name}.py").read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "rlhf_course":
-                todo += [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rlhf_course."):
-                todo.append(node.module.split(".")[1])
+        found.add(path)
+        if path.name != "__init__.py" and (path.parent / "__init__.py").is_file() and path.parent != PACKAGE_DIR:
+            found.add(path.parent / "__init__.py")
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("rlhf_course"):
+                todo.append(node.module)  # a module, or a package whose names may be modules
+                todo += [f"{node.module}.{alias.name}" for alias in node.names]
             elif isinstance(node, ast.Import):
-                todo += [a.name.split(".")[1] for a in node.names if a.name.startswith("rlhf_course.")]
-    return sorted(PACKAGE_DIR / f"{name}.py" for name in found)
+                todo += [alias.name for alias in node.names if alias.name.startswith("rlhf_course.")]
+    return sorted(found)
 
 
 def fingerprint(config: pipeline.PipelineConfig) -> str:

@@ -57,7 +57,8 @@ def _model_directory(text: str) -> Path:
 
 
 def _pretrain(args) -> int:
-    from rlhf_course import config_flags, pretrain
+    from rlhf_course import config_flags
+    from rlhf_course.algorithms import pretrain
 
     config = config_flags.build(pretrain.PretrainConfig, args)
     pretrain.main(Path(args.out), config)
@@ -78,7 +79,8 @@ def _pipeline(args) -> int:
 
 
 def _parallel_check(args) -> int:
-    from rlhf_course import distributed, parallel_check
+    from rlhf_course.core import distributed
+    from rlhf_course.scale import parallel_check
 
     summary = parallel_check.run(args.out, args.steps, args.updates, args.batch_size, args.seed)
     if distributed.is_main():
@@ -131,7 +133,8 @@ def _make_exercises(args) -> int:
 
 
 def main(argv=None) -> int:
-    from rlhf_course import config_flags, pipeline, pretrain
+    from rlhf_course import config_flags, pipeline
+    from rlhf_course.algorithms import pretrain
 
     parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -10,9 +10,9 @@ the regions between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
-import contextlib
 import io
 import multiprocessing
 import re
@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-
-from rlhf_course import checks, registry
+from rlhf_course import checks
 from rlhf_course.checks.base import Fail
+from rlhf_course.core import registry
 
 REPO = Path(__file__).resolve().parent.parent
 EXERCISES_DIR = REPO / "exercises"

@@ -15,26 +15,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rlhf_course import (
-    best_of_n,
-    data,
-    distributed,
-    evaluation,
-    feedback,
-    models,
-    resume,
-    reward_evaluation,
-    reward_model,
-    rollouts,
-    runtime,
-    world,
-)
-from rlhf_course.dpo import DPOConfig, train_dpo
-from rlhf_course.grpo import GRPOConfig, train_grpo
-from rlhf_course.policy_gradient import PGConfig, train_pg
-from rlhf_course.ppo import PolicyWithValue, PPOConfig, train_ppo
-from rlhf_course.reward_model import RewardConfig
-from rlhf_course.sft import SFTConfig, train_sft
+from rlhf_course.algorithms import best_of_n, reward_model, rollouts
+from rlhf_course.algorithms.dpo import DPOConfig, train_dpo
+from rlhf_course.algorithms.grpo import GRPOConfig, train_grpo
+from rlhf_course.algorithms.policy_gradient import PGConfig, train_pg
+from rlhf_course.algorithms.ppo import PolicyWithValue, PPOConfig, train_ppo
+from rlhf_course.algorithms.reward_model import RewardConfig
+from rlhf_course.algorithms.sft import SFTConfig, train_sft
+from rlhf_course.analysis import evaluation, reward_evaluation
+from rlhf_course.core import distributed, models, resume, runtime
+from rlhf_course.simulation import data, feedback, world
 
 
 @dataclass

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rlhf_course import plots
+from rlhf_course.teaching import plots
 
 POLICY_STAGES = (
     ("pg", "Policy gradient (REINFORCE)"),

@@ -15,9 +15,14 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from rlhf_course import data, dpo, grpo, models, pipeline, ppo, reward_model as rm, world
-from rlhf_course.language_model import next_token_loss
-from rlhf_course.sft import SFTConfig, collate, encode
+from rlhf_course import pipeline
+from rlhf_course.algorithms import dpo, grpo, ppo
+from rlhf_course.algorithms import reward_model as rm
+from rlhf_course.algorithms.sft import SFTConfig, collate
+from rlhf_course.core import models
+from rlhf_course.core.chat import encode
+from rlhf_course.core.language_model import next_token_loss
+from rlhf_course.simulation import data, world
 
 STAGES = ["sft", "reward", "ppo", "dpo", "grpo"]
 TINY = pipeline.PipelineConfig(

@@ -5,7 +5,8 @@ import dataclasses
 
 import pytest
 
-from rlhf_course import cli, config_flags, pipeline, pretrain
+from rlhf_course import cli, config_flags, pipeline
+from rlhf_course.algorithms import pretrain
 
 
 def _run_pipeline(monkeypatch, tmp_path, *flags):

@@ -6,9 +6,10 @@ CI has no GPU, so these are skipped there; they run on a CUDA machine (see the c
 import pytest
 import torch
 
-from rlhf_course import data, evaluation, models, runtime, world
-from rlhf_course.language_model import decode_responses, generate
-from rlhf_course.sft import SFTConfig, train_sft
+from rlhf_course.algorithms.sft import SFTConfig, train_sft
+from rlhf_course.core import chat, models, runtime
+from rlhf_course.core.language_model import decode_responses, generate
+from rlhf_course.simulation import data, world
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -34,8 +35,8 @@ def test_greedy_generation_on_cuda_in_fp32_reproduces_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     tok = models.load_tokenizer()
     tasks = world.generate_tasks("test", 8)
-    cpu = evaluation.respond(models.load_model(dev=torch.device("cpu")), tok, tasks, max_new_tokens=12)
-    gpu = evaluation.respond(models.load_model(dev=torch.device("cuda")), tok, tasks, max_new_tokens=12)
+    cpu = chat.respond(models.load_model(dev=torch.device("cpu")), tok, tasks, max_new_tokens=12)
+    gpu = chat.respond(models.load_model(dev=torch.device("cuda")), tok, tasks, max_new_tokens=12)
     same = sum(a == b for a, b in zip(cpu, gpu)) / len(tasks)
     assert same > 0.95, same
 

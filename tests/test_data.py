@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from rlhf_course import data
+from rlhf_course.simulation import data
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +113,10 @@ def test_missing_judgment_field_is_named(tmp_path):
 
 
 def test_best_of_n_samples_round_trip_and_bad_rows_are_named(tmp_path):
-    from rlhf_course import best_of_n, world
     import torch
+
+    from rlhf_course.algorithms import best_of_n
+    from rlhf_course.simulation import world
 
     tasks = world.generate_tasks("test", 1)[:2]
     responses = [["a", "b", "c"], ["d", "e", "f"]]

@@ -9,21 +9,13 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import (
-    best_of_n,
-    data,
-    dpo,
-    evaluation,
-    grpo,
-    human,
-    models,
-    pipeline,
-    report,
-    rollouts,
-    trl_bridge,
-    world,
-)
-from rlhf_course import reward_model as rm
+from rlhf_course import pipeline, report
+from rlhf_course.algorithms import best_of_n, dpo, grpo, rollouts
+from rlhf_course.algorithms import reward_model as rm
+from rlhf_course.analysis import evaluation
+from rlhf_course.core import models
+from rlhf_course.scale import trl_bridge
+from rlhf_course.simulation import data, human, world
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ import os
 import pytest
 import torch
 
-from rlhf_course import distributed, language_model, models, sft, world
+from rlhf_course.core import chat, distributed, language_model, models
+from rlhf_course.simulation import world
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}  # one thread per process
 
@@ -76,7 +77,7 @@ def test_two_processes_train_every_trainer_as_one(runs):
     # zero (softmax ignores a shift shared by every key), so Adam turns their rounding noise into steps of
     # about the learning rate, differently in each run, without changing any output.
     tok = models.load_tokenizer(one_dir)
-    prompts = [sft.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 3)]
+    prompts = [chat.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 3)]
     ids, mask = language_model.pad_batch(prompts, tok.pad_token_id, side="right")
     logits = [models.load_model(d)(input_ids=ids, attention_mask=mask).logits for d in (one_dir, two_dir)]
     base = models.load_model()(input_ids=ids, attention_mask=mask).logits
@@ -87,7 +88,7 @@ def test_two_processes_train_every_trainer_as_one(runs):
 
 def test_noise_for_the_whole_batch_makes_a_split_batch_sample_what_the_whole_batch_samples():
     model, tok = models.load_model(), models.load_tokenizer()
-    prompts = [sft.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 2)][:7]
+    prompts = [chat.encode(tok, t.prompt)[0] for t in world.generate_tasks("test", 2)][:7]
     kwargs = dict(pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, max_new_tokens=12, temperature=1.0, seed=3)
     whole, whole_mask = language_model.generate(model, prompts, **kwargs)
     responses = [seq[m == 1].tolist() for seq, m in zip(whole, whole_mask)]  # without the batch's padding
@@ -117,7 +118,7 @@ def test_a_failed_launch_says_what_the_processes_printed():
 SPLIT_STEP = """
 import json, sys
 import torch
-from rlhf_course import distributed, optimization
+from rlhf_course.core import distributed, optimization
 
 torch.manual_seed(0)
 used, unused = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)  # no loss reaches `unused`

@@ -1,7 +1,8 @@
 """environment.yml (for conda users) must describe the same environment as pyproject.toml."""
 
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,15 +1,16 @@
 import importlib
 import subprocess
-import time
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
-
-from rlhf_course import exercises, registry
-from rlhf_course.language_model import next_token_loss, pad_batch
 from known_wrong import WRONG
+
+from rlhf_course import exercises
+from rlhf_course.core import registry
+from rlhf_course.core.language_model import next_token_loss, pad_batch
 
 
 @pytest.mark.parametrize("exercise_id", list(exercises.CATALOG))

@@ -17,10 +17,13 @@ import time
 import pytest
 import torch
 
-from rlhf_course import cli, data, models, ppo, registry, world
-from rlhf_course.data import DataFileError
-from rlhf_course.registry import ExerciseOutputError
-from rlhf_course.widgets import LabelingSession, pairs_for_labeling
+from rlhf_course import cli
+from rlhf_course.algorithms import ppo
+from rlhf_course.core import models, registry
+from rlhf_course.core.registry import ExerciseOutputError
+from rlhf_course.simulation import data, world
+from rlhf_course.simulation.data import DataFileError
+from rlhf_course.teaching.widgets import LabelingSession, pairs_for_labeling
 
 
 @pytest.mark.parametrize(
@@ -251,7 +254,7 @@ def test_nan_that_comes_in_is_not_blamed_on_the_learner(plugged):
 
 
 def test_an_infinite_loss_from_a_plugged_in_function_stops_training(plugged):
-    from rlhf_course import reward_model
+    from rlhf_course.algorithms import reward_model
 
     def bradley_terry_loss(chosen, rejected):
         return -torch.log(torch.sigmoid(chosen - rejected)).mean()  # log(0) for a large negative margin
@@ -266,7 +269,7 @@ def test_an_infinite_loss_from_a_plugged_in_function_stops_training(plugged):
     [("gpu", "is not a device: expected cpu, cuda or cuda:N"), ("cuda:0", "asks for a GPU, but torch sees none")],
 )
 def test_a_bad_device_setting_names_the_variable(monkeypatch, value, says):
-    from rlhf_course import runtime
+    from rlhf_course.core import runtime
 
     if value.startswith("cuda") and torch.cuda.is_available():
         pytest.skip("this machine has a GPU: the setting is valid here")
@@ -278,7 +281,7 @@ def test_a_bad_device_setting_names_the_variable(monkeypatch, value, says):
 
 
 def test_an_over_long_demonstration_is_named_by_its_row_in_the_data_set():
-    from rlhf_course import sft
+    from rlhf_course.algorithms import sft
 
     tok, model = models.load_tokenizer(), models.load_model(dev=torch.device("cpu"))
     rows = data.sft_dataset("validation").to_list()[:30]
@@ -294,8 +297,9 @@ def test_an_over_long_demonstration_is_named_by_its_row_in_the_data_set():
 KILLED_SFT = """
 import sys, torch
 from safetensors.torch import save_file
-from rlhf_course import data, models
-from rlhf_course.sft import SFTConfig, train_sft
+from rlhf_course.core import models
+from rlhf_course.simulation import data
+from rlhf_course.algorithms.sft import SFTConfig, train_sft
 model, tok = models.load_model(dev=torch.device("cpu")), models.load_tokenizer()
 rows = data.sft_dataset("train", data.DataConfig(train_per_family=40))
 config = SFTConfig(epochs=2, max_examples=64, batch_size=16, warmup_steps=3, checkpoint_every=1)

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from rlhf_course import world
-from rlhf_course.data import DataFileError
-from rlhf_course.widgets import LabelingSession, labeling_widget, pairs_for_labeling, verdict
+from rlhf_course.simulation import world
+from rlhf_course.simulation.data import DataFileError
+from rlhf_course.teaching.widgets import LabelingSession, labeling_widget, pairs_for_labeling, verdict
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from rlhf_course import language_model as lm
-from rlhf_course.language_model import generate, next_token_loss, pad_batch, top_p_filter
+from rlhf_course.core import language_model as lm
+from rlhf_course.core.language_model import generate, next_token_loss, pad_batch, top_p_filter
 
 PAD, EOS = 0, 1
 

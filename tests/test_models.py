@@ -1,9 +1,10 @@
 import json
+
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from rlhf_course import models
+from rlhf_course.core import models
 
 
 def test_shipped_model_loads_with_a_distinct_pad_token():

@@ -2,7 +2,9 @@
 
 import torch
 
-from rlhf_course import length_bias, models, privacy, safety, world
+from rlhf_course.analysis import length_bias, privacy, safety
+from rlhf_course.core import models
+from rlhf_course.simulation import world
 
 
 def row(chosen: str, rejected: str) -> dict:
@@ -14,7 +16,7 @@ def row(chosen: str, rejected: str) -> dict:
 
 
 def test_padded_pairs_differ_only_in_padding_and_the_gold_score_prefers_the_plain_reply():
-    from rlhf_course import human
+    from rlhf_course.simulation import human
 
     tasks = world.generate_tasks("test", 2)
     for task, pair in zip(tasks, length_bias.padded_pairs(tasks)):

@@ -6,21 +6,15 @@ import shutil
 
 import pytest
 import torch
-
-from rlhf_course import (
-    data,
-    models,
-    pipeline,
-    policy_gradient as pg,
-    ppo,
-    ppo_probes,
-    registry,
-    report,
-    rollouts,
-    world,
-)
-from rlhf_course import reward_model as rm
 from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
+
+from rlhf_course import pipeline, report
+from rlhf_course.algorithms import policy_gradient as pg
+from rlhf_course.algorithms import ppo, rollouts
+from rlhf_course.algorithms import reward_model as rm
+from rlhf_course.analysis import ppo_probes
+from rlhf_course.core import models, registry
+from rlhf_course.simulation import data, world
 
 
 def gae_per_step(rewards, values, mask, gamma, lam):

@@ -1,6 +1,7 @@
 import torch
 
-from rlhf_course import models, pretrain, tokenizer
+from rlhf_course.algorithms import pretrain, tokenizer
+from rlhf_course.core import models
 
 
 def test_shipped_tokenizer_is_rebuilt_exactly_from_its_seed():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_course import resume
+from rlhf_course.core import resume
 
 
 @dataclasses.dataclass

@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from rlhf_course import data, feedback, human, models, reward_model as rm, trl_bridge, world
+from rlhf_course.algorithms import reward_model as rm
+from rlhf_course.analysis import probes
+from rlhf_course.core import models
+from rlhf_course.scale import trl_bridge
+from rlhf_course.simulation import data, feedback, human, world
 
 
 @pytest.fixture(scope="module")
@@ -175,7 +179,7 @@ def test_linear_head_on_frozen_features_learns_a_feature_direction():
     torch.manual_seed(0)
     chosen, rejected = torch.randn(200, 8), torch.randn(200, 8)
     chosen[:, 3] += 2.0  # the chosen responses are higher along one direction
-    w = rm.fit_head(chosen, rejected)
+    w = probes.fit_head(chosen, rejected)
     assert w[3] > 0 and w[3].abs() == w.abs().max()
     assert ((chosen - rejected) @ w > 0).float().mean() > 0.85
 

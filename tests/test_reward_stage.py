@@ -6,17 +6,11 @@ import shutil
 import pytest
 import torch
 
-from rlhf_course import (
-    checkpoints,
-    data,
-    feedback,
-    models,
-    pipeline,
-    report,
-    reward_evaluation,
-    reward_model as rm,
-    world,
-)
+from rlhf_course import checkpoints, pipeline, report
+from rlhf_course.algorithms import reward_model as rm
+from rlhf_course.analysis import reward_evaluation
+from rlhf_course.core import models
+from rlhf_course.simulation import data, feedback, world
 
 TINY = pipeline.PipelineConfig(
     data=data.DataConfig(train_per_family=10, eval_per_family=3),
@@ -160,16 +154,16 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
     # what the pipeline never runs: a hint, a figure, the report, a widget (and the lessons, outside the package)
     for name, old, new in [
         ("checks/lesson02_sft.py", "is it inverted?", "did you swap 0 and 1?"),
-        ("plots.py", 'color="C0"', 'color="C3"'),
+        ("teaching/plots.py", 'color="C0"', 'color="C3"'),
         ("report.py", "## Reward model", "## Reward"),
-        ("widgets.py", '"""', '"""\n'),
+        ("teaching/widgets.py", '"""', '"""\n'),
     ]:
         source = (package / name).read_text()
         assert old in source, (name, old)
         (package / name).write_text(source.replace(old, new, 1))
         assert checkpoints.fingerprint(config) == before, name
-    sft = (package / "sft.py").read_text()  # the SFT loss: imported by the pipeline
-    (package / "sft.py").write_text(
+    sft = (package / "algorithms" / "sft.py").read_text()  # the SFT loss: imported by the pipeline
+    (package / "algorithms" / "sft.py").write_text(
         sft.replace("return next_token_loss(logits, batch", "return 2 * next_token_loss(logits, batch")
     )
     edited = checkpoints.fingerprint(config)

@@ -6,12 +6,12 @@ import sys
 
 import torch
 
-from rlhf_course import optimization, runtime
+from rlhf_course.core import optimization, runtime
 
 
 def test_importing_the_course_takes_cudnn_out_of_attention_unless_asked():
     """cuDNN plans a kernel per attention shape on Hopper: the course's varying lengths would pay it every step."""
-    probe = "import torch, rlhf_course.runtime; print(torch.backends.cuda.cudnn_sdp_enabled())"
+    probe = "import torch, rlhf_course.core.runtime; print(torch.backends.cuda.cudnn_sdp_enabled())"
     for setting, expected in (("0", "False"), ("1", "True")):
         out = subprocess.run(
             [sys.executable, "-c", probe],

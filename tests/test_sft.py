@@ -4,8 +4,12 @@ import json
 import pytest
 import torch
 
-from rlhf_course import data, exercises, models, pipeline, registry, report, sft, trl_bridge, world
-from rlhf_course.sft import SFTConfig, collate, encode, train_sft
+from rlhf_course import exercises, pipeline, report
+from rlhf_course.algorithms.sft import SFTConfig, collate, train_sft
+from rlhf_course.core import chat, models, registry
+from rlhf_course.core.chat import encode
+from rlhf_course.scale import trl_bridge
+from rlhf_course.simulation import data, world
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +82,8 @@ def test_encode_many_matches_encode_one_by_one(tok):
     tasks = world.generate_tasks("validation", 3)
     prompts = [t.prompt for t in tasks] * 2  # repeated prompts, as in comparison pairs
     replies = [world.render(t, style) for style in ("curt", "rambling") for t in tasks]
-    one_by_one = [sft.encode(tok, p, [{"role": "assistant", "content": r}])[0] for p, r in zip(prompts, replies)]
-    assert sft.encode_many(tok, prompts, replies) == one_by_one
+    one_by_one = [chat.encode(tok, p, [{"role": "assistant", "content": r}])[0] for p, r in zip(prompts, replies)]
+    assert chat.encode_many(tok, prompts, replies) == one_by_one
 
 
 def test_sft_loss_and_labels_equal_trl_sfttrainer_on_the_same_batch(tmp_path, tok):

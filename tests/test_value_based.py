@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlhf_course import value_based
+from rlhf_course.algorithms import value_based
 
 
 @pytest.mark.parametrize("method", ["reinforce", "q_learning"])

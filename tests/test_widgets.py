@@ -5,7 +5,8 @@ import io
 
 import pytest
 
-from rlhf_course import models, plots, widgets
+from rlhf_course.core import models
+from rlhf_course.teaching import plots, widgets
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +148,8 @@ def test_kl_explorer_check_boxes_hide_and_show_runs():
 
 
 def test_trainers_hand_rows_to_on_step(base):
-    from rlhf_course import data, sft
+    from rlhf_course.algorithms import sft
+    from rlhf_course.simulation import data
 
     model, tok = models.load_model(), base[1]
     rows = []

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from rlhf_course import human, world
+from rlhf_course.simulation import human, world
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from rlhf_course import registry
+from rlhf_course.core import registry
 
 
 class Fail(Exception):

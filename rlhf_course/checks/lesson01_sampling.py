@@ -7,7 +7,7 @@ and its message names the mistake the output looks like.
 import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail
-from rlhf_course.language_model import top_p_filter
+from rlhf_course.core.language_model import top_p_filter
 
 
 # --- top_p_filter ------------------------------------------------------------------------------

@@ -6,10 +6,9 @@ and its message names the mistake the output looks like.
 
 import torch
 
+from rlhf_course.algorithms.sft import sft_labels
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.language_model import IGNORE_INDEX, next_token_loss
-from rlhf_course.sft import sft_labels
-
+from rlhf_course.core.language_model import IGNORE_INDEX, next_token_loss
 
 # --- pad_batch --------------------------------------------------------------------------------
 PAD = 1

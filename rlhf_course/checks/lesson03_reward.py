@@ -6,8 +6,8 @@ and its message names the mistake the output looks like.
 
 import torch
 
+from rlhf_course.algorithms.reward_model import bradley_terry_loss, last_token_rewards
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.reward_model import bradley_terry_loss, last_token_rewards
 
 
 # --- last_token_rewards -------------------------------------------------------------------------

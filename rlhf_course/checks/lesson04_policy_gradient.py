@@ -6,9 +6,9 @@ and its message names the mistake the output looks like.
 
 import torch
 
+from rlhf_course.algorithms.policy_gradient import reinforce_loss
+from rlhf_course.algorithms.rollouts import kl_penalized_rewards, token_logprobs
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.policy_gradient import reinforce_loss
-from rlhf_course.rollouts import kl_penalized_rewards, token_logprobs
 
 
 # --- token_logprobs ------------------------------------------------------------------------------

@@ -6,8 +6,8 @@ and its message names the mistake the output looks like.
 
 import torch
 
+from rlhf_course.algorithms.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
 
 
 # --- whiten ------------------------------------------------------------------------------------------

@@ -6,10 +6,10 @@ and its message names the mistake the output looks like.
 
 import torch
 
+from rlhf_course.algorithms.dpo import dpo_loss, sequence_logprobs
+from rlhf_course.algorithms.grpo import group_advantages, grpo_loss
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.dpo import dpo_loss, sequence_logprobs
-from rlhf_course.grpo import group_advantages, grpo_loss
-from rlhf_course.language_model import IGNORE_INDEX
+from rlhf_course.core.language_model import IGNORE_INDEX
 
 
 # --- sequence_logprobs ----------------------------------------------------------------------------------

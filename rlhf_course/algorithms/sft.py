@@ -1,0 +1,165 @@
+"""Instruction tuning (SFT): teach the base model to answer in the chat format.
+
+A demonstration is the chat template applied to the prompt messages and the assistant's reply. The
+model is trained with the ordinary next-token loss, but only on the reply: the prompt and the padding
+get the label -100, which the loss skips. Batches group sequences of similar length, so little compute
+goes to padding.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_course.core import distributed, models, optimization, resume, runtime
+from rlhf_course.core.chat import encode
+from rlhf_course.core.language_model import IGNORE_INDEX, next_token_loss, pad_batch
+from rlhf_course.core.registry import expect_tensor, replaceable
+
+
+@dataclass
+class SFTConfig:
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    max_examples: int | None = None  # cap on training examples, for quick demos and tests
+    checkpoint_every: int = 0  # save the run's state every this many steps (into train_sft's checkpoint_dir)
+
+
+def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
+    expect_tensor(out, shape=input_ids.shape, dtype=torch.long, device=input_ids.device, what="labels")
+
+
+@replaceable("sft_labels", _validate_labels)
+def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """Labels for response-only training: input_ids, with the prompt and the padding set to -100.
+
+    input_ids, attention_mask: (batch, seq), right-padded; prompt_lengths: (batch,). The response,
+    including its closing EOS token, keeps its ids so the model learns both the answer and to stop.
+    """
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)  # (seq,)
+    in_prompt = positions.unsqueeze(0) < prompt_lengths.unsqueeze(1)  # (batch, seq)
+    keep = (attention_mask == 1) & ~in_prompt
+    return input_ids.masked_fill(~keep, IGNORE_INDEX)
+
+
+def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded training batch from ``(ids, prompt_length)`` pairs."""
+    input_ids, attention_mask = pad_batch([ids for ids, _ in encoded], pad_id, side="right")
+    prompt_lengths = torch.tensor([n for _, n in encoded], dtype=torch.long)
+    labels = sft_labels(input_ids, attention_mask, prompt_lengths)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of indices whose sequences have similar lengths (as HF's group_by_length)."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 16
+    batches = []
+    for start in range(0, len(order), chunk):
+        group = sorted(order[start : start + chunk], key=lambda i: lengths[i])
+        batches.extend(group[i : i + batch_size] for i in range(0, len(group), batch_size))
+    rng.shuffle(batches)
+    return batches
+
+
+def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The SFT loss of a ``collate``d batch (mean over its reply tokens) and how many tokens that mean is over."""
+    dev = next(model.parameters()).device
+    batch = {k: v.to(dev) for k, v in batch.items()}
+    with runtime.autocast(dev):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return next_token_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+
+
+@dataclass
+class SFTResult:
+    losses: list[float]
+    steps: int
+    seconds: float
+
+
+def train_sft(
+    model, tokenizer, dataset, config: SFTConfig = SFTConfig(), on_step=None, checkpoint_dir=None
+) -> SFTResult:
+    """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``.
+
+    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
+
+    With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, learning-rate schedule,
+    losses so far), and the run's state is saved there every ``config.checkpoint_every`` steps.
+    """
+    start = time.time()
+    runtime.seed_everything(config.seed)
+    rng = random.Random(config.seed)
+    rows = list(dataset)
+    numbers = list(range(len(rows)))  # each row's place in ``dataset``, for error messages
+    if config.max_examples is not None:  # the same draw as sampling the rows themselves
+        numbers = rng.sample(numbers, min(config.max_examples, len(rows)))
+        rows = [rows[i] for i in numbers]
+    encoded = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
+    limit = models.context_length(model)
+    too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
+    if too_long:
+        raise ValueError(
+            f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
+            f"(first: row {numbers[too_long[0]]} of the data set, counting from 0, "
+            f"{len(encoded[too_long[0]][0])} tokens); shorten them or use a model with a longer context"
+        )
+    # every epoch's batches, drawn up front: a resumed run draws the same ones and skips those it has done
+    steps = [
+        indices
+        for _ in range(config.epochs)
+        for indices in length_grouped_batches([len(ids) for ids, _ in encoded], config.batch_size, rng)
+    ]
+    total = len(steps)
+    dev = next(model.parameters()).device
+    optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
+    scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
+    identity = resume.run_identity(model, config, rows=len(encoded)) if checkpoint_dir else None
+    saved = (
+        resume.load(checkpoint_dir, {"model": model}, optimizer, rng, scheduler, identity) if checkpoint_dir else None
+    )
+    # losses stay on the device until a callback, the progress bar or a checkpoint reads them (runtime.to_host)
+    losses = [torch.tensor(v, device=dev) for v in saved["losses"]] if saved else []
+    distributed.broadcast_parameters(model)
+    model.train()
+    bar = runtime.progress(total=total, initial=len(losses), desc="sft")
+    for indices in steps[len(losses) :]:
+        share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
+        loss, tokens = (
+            torch.zeros((), device=dev),
+            0,
+        )  # a batch smaller than the number of processes leaves some without rows
+        if share:
+            loss, tokens = batch_loss(model, collate([encoded[i] for i in share], tokenizer.pad_token_id))
+        optimization.step(
+            distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm, scheduler
+        )
+        losses.append(distributed.mean(loss, tokens).detach())
+        if on_step is not None:
+            on_step({"step": len(losses) - 1, "loss": losses[-1].item()})
+        bar.update(1)
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{losses[-1].item():.3f}", refresh=False)
+        if checkpoint_dir and config.checkpoint_every and len(losses) % config.checkpoint_every == 0:
+            resume.save(
+                checkpoint_dir,
+                {"model": model},
+                optimizer,
+                rng,
+                scheduler,
+                {"losses": torch.stack(losses).tolist()},
+                identity,
+            )
+    bar.close()
+    model.eval()
+    return SFTResult(torch.stack(losses).tolist() if losses else [], total, time.time() - start)

@@ -1,0 +1,1 @@
+"""What the lessons show: plots and interactive widgets. Imports the layers below it."""
