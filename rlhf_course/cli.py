@@ -65,11 +65,20 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _stage_seeds() -> tuple[str, ...]:
+    """Each stage's own seed is --seed (the pipeline sets it), so it has no flag."""
+    from rlhf_course import pipeline
+
+    return tuple(f"{stage}.seed" for stage in sorted(pipeline.TRAINING_STAGES))
+
+
 def _pipeline(args) -> int:
     from rlhf_course import config_flags, pipeline, report
 
     config = config_flags.build(pipeline.PipelineConfig, args)
     stages = list(pipeline.STAGES) if args.stages is None else args.stages
+    # the run's settings, which --config reads back to repeat it
+    config_flags.save(config, Path(args.out) / "config.json", skip=_stage_seeds())
     metrics = pipeline.run(Path(args.out), stages, config)
     report.write(Path(args.out), metrics)
     summary = {stage: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for stage, m in metrics.items()}
@@ -153,11 +162,11 @@ def main(argv=None) -> int:
     )
     p.add_argument("--out", default="runs/pipeline")
     p.add_argument("--stages", type=_stages, help="comma-separated stages, e.g. sft,reward (default: every stage)")
-    # every field of PipelineConfig; each stage's own seed is --seed (the pipeline sets it), so it has no flag
+    # every field of PipelineConfig but the stages' own seeds
     config_flags.add_flags(
         p,
         pipeline.PipelineConfig,
-        skip=tuple(f"{stage}.seed" for stage in pipeline.TRAINING_STAGES),
+        skip=_stage_seeds(),
         types_={"base_model": _model_directory, "seed": SEED},
     )
     p.set_defaults(fn=_pipeline)

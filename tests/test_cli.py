@@ -2,6 +2,7 @@
 
 import argparse
 import dataclasses
+import json
 
 import pytest
 
@@ -94,3 +95,46 @@ def test_build_leaves_the_dataclass_defaults_unshared():
     config = config_flags.build(pipeline.PipelineConfig, parser.parse_args(["--ppo.updates", "3"]))
     assert config.ppo.updates == 3 and pipeline.PipelineConfig().ppo.updates != 3
     assert dataclasses.replace(config, ppo=pipeline.PipelineConfig().ppo) == pipeline.PipelineConfig()
+
+
+def test_a_run_writes_its_settings_and_config_repeats_them_with_flags_winning(monkeypatch, tmp_path):
+    first = _run_pipeline(
+        monkeypatch,
+        tmp_path / "a",
+        "--ppo.lr",
+        "3e-5",
+        "--sft.max_examples",
+        "none",
+        "--pg.baseline",
+        "false",
+        "--seed",
+        "3",
+    )["config"]
+    saved = tmp_path / "a" / "config.json"
+    assert json.loads(saved.read_text())["ppo"]["lr"] == 3e-5 and "seed" not in json.loads(saved.read_text())["ppo"]
+    again = _run_pipeline(monkeypatch, tmp_path / "b", "--config", str(saved))["config"]
+    assert again == first
+    changed = _run_pipeline(monkeypatch, tmp_path / "c", "--config", str(saved), "--ppo.lr", "1e-4")["config"]
+    assert changed == dataclasses.replace(first, ppo=dataclasses.replace(first.ppo, lr=1e-4))
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ('{"ppo": {"lrr": 1e-5}}', "'ppo.lrr' is not a setting"),
+        ('{"ppo": {"lr": "fast"}}', "ppo.lr: expected a number, got 'fast'"),
+        ('{"ppo": {"seed": 3}}', "'ppo.seed' is not a setting"),
+        ('{"ppo": ', "expected a readable JSON file of settings"),
+        ("[1, 2]", "expected a JSON object of settings"),
+    ],
+)
+def test_a_config_file_with_a_wrong_setting_is_refused_naming_it(monkeypatch, tmp_path, capsys, content, expected):
+    monkeypatch.setattr(pipeline, "run", lambda *a, **k: pytest.fail("the pipeline ran"))
+    path = tmp_path / "settings.json"
+    path.write_text(content)
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["pipeline", "--out", str(tmp_path / "out"), "--config", str(path)])
+    assert stop.value.code == 2
+    error = capsys.readouterr().err
+    assert "argument --config:" in error and expected in error, error
+    assert not (tmp_path / "out").exists()  # nothing written for a run that never started
