@@ -101,7 +101,7 @@ def test_plugged_in_function_runs_and_reset_restores_reference():
         calls.append(side)
         return pad_batch.reference(sequences, pad_id, side)
 
-    registry.plug_in("pad_batch", learner_pad)
+    exercises.plug_in("pad_batch", learner_pad)
     try:
         pad_batch([[1, 2], [3]], 0)
         assert calls == ["right"]
@@ -113,7 +113,7 @@ def test_plugged_in_function_runs_and_reset_restores_reference():
 
 
 def test_wrong_output_shape_names_the_exercise_and_expected_shape():
-    registry.plug_in("next_token_loss", lambda logits, labels: torch.zeros(logits.shape[0]))
+    exercises.plug_in("next_token_loss", lambda logits, labels: torch.zeros(logits.shape[0]))
     try:
         with pytest.raises(registry.ExerciseOutputError, match=r"Exercise 'next_token_loss'.*shape \(\)"):
             next_token_loss(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long))
@@ -122,7 +122,7 @@ def test_wrong_output_shape_names_the_exercise_and_expected_shape():
 
 
 def test_wrong_dtype_is_reported():
-    registry.plug_in("pad_batch", lambda seqs, pad_id, side="right": (torch.zeros(2, 2), torch.zeros(2, 2)))
+    exercises.plug_in("pad_batch", lambda seqs, pad_id, side="right": (torch.zeros(2, 2), torch.zeros(2, 2)))
     try:
         with pytest.raises(registry.ExerciseOutputError, match=r"'pad_batch'.*dtype torch.int64"):
             pad_batch([[1, 2], [3]], 0)
@@ -258,3 +258,17 @@ def test_check_from_a_script_without_a_main_guard_checks_instead_of_rerunning_it
     )
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
     assert done.stdout.count("script body ran") == 1 and "passed: True" in done.stdout, done.stdout + done.stderr
+
+
+def test_every_exercise_declares_a_validator_that_accepts_the_reference_on_its_checks():
+    # every check's inputs go through the training loop's entry point (the decorated function) with the
+    # reference plugged in as if it were the learner's: its validator runs on each call and must not object
+    for exercise in exercises.CATALOG.values():
+        assert callable(exercise.validate), exercise.id
+        entry = getattr(importlib.import_module(exercise.reference.__module__), exercise.id)
+        try:
+            exercises.plug_in(exercise.id, exercise.reference)
+            result = exercises.run_checks(exercise.id, entry)
+            assert result.passed, result
+        finally:
+            registry.reset()

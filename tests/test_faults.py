@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from rlhf_course import cli
+from rlhf_course import cli, exercises
 from rlhf_course.algorithms import ppo
 from rlhf_course.core import models, registry
 from rlhf_course.core.registry import ExerciseOutputError
@@ -231,7 +231,7 @@ def _session(path):
 
 @pytest.fixture
 def plugged():
-    yield registry.plug_in
+    yield exercises.plug_in
     registry.reset()
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
 
-from rlhf_course import pipeline, report
+from rlhf_course import exercises, pipeline, report
 from rlhf_course.algorithms import policy_gradient as pg
 from rlhf_course.algorithms import ppo, rollouts
 from rlhf_course.algorithms import reward_model as rm
@@ -108,7 +108,7 @@ def test_probe_tasks_pass_with_the_reference():
     ],
 )
 def test_probe_tasks_catch_a_broken_piece(piece, wrong, probe):
-    registry.plug_in(piece, wrong)
+    exercises.plug_in(piece, wrong)
     try:
         results = {r.probe.name: r for r in ppo_probes.run_probes(verbose=False)}
     finally:

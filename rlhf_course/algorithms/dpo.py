@@ -28,14 +28,10 @@ import torch.nn.functional as F
 from rlhf_course.algorithms.sft import IGNORE_INDEX, collate, length_grouped_batches
 from rlhf_course.core import distributed, optimization, runtime
 from rlhf_course.core.chat import encode
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 
 
-def _validate_sequence_logprobs(out, logits, labels):
-    expect_tensor(out, shape=(labels.shape[0],), device=logits.device, what="the sequence log-probabilities")
-
-
-@replaceable("sequence_logprobs", _validate_sequence_logprobs)
+@replaceable("sequence_logprobs")
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """log pi(response | prompt): the sum of the response tokens' log-probabilities.
 
@@ -49,11 +45,7 @@ def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tenso
     return (taken * mask).sum(dim=1)
 
 
-def _validate_preference_loss(out, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, kind="dpo"):
-    expect_tensor(out, shape=(), what="the DPO loss")
-
-
-@replaceable("dpo_loss", _validate_preference_loss)
+@replaceable("dpo_loss")
 def dpo_loss(
     policy_chosen: torch.Tensor,
     policy_rejected: torch.Tensor,

@@ -23,15 +23,11 @@ import torch
 
 from rlhf_course.algorithms.rollouts import collect, freeze, response_logprobs
 from rlhf_course.core import distributed, optimization, runtime
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 from rlhf_course.simulation import world
 
 
-def _validate_group_advantages(out, rewards, group_size):
-    expect_tensor(out, shape=rewards.shape, device=rewards.device, what="the group advantages")
-
-
-@replaceable("group_advantages", _validate_group_advantages)
+@replaceable("group_advantages")
 def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     """rewards: (groups * group_size,), each group's responses next to each other. Returns the same shape:
     each reward minus its group's mean, divided by its group's (unbiased) standard deviation + 1e-4."""
@@ -41,11 +37,7 @@ def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return ((grouped - mean) / (std + 1e-4)).view(-1)
 
 
-def _validate_grpo_loss(out, *args, **kwargs):
-    expect_tensor(out, shape=(), what="the GRPO loss")
-
-
-@replaceable("grpo_loss", _validate_grpo_loss)
+@replaceable("grpo_loss")
 def grpo_loss(
     logprobs: torch.Tensor,
     old_logprobs: torch.Tensor,

@@ -23,7 +23,7 @@ import torch
 
 from rlhf_course.algorithms.rollouts import Rollout, collect, freeze, kl_penalized_rewards, response_logprobs
 from rlhf_course.core import distributed, optimization, runtime
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 from rlhf_course.simulation import world
 
 
@@ -41,11 +41,7 @@ def leave_one_out_baseline(returns: torch.Tensor, mask: torch.Tensor) -> torch.T
     return (total - returns * m) / others * m
 
 
-def _validate_reinforce(out, logprobs, advantages, mask):
-    expect_tensor(out, shape=(), what="the loss")
-
-
-@replaceable("reinforce_loss", _validate_reinforce)
+@replaceable("reinforce_loss")
 def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The REINFORCE loss: ``-sum_t log pi(a_t) * A_t`` over each response's tokens, averaged over responses.
 

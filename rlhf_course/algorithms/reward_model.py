@@ -34,25 +34,17 @@ from rlhf_course.algorithms.sft import length_grouped_batches
 from rlhf_course.core import distributed, models, optimization, runtime
 from rlhf_course.core.chat import encode_many
 from rlhf_course.core.language_model import pad_batch
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 
 
-def _validate_last(out, values, attention_mask):
-    expect_tensor(out, shape=values.shape[:1], dtype=values.dtype, device=values.device, what="the rewards")
-
-
-@replaceable("last_token_rewards", _validate_last)
+@replaceable("last_token_rewards")
 def last_token_rewards(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """The value at each row's last real token. values, attention_mask: (batch, seq), right-padded -> (batch,)."""
     last = attention_mask.sum(dim=1) - 1  # (batch,) index of the last 1 in a right-padded row
     return values.gather(1, last.unsqueeze(1)).squeeze(1)
 
 
-def _validate_bt(out, chosen, rejected, margin=None):
-    expect_tensor(out, shape=(), what="the loss")
-
-
-@replaceable("bradley_terry_loss", _validate_bt)
+@replaceable("bradley_terry_loss")
 def bradley_terry_loss(
     chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -279,11 +271,7 @@ def train(
     return RewardResult(torch.stack(losses).tolist() if losses else [], val_curve, time.time() - start)
 
 
-def _validate_acc(out, chosen, rejected):
-    expect_tensor(out, shape=(), what="the accuracy")
-
-
-@replaceable("pairwise_accuracy", _validate_acc)
+@replaceable("pairwise_accuracy")
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     """Fraction of pairs where the chosen response gets the higher reward; a tie counts as half."""
     return ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()

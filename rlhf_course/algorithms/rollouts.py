@@ -23,21 +23,11 @@ from rlhf_course.algorithms import reward_model
 from rlhf_course.core import distributed, models, runtime
 from rlhf_course.core.chat import encode
 from rlhf_course.core.language_model import decode_responses, generate, pad_batch
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 from rlhf_course.simulation import human, world
 
 
-def _validate_logprobs(out, logits, tokens, temperature=1.0):
-    expect_tensor(
-        out,
-        shape=tokens.shape,
-        dtype=logits.dtype if logits.is_floating_point() else None,
-        device=logits.device,
-        what="the log-probabilities",
-    )
-
-
-@replaceable("token_logprobs", _validate_logprobs)
+@replaceable("token_logprobs")
 def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Log-probability of each taken token under the sampling distribution softmax(logits / temperature).
 
@@ -48,11 +38,7 @@ def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: floa
     return log_probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1).to(logits.dtype)
 
 
-def _validate_kl_rewards(out, scores, logprobs, ref_logprobs, response_mask, kl_coef):
-    expect_tensor(out, shape=logprobs.shape, device=logprobs.device, what="the per-token rewards")
-
-
-@replaceable("kl_penalized_rewards", _validate_kl_rewards)
+@replaceable("kl_penalized_rewards")
 def kl_penalized_rewards(
     scores: torch.Tensor,
     logprobs: torch.Tensor,

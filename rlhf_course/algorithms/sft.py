@@ -17,7 +17,7 @@ import torch
 from rlhf_course.core import distributed, models, optimization, resume, runtime
 from rlhf_course.core.chat import encode
 from rlhf_course.core.language_model import IGNORE_INDEX, next_token_loss, pad_batch
-from rlhf_course.core.registry import expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 
 
 @dataclass
@@ -33,11 +33,7 @@ class SFTConfig:
     checkpoint_every: int = 0  # save the run's state every this many steps (into train_sft's checkpoint_dir)
 
 
-def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
-    expect_tensor(out, shape=input_ids.shape, dtype=torch.long, device=input_ids.device, what="labels")
-
-
-@replaceable("sft_labels", _validate_labels)
+@replaceable("sft_labels")
 def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
     """Labels for response-only training: input_ids, with the prompt and the padding set to -100.
 

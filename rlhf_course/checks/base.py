@@ -28,6 +28,9 @@ class Exercise:
     id: str
     difficulty: str
     summary: str
+    # validate(output, *inputs) raises registry.ExerciseOutputError unless the learner's output has the
+    # shape, dtype and device the training loop needs: run on every call once the function is plugged in
+    validate: Callable
     checks: list[Check]
     lesson: str = ""  # "02", from checks/lesson02_sft.py
     file: str = ""  # "lesson02_sft.py": the learner's file in exercises/, its completed version in solutions/

@@ -8,6 +8,7 @@ import torch
 
 from rlhf_course.checks.base import Check, Exercise, Fail
 from rlhf_course.core.language_model import top_p_filter
+from rlhf_course.core.registry import expect_tensor
 
 
 # --- top_p_filter ------------------------------------------------------------------------------
@@ -72,11 +73,16 @@ def _top_p_not_in_place(fn):
         raise Fail("the input logits were modified in place: return a new tensor (masked_fill, not masked_fill_)")
 
 
+def _validate_top_p(out, logits, top_p):
+    expect_tensor(out, shape=logits.shape, dtype=logits.dtype, device=logits.device, what="the filtered logits")
+
+
 EXERCISES = [
     Exercise(
         "top_p_filter",
         "**",
         "nucleus (top-p) filtering of logits",
+        _validate_top_p,
         [
             Check("keeps the most likely token", _top_p_keeps_top),
             Check("keeps the token that crosses top_p", _top_p_keeps_crossing),

@@ -9,6 +9,7 @@ import torch
 from rlhf_course.algorithms.sft import sft_labels
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
 from rlhf_course.core.language_model import IGNORE_INDEX, next_token_loss
+from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
 # --- pad_batch --------------------------------------------------------------------------------
 PAD = 1
@@ -198,11 +199,30 @@ def _loss_ignores_masked(fn):
         )
 
 
+def _validate_pad_batch(out, sequences, pad_id, side="right"):
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ExerciseOutputError("should return a tuple (input_ids, attention_mask)")
+    shape = (len(sequences), max(len(s) for s in sequences))
+    expect_tensor(out[0], shape=shape, dtype=torch.long, what="input_ids")
+    expect_tensor(out[1], shape=shape, dtype=torch.long, what="attention_mask")
+
+
+def _validate_loss(out, logits, labels):
+    expect_tensor(out, shape=(), what="the loss")
+    if not out.is_floating_point():
+        raise ExerciseOutputError(f"the loss should be a floating-point scalar, got {out.dtype}")
+
+
+def _validate_labels(out, input_ids, attention_mask, prompt_lengths):
+    expect_tensor(out, shape=input_ids.shape, dtype=torch.long, device=input_ids.device, what="labels")
+
+
 EXERCISES = [
     Exercise(
         "pad_batch",
         "*",
         "pad token lists into input_ids and attention_mask",
+        _validate_pad_batch,
         [
             Check("returns (batch, longest) long tensors", _pad_shape),
             Check("attention mask marks the real tokens", _pad_mask),
@@ -214,6 +234,7 @@ EXERCISES = [
         "sft_labels",
         "*",
         "labels for response-only loss",
+        _validate_labels,
         [
             Check("masks the prompt", _labels_prompt),
             Check("masks the padding", _labels_padding),
@@ -225,6 +246,7 @@ EXERCISES = [
         "next_token_loss",
         "**",
         "token-mean next-token NLL with a mask",
+        _validate_loss,
         [
             Check("returns a scalar with a gradient", _loss_scalar),
             Check("matches the reference value", _loss_value),

@@ -8,6 +8,7 @@ import torch
 
 from rlhf_course.algorithms.reward_model import bradley_terry_loss, last_token_rewards
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.core.registry import expect_tensor
 
 
 # --- last_token_rewards -------------------------------------------------------------------------
@@ -138,11 +139,24 @@ def _acc_dtype(fn):
         raise Fail(f"the accuracy should be a float tensor, got {got.dtype}: integer division would give 0")
 
 
+def _validate_last(out, values, attention_mask):
+    expect_tensor(out, shape=values.shape[:1], dtype=values.dtype, device=values.device, what="the rewards")
+
+
+def _validate_bt(out, chosen, rejected, margin=None):
+    expect_tensor(out, shape=(), what="the loss")
+
+
+def _validate_acc(out, chosen, rejected):
+    expect_tensor(out, shape=(), what="the accuracy")
+
+
 EXERCISES = [
     Exercise(
         "last_token_rewards",
         "*",
         "read the reward at the last real token",
+        _validate_last,
         [
             Check("returns one reward per row", _last_shape),
             Check("reads each row's last real token", _last_value),
@@ -153,6 +167,7 @@ EXERCISES = [
         "bradley_terry_loss",
         "**",
         "the Bradley-Terry loss with a margin",
+        _validate_bt,
         [
             Check("matches the reference value", _bt_value),
             Check("subtracts the margin", _bt_margin),
@@ -164,6 +179,7 @@ EXERCISES = [
         "pairwise_accuracy",
         "*",
         "how often the chosen response wins",
+        _validate_acc,
         [
             Check("counts wins, ties and losses", _acc_value),
             Check("returns a float", _acc_dtype),

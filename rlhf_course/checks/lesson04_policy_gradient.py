@@ -9,6 +9,7 @@ import torch
 from rlhf_course.algorithms.policy_gradient import reinforce_loss
 from rlhf_course.algorithms.rollouts import kl_penalized_rewards, token_logprobs
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.core.registry import expect_tensor
 
 
 # --- token_logprobs ------------------------------------------------------------------------------
@@ -162,11 +163,30 @@ def _rl_detached(fn):
         raise Fail("gradient flowed into the advantages: they are weights, not something to optimise; use .detach()")
 
 
+def _validate_reinforce(out, logprobs, advantages, mask):
+    expect_tensor(out, shape=(), what="the loss")
+
+
+def _validate_logprobs(out, logits, tokens, temperature=1.0):
+    expect_tensor(
+        out,
+        shape=tokens.shape,
+        dtype=logits.dtype if logits.is_floating_point() else None,
+        device=logits.device,
+        what="the log-probabilities",
+    )
+
+
+def _validate_kl_rewards(out, scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    expect_tensor(out, shape=logprobs.shape, device=logprobs.device, what="the per-token rewards")
+
+
 EXERCISES = [
     Exercise(
         "token_logprobs",
         "*",
         "log-probabilities of the sampled tokens",
+        _validate_logprobs,
         [
             Check("returns one value per token", _tl_shape),
             Check("matches the reference at temperature 1", _tl_value),
@@ -178,6 +198,7 @@ EXERCISES = [
         "kl_penalized_rewards",
         "**",
         "per-token KL penalty plus the score",
+        _validate_kl_rewards,
         [
             Check("matches the reference", _klr_value),
             Check("leaves its inputs unchanged", _klr_not_in_place),
@@ -187,6 +208,7 @@ EXERCISES = [
         "reinforce_loss",
         "*",
         "the REINFORCE loss with a mask",
+        _validate_reinforce,
         [
             Check("matches the reference", _rl_value),
             Check("trains the log-probabilities, not the advantages", _rl_detached),

@@ -8,6 +8,7 @@ import torch
 
 from rlhf_course.algorithms.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
 
 # --- whiten ------------------------------------------------------------------------------------------
@@ -215,11 +216,27 @@ def _vl_gradient(fn):
         raise Fail("no gradient reached the values")
 
 
+def _validate_whiten(out, x, mask, shift_mean=True):
+    expect_tensor(out, shape=x.shape, device=x.device, what="the whitened values")
+
+
+def _validate_gae(out, rewards, values, mask, gamma, lam):
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ExerciseOutputError("should return a tuple (advantages, returns)")
+    for tensor, what in zip(out, ("advantages", "returns")):
+        expect_tensor(tensor, shape=rewards.shape, device=rewards.device, what=what)
+
+
+def _validate_scalar(out, *args, **kwargs):
+    expect_tensor(out, shape=(), what="the loss")
+
+
 EXERCISES = [
     Exercise(
         "whiten",
         "*",
         "masked whitening of advantages or rewards",
+        _validate_whiten,
         [
             Check("uses masked statistics", _wh_value),
             Check("keeps the mean when asked", _wh_shift),
@@ -229,6 +246,7 @@ EXERCISES = [
         "gae",
         "***",
         "generalised advantage estimation",
+        _validate_gae,
         [
             Check("advantages match a step-by-step computation", _gae_advantages),
             Check("returns are advantages plus values", _gae_returns),
@@ -239,6 +257,7 @@ EXERCISES = [
         "ppo_policy_loss",
         "**",
         "the clipped surrogate loss",
+        _validate_scalar,
         [
             Check("matches the reference", _pl_value),
             Check("clipped tokens get no gradient", _pl_gradient),
@@ -248,6 +267,7 @@ EXERCISES = [
         "ppo_value_loss",
         "**",
         "the clipped value loss",
+        _validate_scalar,
         [
             Check("matches the reference", _vl_value),
             Check("trains the values", _vl_gradient),

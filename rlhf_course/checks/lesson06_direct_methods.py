@@ -10,6 +10,7 @@ from rlhf_course.algorithms.dpo import dpo_loss, sequence_logprobs
 from rlhf_course.algorithms.grpo import group_advantages, grpo_loss
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
 from rlhf_course.core.language_model import IGNORE_INDEX
+from rlhf_course.core.registry import expect_tensor
 
 
 # --- sequence_logprobs ----------------------------------------------------------------------------------
@@ -231,11 +232,28 @@ def _gl_gradient(fn):
         )
 
 
+def _validate_sequence_logprobs(out, logits, labels):
+    expect_tensor(out, shape=(labels.shape[0],), device=logits.device, what="the sequence log-probabilities")
+
+
+def _validate_preference_loss(out, policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, kind="dpo"):
+    expect_tensor(out, shape=(), what="the DPO loss")
+
+
+def _validate_group_advantages(out, rewards, group_size):
+    expect_tensor(out, shape=rewards.shape, device=rewards.device, what="the group advantages")
+
+
+def _validate_grpo_loss(out, *args, **kwargs):
+    expect_tensor(out, shape=(), what="the GRPO loss")
+
+
 EXERCISES = [
     Exercise(
         "sequence_logprobs",
         "*",
         "log-probability of a response",
+        _validate_sequence_logprobs,
         [
             Check("sums the shifted, masked log-probabilities", _sl_value),
             Check("keeps the gradient", _sl_gradient),
@@ -245,6 +263,7 @@ EXERCISES = [
         "dpo_loss",
         "**",
         "the DPO and IPO losses",
+        _validate_preference_loss,
         [
             Check("DPO matches the reference", _dpo_value),
             Check("IPO matches the reference", _dpo_ipo),
@@ -256,6 +275,7 @@ EXERCISES = [
         "group_advantages",
         "*",
         "GRPO's group-normalised advantages",
+        _validate_group_advantages,
         [
             Check("normalises within each group", _ga_value),
             Check("gives 0 to a group with equal rewards", _ga_uniform),
@@ -265,6 +285,7 @@ EXERCISES = [
         "grpo_loss",
         "**",
         "GRPO's clipped loss with a k3 KL term",
+        _validate_grpo_loss,
         [
             Check("matches the reference", _gl_value),
             Check("clipped tokens get no gradient", _gl_gradient),

@@ -14,20 +14,12 @@ import torch
 from transformers import DynamicCache, StaticCache
 
 from rlhf_course.core import runtime
-from rlhf_course.core.registry import ExerciseOutputError, expect_tensor, replaceable
+from rlhf_course.core.registry import replaceable
 
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and Hugging Face's convention)
 
 
-def _validate_pad_batch(out, sequences, pad_id, side="right"):
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise ExerciseOutputError("should return a tuple (input_ids, attention_mask)")
-    shape = (len(sequences), max(len(s) for s in sequences))
-    expect_tensor(out[0], shape=shape, dtype=torch.long, what="input_ids")
-    expect_tensor(out[1], shape=shape, dtype=torch.long, what="attention_mask")
-
-
-@replaceable("pad_batch", _validate_pad_batch)
+@replaceable("pad_batch")
 def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
     """Stack token lists of different lengths into ``(input_ids, attention_mask)``, both (batch, max_len) long.
 
@@ -46,13 +38,7 @@ def pad_batch(sequences: list[list[int]], pad_id: int, side: str = "right") -> t
     return input_ids, attention_mask
 
 
-def _validate_loss(out, logits, labels):
-    expect_tensor(out, shape=(), what="the loss")
-    if not out.is_floating_point():
-        raise ExerciseOutputError(f"the loss should be a floating-point scalar, got {out.dtype}")
-
-
-@replaceable("next_token_loss", _validate_loss)
+@replaceable("next_token_loss")
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean negative log-likelihood of each next token, over the positions whose label is not -100.
 
@@ -68,11 +54,7 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(picked * mask).sum() / mask.sum().clamp(min=1)
 
 
-def _validate_top_p(out, logits, top_p):
-    expect_tensor(out, shape=logits.shape, dtype=logits.dtype, device=logits.device, what="the filtered logits")
-
-
-@replaceable("top_p_filter", _validate_top_p)
+@replaceable("top_p_filter")
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Nucleus filtering: keep the smallest set of tokens whose probability reaches ``top_p``.
 

@@ -1,12 +1,13 @@
 """The registry of replaceable pieces: how a learner's function runs inside the real training loop.
 
-Each piece a learner writes is declared once with ``@replaceable``. Training code calls the
-decorated name as usual; the call goes to the learner's function when one is plugged in with
+Each piece a learner writes is marked ``@replaceable`` where its reference is written. Training code
+calls the decorated name as usual; the call goes to the learner's function when one is plugged in with
 ``plug_in`` and to the reference otherwise. ``reset()`` swaps every piece back to the reference.
 
-A plugged-in function's output is validated on every call (shape, dtype, device), so a learner's
-mistake stops with a message naming the exercise and what was expected, instead of surfacing as a
-strange error deep inside the training loop.
+A plugged-in function's output is validated on every call by the validator its exercise declares
+(``rlhf_course/checks/``: shape, dtype, device) and for NaN, so a learner's mistake stops with a message
+naming the exercise and what was expected, instead of surfacing as a strange error deep inside the
+training loop.
 """
 
 from __future__ import annotations
@@ -24,18 +25,18 @@ class ExerciseOutputError(ValueError):
 class Piece:
     name: str
     reference: Callable
-    validate: Callable  # validate(output, *args, **kwargs) -> None or raises ExerciseOutputError
     learner: Callable | None = None
+    validate: Callable | None = None  # validate(output, *args, **kwargs) -> None or raises ExerciseOutputError
 
 
 PIECES: dict[str, Piece] = {}
 
 
-def replaceable(name: str, validate: Callable):
+def replaceable(name: str):
     """Register ``fn`` as the reference implementation of exercise piece ``name``."""
 
     def decorate(fn):
-        PIECES[name] = Piece(name, fn, validate)
+        PIECES[name] = Piece(name, fn)
 
         @functools.wraps(fn)
         def dispatch(*args, **kwargs):
@@ -44,7 +45,8 @@ def replaceable(name: str, validate: Callable):
                 return piece.reference(*args, **kwargs)
             out = piece.learner(*args, **kwargs)
             try:
-                piece.validate(out, *args, **kwargs)
+                if piece.validate is not None:
+                    piece.validate(out, *args, **kwargs)
                 _expect_finite(out, args, kwargs)
             except ExerciseOutputError as err:
                 raise ExerciseOutputError(f"Exercise '{name}' (your {piece.learner.__name__}): {err}") from None
@@ -85,16 +87,18 @@ def _expect_finite(out, args, kwargs) -> None:
             raise ExerciseOutputError(f"it returned {t.item()} (a loss must be finite); look for the log of 0")
 
 
-def plug_in(name: str, fn: Callable) -> None:
+def plug_in(name: str, fn: Callable, validate: Callable | None = None) -> None:
+    """Run ``fn`` in place of piece ``name``'s reference, checking each output with ``validate``
+    (``exercises.plug_in`` passes the one the exercise declares)."""
     if name not in PIECES:
         raise KeyError(f"No replaceable piece named {name!r}; known: {', '.join(sorted(PIECES))}")
-    PIECES[name].learner = fn
+    PIECES[name].learner, PIECES[name].validate = fn, validate
 
 
 def reset(name: str | None = None) -> None:
     """Swap back to the reference: one piece, or all of them."""
     for piece in PIECES.values() if name is None else [PIECES[name]]:
-        piece.learner = None
+        piece.learner, piece.validate = None, None
 
 
 def active() -> dict[str, str]:
