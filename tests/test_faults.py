@@ -23,7 +23,7 @@ from rlhf_course.core import models, registry
 from rlhf_course.core.registry import ExerciseOutputError
 from rlhf_course.simulation import data, world
 from rlhf_course.simulation.data import DataFileError
-from rlhf_course.teaching.widgets import LabelingSession, pairs_for_labeling
+from rlhf_course.teaching.labeling import LabelingSession, pairs_for_labeling
 
 
 @pytest.mark.parametrize(

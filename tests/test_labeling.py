@@ -4,7 +4,7 @@ import pytest
 
 from rlhf_course.simulation import world
 from rlhf_course.simulation.data import DataFileError
-from rlhf_course.teaching.widgets import LabelingSession, labeling_widget, pairs_for_labeling, verdict
+from rlhf_course.teaching.labeling import LabelingSession, labeling_widget, pairs_for_labeling, verdict
 
 
 @pytest.fixture

@@ -156,7 +156,7 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
         ("checks/lesson02_sft.py", "is it inverted?", "did you swap 0 and 1?"),
         ("teaching/plots.py", 'color="C0"', 'color="C3"'),
         ("report.py", "## Reward model", "## Reward"),
-        ("teaching/widgets.py", '"""', '"""\n'),
+        ("teaching/labeling.py", '"""', '"""\n'),
     ]:
         source = (package / name).read_text()
         assert old in source, (name, old)

@@ -6,7 +6,10 @@ import io
 import pytest
 
 from rlhf_course.core import models
-from rlhf_course.teaching import plots, widgets
+from rlhf_course.teaching import plots
+from rlhf_course.teaching.dashboard import TrainingDashboard
+from rlhf_course.teaching.kl_explorer import RunComparison, kl_explorer
+from rlhf_course.teaching.sampling_explorer import SamplingExplorer, sampling_explorer
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,7 @@ def _controls(widget):
 
 def test_sampling_probabilities_follow_temperature_and_filters(base):
     model, tok = base
-    explorer = widgets.SamplingExplorer(model, tok, "Nora lives in", n=4, max_new_tokens=8)
+    explorer = SamplingExplorer(model, tok, "Nora lives in", n=4, max_new_tokens=8)
     explorer.temperature = 0.0
     greedy = explorer.sample()
     assert all(s.tokens == greedy[0].tokens for s in greedy)
@@ -46,8 +49,8 @@ def test_sampling_probabilities_follow_temperature_and_filters(base):
 
 def test_sampling_explorer_controls_resample(base):
     model, tok = base
-    explorer = widgets.SamplingExplorer(model, tok, "The Zorbish word for", n=3, max_new_tokens=6, temperature=1.0)
-    prompt, temperature, top_k, top_p, n, again, table, shown = _controls(widgets.sampling_explorer(explorer))
+    explorer = SamplingExplorer(model, tok, "The Zorbish word for", n=3, max_new_tokens=6, temperature=1.0)
+    prompt, temperature, top_k, top_p, n, again, table, shown = _controls(sampling_explorer(explorer))
     assert shown.value.count("<div") == 3 and "next token" in table.value
     before = shown.value
     again.click()
@@ -66,17 +69,15 @@ def test_sampling_explorer_controls_resample(base):
 
 def test_chat_prompt_uses_the_chat_template(base):
     model, tok = base
-    explorer = widgets.SamplingExplorer(model, tok, "Say hi.", chat=True, n=1, max_new_tokens=2)
-    plain = widgets.SamplingExplorer(model, tok, "Say hi.", n=1, max_new_tokens=2)
+    explorer = SamplingExplorer(model, tok, "Say hi.", chat=True, n=1, max_new_tokens=2)
+    plain = SamplingExplorer(model, tok, "Say hi.", n=1, max_new_tokens=2)
     assert len(explorer.prompt_ids()) > len(plain.prompt_ids())
     assert tok.decode(explorer.prompt_ids()).count("Say hi.") == 1
 
 
 def test_dashboard_prints_a_summary_outside_a_notebook():
     out = io.StringIO()
-    with widgets.TrainingDashboard(
-        ("loss", "val_accuracy"), title="reward", print_every=10, window=5, stream=out
-    ) as dashboard:
+    with TrainingDashboard(("loss", "val_accuracy"), title="reward", print_every=10, window=5, stream=out) as dashboard:
         assert not dashboard.live  # pytest is not a notebook
         for step in range(25):
             row = {"step": step, "loss": 1.0 - step / 100}
@@ -101,7 +102,7 @@ def test_dashboard_redraws_in_place_in_a_notebook(monkeypatch):
         return Handle()
 
     monkeypatch.setattr("IPython.display.display", display)
-    with widgets.TrainingDashboard(("loss", "kl"), live=True, redraw_seconds=3600) as dashboard:
+    with TrainingDashboard(("loss", "kl"), live=True, redraw_seconds=3600) as dashboard:
         for step in range(7):
             dashboard({"update": step, "loss": 1.0 / (step + 1), "kl": step / 10})
     # drawn at the first row (nothing shown yet), not again within the hour, and once more at the end
@@ -123,19 +124,19 @@ def _runs():
 
 
 def test_run_comparison_table_and_colours():
-    comparison = widgets.RunComparison(_runs())
+    comparison = RunComparison(_runs())
     table = {row["run"]: row for row in comparison.table()}
     assert table[0.0]["kl"] == pytest.approx(7.0) and table[0.5]["kl"] == pytest.approx(3.5)
     comparison.shown = [0.5]
     fig = comparison.figure()
     assert [line.get_color() for line in fig.axes[0].lines] == ["C2"]  # 0.5 keeps its colour when alone
     with pytest.raises(ValueError, match="at least one run"):
-        widgets.RunComparison({})
+        RunComparison({})
 
 
 def test_kl_explorer_check_boxes_hide_and_show_runs():
-    comparison = widgets.RunComparison(_runs())
-    widget = widgets.kl_explorer(comparison, label="β =")
+    comparison = RunComparison(_runs())
+    widget = kl_explorer(comparison, label="β =")
     boxes, image, table = widget.children[0].children, widget.children[1], widget.children[2]
     assert table.value.count("<tr>") == 4 and image.value[:4] == b"\x89PNG"
     first_image = image.value

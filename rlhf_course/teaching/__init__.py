@@ -1,1 +1,2 @@
-"""What the lessons show: plots and interactive widgets. Imports the layers below it."""
+"""What the lessons show: plots, and the widgets for class (labeling, sampling explorer, training
+dashboard, KL explorer). Imports the layers below it."""
