@@ -1,18 +1,22 @@
 """Data parallelism: every trainer under `accelerate launch` with 2 CPU processes trains as 1 process does.
 
 Both runs use the command a learner would type (`rlhf-course parallel-check`): from the shipped base model,
-17 SFT steps on global batches of 16 (the last batch has one row, so one process gets none), then a few
+17 SFT steps on global batches of 16 (the last batch has one row, so one process gets none and takes a row
+that does not count), then a few
 steps of the reward model, DPO, REINFORCE, GRPO and PPO, 4 steps of TRL's SFTTrainer through the bridge and
 7 of SFT with LoRA adapters; and SFT and PPO once more, interrupted and resumed from their checkpoints.
 """
 
+import ast
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlhf_course.core import chat, distributed, language_model, models
+from rlhf_course.scale import data_parallel_by_hand
 from rlhf_course.simulation import world
 
 CPU_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "RLHF_COURSE_DEVICE": "cpu"}  # one thread per process
@@ -49,7 +53,7 @@ def assert_same_numbers(two, one, where=""):
 def test_two_processes_train_every_trainer_as_one(runs):
     (one, one_dir), (two, two_dir) = runs[1], runs[2]
     assert (one["processes"], two["processes"]) == (1, 2)
-    # the processes sum gradients of shares weighted by their token counts: the same steps, to rounding
+    # DDP averages gradients of shares weighted by their token counts: the same steps, to rounding
     for key in ("sft", "sft_lora"):  # full fine-tuning; LoRA adapters with gradient checkpointing
         torch.testing.assert_close(torch.tensor(two[key]), torch.tensor(one[key]), rtol=1e-5, atol=0)
     # sampling noise is drawn for the whole batch, so each process samples its rows' tokens exactly
@@ -102,11 +106,25 @@ def test_noise_for_the_whole_batch_makes_a_split_batch_sample_what_the_whole_bat
 
 
 def test_one_process_is_left_alone():
-    grad = torch.ones(3)
-    assert distributed.world_size() == 1 and not distributed.active()
-    assert distributed.share_of_mean(grad, 5) is grad  # untouched, so one-process runs stay bit-identical
-    assert distributed.shard(list("abcde")) == list("abcde")
-    assert distributed.gather_rows(grad, 3) is grad
+    """In one process the data-parallel pieces change nothing, so one-process runs stay bit-identical."""
+    accelerator = distributed.accelerator()
+    assert accelerator.num_processes == 1
+    assert distributed.share_weight(accelerator, torch.tensor(37.0)).item() == 1.0
+    assert distributed.my_rows(accelerator, list("abcde")) == (list("abcde"), True)
+    model = torch.nn.Linear(2, 1)
+    call, optimizer = accelerator.prepare(
+        distributed.Call(lambda m, x: m(x) * 2, model), torch.optim.SGD(model.parameters())
+    )
+    x = torch.ones(3, 2)
+    assert torch.equal(call(x), model(x) * 2)
+
+
+def test_a_process_without_rows_takes_one_that_does_not_count():
+    class TwoProcesses:
+        process_index, num_processes = 1, 2
+
+    assert distributed.my_rows(TwoProcesses, [7, 8, 9]) == ([8], True)
+    assert distributed.my_rows(TwoProcesses, [7]) == ([7], False)
 
 
 def test_a_failed_launch_says_what_the_processes_printed():
@@ -115,36 +133,32 @@ def test_a_failed_launch_says_what_the_processes_printed():
         distributed.launch(1, program)
 
 
-SPLIT_STEP = """
-import json, sys
-import torch
-from rlhf_course.core import distributed, optimization
-
-torch.manual_seed(0)
-used, unused = torch.nn.Linear(3, 1), torch.nn.Linear(3, 1)  # no loss reaches `unused`
-parameters = [*used.parameters(), *unused.parameters()]
-optimizer = torch.optim.AdamW(parameters, lr=0.1, weight_decay=0.5)
-x = torch.linspace(-1, 1, 15).reshape(5, 3)  # (batch, features): 5 rows, so the shares are unequal
-for _ in range(3):
-    rows = list(distributed.shard_rows(len(x)))
-    loss = used(x[rows]).pow(2).sum() / len(x)  # this process's share of the batch mean
-    optimization.step(loss, optimizer, parameters, max_grad_norm=1.0)
-if distributed.is_main():
-    json.dump([p.tolist() for p in parameters], open(sys.argv[1], "w"))
-"""
-
-
-def test_a_split_step_is_the_one_process_step_even_for_parameters_no_loss_reaches(tmp_path):
-    """AdamW skips a parameter without a gradient; summing over processes must not hand it a zero one,
-    which weight decay and momentum would turn into a step that one process never takes."""
-    script = tmp_path / "split_step.py"
-    script.write_text(SPLIT_STEP)
+def test_the_written_out_data_parallelism_of_lesson_08_takes_accelerates_steps(tmp_path):
+    """The exhibit's all-reduce by hand and accelerate's DDP give one process's weights, in 1 and 2 processes."""
+    runs = {}
     for n in (1, 2):
-        distributed.launch(n, [str(script), str(tmp_path / f"{n}.json")], CPU_ENV, timeout=300)
-    one, two = (json.loads((tmp_path / f"{n}.json").read_text()) for n in (1, 2))
-    torch.manual_seed(0)
-    start = [p.tolist() for p in [*torch.nn.Linear(3, 1).parameters(), *torch.nn.Linear(3, 1).parameters()]]
-    assert one[2:] == start[2:]  # one process leaves `unused` alone
-    assert one[:2] != start[:2]
-    for a, b in zip(two, one):
-        torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-7)
+        out = tmp_path / f"{n}.json"
+        distributed.launch(n, ["-m", "rlhf_course.scale.data_parallel_by_hand", str(out)], CPU_ENV, timeout=300)
+        runs[n] = json.loads(out.read_text())
+    assert (runs[1]["processes"], runs[2]["processes"]) == (1, 2)
+    assert runs[1]["by_hand"] == runs[1]["accelerate"]  # one process: the same operations
+    for n in (1, 2):
+        for version in ("by_hand", "accelerate"):
+            for a, b in zip(runs[n][version], runs[1]["by_hand"]):
+                torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-6, atol=1e-7)
+    start = [p.detach().flatten().tolist() for p in data_parallel_by_hand.fresh_model().parameters()]
+    assert all(abs(a - b) > 1e-3 for a, b in zip(runs[1]["by_hand"][0], start[0]))  # training moved the weights
+
+
+def test_no_algorithm_calls_a_communication_function_of_its_own():
+    """The trainers scale out through accelerate: no torch.distributed, and no collective written by hand."""
+    calls = []
+    for path in sorted((Path(distributed.__file__).parent.parent / "algorithms").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                calls += [f"{path.name} imports {n}" for n in names if n.startswith("torch.distributed")]
+            if isinstance(node, ast.Attribute) and node.attr in ("all_reduce", "all_gather", "broadcast", "barrier"):
+                calls.append(f"{path.name}:{node.lineno} calls {node.attr}")
+    assert not calls, calls

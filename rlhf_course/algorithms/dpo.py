@@ -119,7 +119,7 @@ def train_dpo(
     policy, reference, tokenizer, rows: list[dict], config: DPOConfig = DPOConfig(), on_step=None
 ) -> DPOResult:
     """Train ``policy`` on preference rows ``{"prompt", "chosen", "rejected"}`` against the frozen ``reference``.
-    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``)."""
+    Under ``accelerate launch`` each process trains on its share of every batch (see ``distributed``)."""
     if config.loss not in ("dpo", "ipo"):
         raise ValueError(f"unknown preference loss {config.loss!r}; expected 'dpo' or 'ipo'")
     start = time.time()
@@ -135,42 +135,41 @@ def train_dpo(
     optimizer = optimization.adam(policy.parameters(), config.lr)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
     dev = next(policy.parameters()).device
-    distributed.broadcast_parameters(policy)
+    accelerator = distributed.accelerator()
+    ddp_policy, optimizer = accelerator.prepare(policy, optimizer)  # the policy itself, in one process
     history = []
     policy.train()
-    for step, pairs in enumerate(runtime.progress(batches, desc=config.loss)):
-        pairs = distributed.shard(pairs)  # this process's pairs of the batch (all of them, in one process)
-        # a batch smaller than the number of processes leaves some without pairs
-        loss, measured = torch.zeros((), device=dev), torch.zeros(4, device=dev)
-        if pairs:
-            logps = batch_logprobs(
-                policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad, length_normalised=normalised
-            )
-            chosen, rejected = logps[: len(pairs)], logps[len(pairs) :]  # (batch,) each
-            ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
-            loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
-            with torch.no_grad():
-                reward_chosen = config.beta * (chosen - ref_chosen)  # (batch,) the implicit rewards
-                reward_rejected = config.beta * (rejected - ref_rejected)
-                # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0
-                wins = (reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()
-                measured = torch.stack(
-                    [
-                        wins.mean(),
-                        (reward_chosen - reward_rejected).mean(),
-                        (chosen - ref_chosen).mean(),
-                        (rejected - ref_rejected).mean(),
-                    ]
-                )
-        optimization.step(
-            distributed.share_of_mean(loss, len(pairs)), optimizer, policy.parameters(), config.max_grad_norm, scheduler
+    for step, batch in enumerate(runtime.progress(batches, desc=config.loss)):
+        # 1. this process's pairs of the batch (all of them, in one process)
+        pairs, counted = distributed.my_rows(accelerator, batch)
+        # 2. the policy's log-probabilities of both replies, in one forward pass; the reference's were computed once
+        logps = batch_logprobs(
+            ddp_policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad, length_normalised=normalised
         )
-        measured = distributed.mean(measured, len(pairs))  # tensors, read back at the end (runtime.to_host)
-        row = {
-            "step": step,
-            "loss": distributed.mean(loss, len(pairs)),
-            **dict(zip(("reward_accuracy", "reward_margin", "chosen_logratio", "rejected_logratio"), measured)),
-        }
+        chosen, rejected = logps[: len(pairs)], logps[len(pairs) :]  # (pairs,) each
+        ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
+        # 3. the loss, and the optimizer step
+        loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
+        weight = distributed.share_weight(accelerator, len(pairs) if counted else 0)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(loss * weight)
+        accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        # 4. statistics, each a mean over the whole batch (tensors, read back at the end: runtime.to_host)
+        with torch.no_grad():
+            reward_chosen = config.beta * (chosen - ref_chosen)  # (pairs,) the implicit rewards
+            reward_rejected = config.beta * (rejected - ref_rejected)
+            # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0
+            wins = (reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()
+            measured = {
+                "loss": loss,
+                "reward_accuracy": wins.mean(),
+                "reward_margin": (reward_chosen - reward_rejected).mean(),
+                "chosen_logratio": (chosen - ref_chosen).mean(),
+                "rejected_logratio": (rejected - ref_rejected).mean(),
+            }
+        row = {"step": step, **{name: accelerator.reduce(value * weight, "mean") for name, value in measured.items()}}
         history.append(row)
         if on_step is not None:
             on_step(runtime.to_host([row])[0])

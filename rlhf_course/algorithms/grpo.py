@@ -94,17 +94,19 @@ class GRPOResult:
 def train_grpo(
     policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(), on_step=None
 ) -> GRPOResult:
-    """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``). Under a
-    multi-process launcher each process samples and trains on its share of every batch (see ``distributed``)."""
+    """``scorer(tasks, responses)`` is the verifiable reward (``rollouts.correctness_scorer``). Under
+    ``accelerate launch`` each process samples and trains on its share of every batch (see ``distributed``)."""
     start = time.time()
     runtime.seed_everything(config.seed)
     rng = random.Random(config.seed)
     freeze(reference)
     optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
-    distributed.check_minibatches(min(config.prompts_per_update, len(tasks)) * config.group_size, config.minibatch_size)
-    distributed.broadcast_parameters(policy)
+    accelerator = distributed.accelerator()
+    # the log-probabilities with the policy, so that DDP sees the forward pass (``distributed.Call``)
+    policy_logprobs, optimizer = accelerator.prepare(distributed.Call(response_logprobs, policy), optimizer)
     history = []
     for update in runtime.progress(range(config.updates), desc="grpo"):
+        # 1. a rollout: group_size samples of each prompt, scored by the verifier
         prompts = rng.sample(tasks, min(config.prompts_per_update, len(tasks)))
         group_tasks = [task for task in prompts for _ in range(config.group_size)]  # groups stay adjacent
         # no EOS penalty: a reply cut off at the length limit is simply not a correct answer
@@ -118,18 +120,20 @@ def train_grpo(
             max_new_tokens=config.max_new_tokens,
             no_eos_penalty=None,
             seed=config.seed * 100_003 + update,
-        )
+        )  # every process holds the whole batch's rollout
+        # 2. advantages: each score against its own group's mean and spread
         advantages = group_advantages(rollout.scores, config.group_size)  # (batch,)
         mask = rollout.response_mask
+        # 3. passes over shuffled minibatches, one optimizer step each
         policy.train()
         losses, clipped = [], []
         for _ in range(config.iterations):
             order = torch.randperm(len(group_tasks), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             order = order.to(mask.device)  # once per update: a copy from host memory waits for the GPU's queue
-            for mb in order.split(config.minibatch_size):
-                mb = distributed.shard(mb)  # this process's rows of the minibatch
-                logprobs = response_logprobs(
-                    policy, rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
+            for minibatch in order.split(config.minibatch_size):
+                mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
+                logprobs = policy_logprobs(
+                    rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
                 )
                 loss = grpo_loss(
                     logprobs,
@@ -140,15 +144,21 @@ def train_grpo(
                     config.clip_range,
                     config.beta,
                 )  # a mean over this process's responses
-                optimization.step(
-                    distributed.share_of_mean(loss, len(mb)), optimizer, policy.parameters(), config.max_grad_norm
-                )
+                weight = distributed.share_weight(accelerator, len(mb) if counted else 0)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss * weight)
+                accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                # 4. statistics, as means over the whole minibatch
                 with torch.no_grad():
                     ratio = torch.exp(logprobs - rollout.logprobs[mb])
-                    tokens = mask[mb].sum()
+                    tokens = mask[mb].sum() if counted else torch.zeros((), device=mask.device)
                     clipped_tokens = (((ratio - 1).abs() > config.clip_range).float() * mask[mb]).sum()
-                    clipped.append(distributed.mean(clipped_tokens.double() / tokens.clamp(min=1), tokens))
-                losses.append(distributed.mean(loss, len(mb)).detach())
+                    token_weight = distributed.share_weight(accelerator, tokens)
+                    clipped.append(
+                        accelerator.reduce(clipped_tokens.double() / tokens.clamp(min=1) * token_weight, "mean")
+                    )
+                losses.append(accelerator.reduce((loss * weight).detach(), "mean"))
         group_std = rollout.scores.view(-1, config.group_size).std(dim=1)  # (groups,)
         # statistics stay tensors until here: one read from the device per update, not one per minibatch
         row = runtime.to_host(

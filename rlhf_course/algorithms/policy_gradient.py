@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from rlhf_course.algorithms.rollouts import Rollout, collect, freeze, kl_penalized_rewards, response_logprobs
-from rlhf_course.core import distributed, optimization, runtime
+from rlhf_course.core import distributed, runtime
 from rlhf_course.core.registry import replaceable
 from rlhf_course.simulation import world
 
@@ -87,10 +87,12 @@ def train_pg(
     rng = random.Random(config.seed)
     freeze(reference)
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
-    distributed.check_minibatches(min(config.batch_size, len(tasks)), config.batch_size)
-    distributed.broadcast_parameters(policy)
+    accelerator = distributed.accelerator()
+    # the log-probabilities with the policy, so that DDP sees the forward pass (``distributed.Call``)
+    policy_logprobs, optimizer = accelerator.prepare(distributed.Call(response_logprobs, policy), optimizer)
     history = []
     for update in runtime.progress(range(config.updates), desc="reinforce"):
+        # 1. a rollout: one sampled response per prompt, scored, with log-probabilities under policy and reference
         rollout = collect(
             policy,
             reference,
@@ -101,25 +103,29 @@ def train_pg(
             max_new_tokens=config.max_new_tokens,
             no_eos_penalty=config.no_eos_penalty,
             seed=config.seed * 100_003 + update,
-        )
+        )  # every process holds the whole batch's rollout
+        # 2. advantages: KL-penalised returns-to-go, minus the leave-one-out baseline
         advantages = advantages_of(rollout, config.kl_coef, config.baseline)
+        # 3. the loss on this process's rows (all of them, in one process), and one optimizer step
         policy.train()
-        mine = distributed.shard  # each process takes the gradient of its share of the rows
-        logprobs = response_logprobs(
-            policy, mine(rollout.sequences), mine(rollout.attention_mask), rollout.prompt_width, config.temperature
+        rows, counted = distributed.my_rows(accelerator, list(range(len(rollout.tasks))))
+        logprobs = policy_logprobs(
+            rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, config.temperature
         )
-        loss = reinforce_loss(logprobs, mine(advantages), mine(rollout.response_mask))  # a mean over its rows
-        rows = logprobs.shape[0]
-        grad_norm = optimization.step(
-            distributed.share_of_mean(loss, rows), optimizer, policy.parameters(), config.max_grad_norm
-        )
+        loss = reinforce_loss(logprobs, advantages[rows], rollout.response_mask[rows])  # a mean over its rows
+        weighted = loss * distributed.share_weight(accelerator, len(rows) if counted else 0)
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(weighted)
+        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        optimizer.step()
+        # 4. statistics
         row = {
             "update": update,
             "score": rollout.scores.mean().item(),
             "gold": sum(rollout.gold) / len(rollout.gold),
             "kl": rollout.kl.mean().item(),
             "length": rollout.lengths.float().mean().item(),
-            "loss": distributed.mean(loss, rows).item(),
+            "loss": accelerator.reduce(weighted.detach(), "mean").item(),
             "grad_norm": grad_norm.item(),
         }
         history.append(row)

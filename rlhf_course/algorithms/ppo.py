@@ -229,7 +229,6 @@ def train_ppo(
     rng = random.Random(config.seed)
     freeze(reference)
     batch_size = min(config.batch_size, len(tasks))
-    distributed.check_minibatches(batch_size, config.minibatch_size)
     optimizer = optimization.adam(policy.parameters(), config.lr, eps=1e-5, decoupled=False)
     kl_ctl = AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
     history, samples, first = [], [], 0
@@ -247,8 +246,10 @@ def train_ppo(
     if saved is not None:
         first, history, kl_ctl.value = saved["updates_done"], saved["history"], saved["kl_coef"]
         samples = [[tuple(s) for s in group] for group in saved["samples"]]
-    distributed.broadcast_parameters(policy)
+    accelerator = distributed.accelerator()
+    ddp_policy, optimizer = accelerator.prepare(policy, optimizer)  # the policy itself, in one process
     for update in runtime.progress(range(first, config.updates), desc="ppo", initial=first, total=config.updates):
+        # 1. a rollout: one sampled response per prompt, scored, with log-probabilities under policy and reference
         batch_tasks = rng.sample(tasks, batch_size)
         rollout = collect(
             policy.lm,
@@ -262,63 +263,49 @@ def train_ppo(
             seed=config.seed * 100_003 + update,
         )  # every process holds the whole batch's rollout
         mask = rollout.response_mask
-        with torch.no_grad():  # each process values its share of the rows
+        # 2. the value head's estimates, then rewards, GAE advantages and returns
+        with torch.no_grad():
             policy.eval()
-            _, old_values = policy(
-                distributed.shard(rollout.sequences),
-                distributed.shard(rollout.attention_mask),
-                rollout.prompt_width,
-                config.temperature,
-            )
-        old_values = distributed.gather_rows(old_values, batch_size)
+            _, old_values = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, config.temperature)
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
+        # 3. epochs over shuffled minibatches, one optimizer step each; stop early if the policy moved too far
         policy.train()
-        stats = ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")
-        measured = []  # one (len(stats),) tensor per minibatch, read from the device once per epoch
+        measured = {name: [] for name in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
         stopped = False
         for _ in range(config.ppo_epochs):
             order = torch.randperm(batch_size, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
             order = order.to(mask.device)  # once per epoch: a copy from host memory waits for the GPU's queue
-            epoch_start = len(measured)
-            for mb in order.split(config.minibatch_size):
-                mb = distributed.shard(mb)  # this process's rows of the minibatch
-                logprobs, values = policy(
+            epoch_start = len(measured["approx_kl"])
+            for minibatch in order.split(config.minibatch_size):
+                mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
+                logprobs, values = ddp_policy(
                     rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
                 )
                 mb_mask = mask[mb]
                 pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mb_mask, config.clip_range)
                 vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, config.clip_range_value)
-                tokens = mb_mask.sum()  # the losses are means over this process's tokens
-                optimization.step(
-                    distributed.share_of_mean(pg_loss + config.vf_coef * vf_loss, tokens),
-                    optimizer,
-                    policy.parameters(),
-                    config.max_grad_norm,
-                )
+                # the losses are means over this process's tokens
+                weight = distributed.share_weight(accelerator, mb_mask.sum() if counted else 0)
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward((pg_loss + config.vf_coef * vf_loss) * weight)
+                accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                # 4. statistics, each a mean over the minibatch's tokens (read from the device once per epoch)
                 with torch.no_grad():
                     log_ratio = logprobs - rollout.logprobs[mb]
-                    measured.append(
-                        distributed.mean(
-                            torch.stack(
-                                [
-                                    pg_loss,
-                                    vf_loss,
-                                    masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask),
-                                    masked_mean(0.5 * log_ratio**2, mb_mask),  # k2 estimate of KL(old, new)
-                                    masked_mean(-logprobs, mb_mask),
-                                ]
-                            ),
-                            tokens,
-                        )
-                    )  # sampled entropy estimate, nats/token
-            epoch_kl = torch.stack(measured[epoch_start:])[:, stats.index("approx_kl")].double().mean()
+                    for name, value in (
+                        ("pg_loss", pg_loss),
+                        ("vf_loss", vf_loss),
+                        ("clipfrac", masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask)),
+                        ("approx_kl", masked_mean(0.5 * log_ratio**2, mb_mask)),  # k2 estimate of KL(old, new)
+                        ("entropy", masked_mean(-logprobs, mb_mask)),  # sampled estimate, nats/token
+                    ):
+                        measured[name].append(accelerator.reduce(value * weight, "mean"))
+            epoch_kl = torch.stack(measured["approx_kl"][epoch_start:]).double().mean()
             if config.early_stop_kl is not None and epoch_kl.item() > config.early_stop_kl:
                 stopped = True
                 break
-        means = (
-            torch.stack(measured).double().mean(dim=0).tolist()
-        )  # (len(stats),): each statistic over every minibatch
         kl = rollout.kl.mean().item()
         row = {
             "update": update,
@@ -331,7 +318,7 @@ def train_ppo(
             "ended": rollout.ended.float().mean().item(),
             "explained_variance": explained_variance(old_values, returns, mask),
             "early_stopped": stopped,
-            **dict(zip(stats, means)),
+            **{name: torch.stack(values).double().mean().item() for name, values in measured.items()},
         }
         kl_ctl.update(kl, batch_size)
         history.append(row)

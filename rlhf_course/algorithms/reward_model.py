@@ -221,7 +221,7 @@ def train(
     on_step=None,
 ) -> RewardResult:
     """Train on one kind of feedback (``config.feedback``); ``val_rows`` are comparisons for the curve.
-    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
+    Under ``accelerate launch`` each process trains on its share of every batch (see ``distributed``).
 
     ``weights`` (one per row, comparisons only) scale each comparison's loss, e.g. by the
     reliability of its labeler. ``on_step(row)`` sees each step's ``{"step", "loss"}``, with
@@ -244,23 +244,27 @@ def train(
     batches = [b for _ in range(config.epochs) for b in length_grouped_batches(lengths, config.batch_size, rng)]
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
-    distributed.broadcast_parameters(model)
+    accelerator = distributed.accelerator()
+    # the loss function with the model, so that DDP sees the forward pass (``distributed.Call``)
+    loss_of, optimizer = accelerator.prepare(distributed.Call(LOSSES[config.feedback], model), optimizer)
     losses, val_curve = [], []
     for step, indices in enumerate(runtime.progress(batches, desc=f"reward model ({config.feedback})")):
         model.train()
-        share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
-        loss, count = (
-            torch.zeros((), device=dev),
-            0,
-        )  # a batch smaller than the number of processes leaves some without rows
-        if share:
-            w = None if weights is None else torch.tensor([weights[i] for i in share], device=dev)
-            loss = LOSSES[config.feedback](model, tokenizer, [train_rows[i] for i in share], w, limit)
-            count = len(share) if w is None else w.sum()  # what the loss is a (weighted) mean over
-        optimization.step(
-            distributed.share_of_mean(loss, count), optimizer, model.parameters(), config.max_grad_norm, scheduler
-        )
-        losses.append(distributed.mean(loss, count).detach())  # read back at the end (runtime.to_host)
+        # 1. this process's rows of the batch (all of them, in one process)
+        share, counted = distributed.my_rows(accelerator, indices)
+        # 2. the loss: a (weighted) mean over the rows
+        w = None if weights is None else torch.tensor([weights[i] for i in share], device=dev)
+        loss = loss_of(tokenizer, [train_rows[i] for i in share], w, limit)
+        count = (len(share) if w is None else w.sum()) if counted else 0  # what the loss is a mean over
+        weighted = loss * distributed.share_weight(accelerator, count)
+        # 3. the optimizer step
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(weighted)
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        # 4. statistics: the whole batch's mean loss, read back at the end (runtime.to_host)
+        losses.append(accelerator.reduce(weighted.detach(), "mean"))
         row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
             val_curve.append((step + 1, comparison_accuracy(model, tokenizer, val_rows)))

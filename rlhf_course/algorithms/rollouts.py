@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from accelerate.utils import gather as gather_tensors
+from accelerate.utils import pad_across_processes
 
 from rlhf_course.algorithms import reward_model
 from rlhf_course.core import distributed, models, runtime
@@ -131,8 +133,9 @@ def collect(
     was_training = policy.training
     policy.eval()
     dev = next(policy.parameters()).device
-    split = len(tasks) >= distributed.world_size()
-    mine = distributed.shard(tasks) if split else tasks
+    shares = _shares(len(tasks), distributed.processes())
+    rows = shares[distributed.processes().process_index] if shares else range(len(tasks))
+    mine = [tasks[i] for i in rows]
     prompts = [encode(tokenizer, task.prompt)[0] for task in mine]
     prompt_ids, prompt_mask = pad_batch(prompts, tokenizer.pad_token_id, side="left")  # (batch, P)
     sequences, full_response_mask = generate(
@@ -143,7 +146,7 @@ def collect(
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
-        rows=distributed.shard_rows(len(tasks)) if split else None,
+        rows=rows,
     )
     width = prompt_ids.shape[1]
     response_mask = full_response_mask[:, width:]  # (batch, resp)
@@ -170,37 +173,55 @@ def collect(
         ended,
         [human.gold_score(t, r) for t, r in zip(mine, responses)],
     )
-    return gather(rollout, tasks, tokenizer.pad_token_id) if split else rollout
+    return gather(rollout, tasks, tokenizer, shares) if shares else rollout
 
 
-def gather(rollout: Rollout, tasks: list[world.Task], pad_id: int) -> Rollout:
-    """The whole batch's rollout, on every process, from each process's share of ``tasks``; with one
-    process, ``rollout`` itself.
+def _shares(n: int, processes) -> list[range] | None:
+    """Each process's rows of a batch of ``n``: rows ``index, index + P, ...``, as in the trainers. None in
+    one process, or with fewer rows than processes (then every process takes them all)."""
+    count = processes.num_processes
+    return [range(i, n, count) for i in range(count)] if 1 < count <= n else None
+
+
+def gather(rollout: Rollout, tasks: list[world.Task], tokenizer, shares: list[range]) -> Rollout:
+    """The whole batch's rollout, on every process, from each process's ``shares`` of ``tasks``.
 
     Prompts are re-padded on the left to the widest prompt of the batch and responses on the right to its
-    longest response, so the tensors are those one process would have collected for the whole batch.
+    longest response, so the tensors are those one process would have collected for the whole batch. Only
+    tensors travel: texts and gold scores are decoded and scored again from the gathered tokens.
     """
-    if not distributed.active():
-        return rollout
-    n = len(tasks)
-    left = distributed.max_(rollout.prompt_width) - rollout.prompt_width
-    right = distributed.max_(rollout.response_mask.shape[1]) - rollout.response_mask.shape[1]
+    most = len(shares[0])  # the largest share
+    # accelerate gathers process by process, each share padded to ``most`` rows: where each row of the batch is
+    order = [p * most + j for j in range(most) for p, share in enumerate(shares) if j < len(share)]
 
-    def whole(tensor, pad=(0, right), value=0):
-        return distributed.gather_rows(torch.nn.functional.pad(tensor, pad, value=value), n)
+    def whole(tensor, pad=0, left=False):
+        wire = tensor.to(torch.uint8) if tensor.dtype == torch.bool else tensor  # gloo sends no bools
+        if wire.dim() > 1:  # the same width everywhere
+            wire = pad_across_processes(wire, dim=1, pad_index=pad, pad_first=left)
+        wire = pad_across_processes(wire, dim=0)  # the same number of rows everywhere
+        return gather_tensors(wire)[order].to(tensor.dtype)
 
+    width = rollout.prompt_width
+    pad_id = tokenizer.pad_token_id
+    prompts, responses = (
+        whole(rollout.sequences[:, :width], pad_id, left=True),
+        whole(rollout.sequences[:, width:], pad_id),
+    )
+    response_mask = whole(rollout.response_mask)
+    attention_mask = torch.cat([whole(rollout.attention_mask[:, :width], left=True), response_mask], dim=1)
+    texts = decode_responses(tokenizer, responses, response_mask)
     return Rollout(
         tasks,
-        whole(rollout.sequences, (left, right), pad_id),
-        whole(rollout.attention_mask, (left, right)),
-        whole(rollout.response_mask),
-        rollout.prompt_width + left,
-        distributed.gather_objects(rollout.responses, n),
+        torch.cat([prompts, responses], dim=1),
+        attention_mask,
+        response_mask,
+        prompts.shape[1],
+        texts,
         whole(rollout.logprobs),
         whole(rollout.ref_logprobs),
-        distributed.gather_rows(rollout.scores, n),
-        distributed.gather_rows(rollout.ended, n),
-        distributed.gather_objects(rollout.gold, n),
+        whole(rollout.scores),
+        whole(rollout.ended),
+        [human.gold_score(t, r) for t, r in zip(tasks, texts)],
     )
 
 

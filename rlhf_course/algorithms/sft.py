@@ -88,7 +88,7 @@ def train_sft(
 ) -> SFTResult:
     """Fine-tune ``model`` in place on a prompt/completion dataset. ``on_step(row)`` sees each step's ``{"step", "loss"}``.
 
-    Under a multi-process launcher each process trains on its share of every batch (see ``distributed``).
+    Under ``accelerate launch`` each process trains on its share of every batch (see ``distributed``).
 
     With ``checkpoint_dir``, a checkpoint found there is resumed (weights, optimizer, learning-rate schedule,
     losses so far), and the run's state is saved there every ``config.checkpoint_every`` steps.
@@ -126,21 +126,24 @@ def train_sft(
     )
     # losses stay on the device until a callback, the progress bar or a checkpoint reads them (runtime.to_host)
     losses = [torch.tensor(v, device=dev) for v in saved["losses"]] if saved else []
-    distributed.broadcast_parameters(model)
+    accelerator = distributed.accelerator()
+    ddp_model, optimizer = accelerator.prepare(model, optimizer)  # the model itself, in one process
     model.train()
     bar = runtime.progress(total=total, initial=len(losses), desc="sft")
     for indices in steps[len(losses) :]:
-        share = distributed.shard(indices)  # this process's rows of the batch (all of them, in one process)
-        loss, tokens = (
-            torch.zeros((), device=dev),
-            0,
-        )  # a batch smaller than the number of processes leaves some without rows
-        if share:
-            loss, tokens = batch_loss(model, collate([encoded[i] for i in share], tokenizer.pad_token_id))
-        optimization.step(
-            distributed.share_of_mean(loss, tokens), optimizer, model.parameters(), config.max_grad_norm, scheduler
-        )
-        losses.append(distributed.mean(loss, tokens).detach())
+        # 1. this process's rows of the batch (all of them, in one process)
+        rows, counted = distributed.my_rows(accelerator, indices)
+        # 2. the loss: the mean next-token loss over the reply tokens
+        loss, tokens = batch_loss(ddp_model, collate([encoded[i] for i in rows], tokenizer.pad_token_id))
+        weighted = loss * distributed.share_weight(accelerator, tokens if counted else 0)
+        # 3. the optimizer step
+        optimizer.zero_grad(set_to_none=True)
+        accelerator.backward(weighted)
+        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        # 4. statistics, and a checkpoint now and then
+        losses.append(accelerator.reduce(weighted.detach(), "mean"))  # the whole batch's mean loss
         if on_step is not None:
             on_step({"step": len(losses) - 1, "loss": losses[-1].item()})
         bar.update(1)

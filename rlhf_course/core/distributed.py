@@ -1,24 +1,25 @@
-"""Several processes, one training run: data parallelism, written out.
+"""Several processes, one training run: the trainers scale out through accelerate.
 
-Start any script that calls the course's trainers (SFT, reward model, DPO, REINFORCE, GRPO, PPO) with a
-launcher, and it trains on every process at once:
+Every trainer (SFT, reward model, DPO, REINFORCE, GRPO, PPO) makes an ``Accelerator`` (``accelerator()``),
+lets it ``prepare`` the model and the optimizer, and steps with ``accelerator.backward`` and
+``accelerator.clip_grad_norm_``. In one process that is plain PyTorch. Start a script that calls the
+trainers with a launcher and each process holds the model wrapped by the engine the launcher asks for:
 
-    accelerate launch --multi_gpu --num_processes 2 my_script.py
-    torchrun --nproc_per_node 2 my_script.py
+    accelerate launch --multi_gpu --num_processes 2 my_script.py                         # DDP
+    accelerate launch --config_file configs/accelerate/fsdp.yaml my_script.py            # FSDP (GPUs)
+    accelerate launch --config_file configs/accelerate/deepspeed_zero2.yaml my_script.py  # ZeRO-2 (GPUs)
 
-The launcher starts the processes and sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
-``MASTER_PORT``; the first call here joins them into one process group (NCCL between GPUs, gloo between
-CPU processes). ``--multi_gpu`` is also the flag for several CPU processes: accelerate's ``--cpu`` launcher
-starts one process unless it is given an MPI host file. With one process every function here does nothing,
-so the trainers have no switch.
+``--multi_gpu`` also starts several CPU processes (they talk over gloo); configs/accelerate/README.md says
+which trainer runs under which config.
 
-What DDP does, in three moves. Every process holds the whole model and takes its share of each global
-batch (rows ``rank, rank + world, ...``). It computes its share's part of the batch's loss: the sum of its
-loss terms (tokens, pairs or responses) divided by the number of terms in the *whole* batch. Summing the
-gradients over the processes then gives exactly the gradient one process would compute on the whole
-batch, so every process takes the same optimizer step (``optimization.step``) and the copies of the model
-never drift apart. (DDP averages gradients instead, so its users scale their losses by the number of
-processes; summing says what is meant.) Rollouts are split the same way: see ``rollouts.collect``.
+Each process takes every ``num_processes``-th row of a global batch (``my_rows``) and DDP averages the
+gradients over the processes during backward. Two details make that average the gradient of the mean over
+the whole batch, so that any number of processes takes the step one process takes:
+
+- a process's mean loss is weighted by its share of the batch's loss terms (``share_weight``): the shares
+  of tokens, pairs or responses differ between processes;
+- a process left without rows (a batch smaller than the number of processes) still runs forward and
+  backward, on one row with weight 0, because DDP needs every process in every backward.
 """
 
 from __future__ import annotations
@@ -29,9 +30,58 @@ import subprocess
 import sys
 
 import torch
-import torch.distributed as dist
+from accelerate import Accelerator, PartialState
 
 from rlhf_course.core import runtime
+
+
+def accelerator() -> Accelerator:
+    """accelerate's ``Accelerator`` on ``runtime.device()``. Precision stays the course's own
+    (``runtime.autocast``), and the trainers place their models themselves."""
+    return Accelerator(cpu=runtime.device().type == "cpu", device_placement=False)
+
+
+def processes() -> PartialState:
+    """Which process this is and how many there are (``process_index``, ``num_processes``,
+    ``is_main_process``, ``wait_for_everyone()``), without an ``Accelerator``."""
+    return PartialState(cpu=runtime.device().type == "cpu")
+
+
+class Call(torch.nn.Module):
+    """``fn(model, *args)`` as a module, for ``accelerator.prepare``.
+
+    DDP averages the gradients of what runs through the forward of the module it wraps. Where a trainer's
+    forward pass is the course's own function rather than the model's ``forward`` (the reward model's
+    last-token reward, the policy's log-probabilities of a response), it wraps that function with the model.
+    In one process ``prepare`` hands the module back as it is, and calling it is calling ``fn(model, ...)``.
+    """
+
+    def __init__(self, fn, model: torch.nn.Module):
+        super().__init__()
+        self.fn, self.model = fn, model
+
+    def forward(self, *args, **kwargs):
+        return self.fn(self.model, *args, **kwargs)
+
+
+def my_rows(accelerator: Accelerator, rows):
+    """``(this process's rows of a global batch, whether they count)``: rows ``index, index + P, ...``.
+
+    A process left without rows gets the batch's first row, which does not count (its loss gets weight 0).
+    In one process: ``(rows, True)``.
+    """
+    mine = rows[accelerator.process_index :: accelerator.num_processes]
+    return (mine, True) if len(mine) else (rows[:1], False)
+
+
+def share_weight(accelerator: Accelerator, count) -> torch.Tensor:
+    """The weight of this process's mean loss over its ``count`` loss terms: ``count * P / total count``.
+
+    DDP averages the processes' gradients, so the weighted means average to the mean over the whole batch,
+    as do the logged losses (``accelerator.reduce(weight * loss, "mean")``). In one process it is exactly 1.
+    """
+    count = torch.as_tensor(count, dtype=torch.float32, device=accelerator.device)
+    return count * accelerator.num_processes / accelerator.reduce(count, "sum").clamp(min=1e-12)
 
 
 def launch(processes: int, program: list[str], env: dict | None = None, timeout: float | None = None) -> None:
@@ -68,140 +118,10 @@ def launch(processes: int, program: list[str], env: dict | None = None, timeout:
 
 
 def world_size() -> int:
+    """How many processes the launcher started (read from its WORLD_SIZE, joining no process group)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
 def is_main() -> bool:
-    """The process that writes files and shows progress."""
-    return rank() == 0
-
-
-def active() -> bool:
-    """True under a launcher with more than one process; joins the process group on first use."""
-    if world_size() == 1:
-        return False
-    if not dist.is_initialized():
-        dev = runtime.device()
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)  # NCCL's object collectives use the current device
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return True
-
-
-def shard_rows(n: int) -> range:
-    """This process's rows of a global batch of ``n`` rows."""
-    return range(rank(), n, world_size())
-
-
-def shard(items):
-    """This process's rows of a list or a tensor (a view): ``items[rank::world]``."""
-    return items[rank() :: world_size()]
-
-
-def check_minibatches(batch_size: int, minibatch_size: int) -> None:
-    """Fail early, saying why, when some minibatch would leave a process without rows."""
-    smallest = min(minibatch_size, batch_size % minibatch_size or minibatch_size)
-    if smallest < world_size():
-        raise ValueError(
-            f"every minibatch needs a row for each of the {world_size()} processes, but a batch of "
-            f"{batch_size} in minibatches of {minibatch_size} leaves one of {smallest}"
-        )
-
-
-def sum_(tensor: torch.Tensor) -> torch.Tensor:
-    """The sum over processes of ``tensor`` (in place)."""
-    if active():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def max_(value: int) -> int:
-    """The largest ``value`` over processes."""
-    if not active():
-        return value
-    t = torch.tensor([value], device=runtime.device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def share_of_mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
-    """This process's part of a global mean, from the mean over its own ``count`` items.
-
-    ``local_mean * count / total count``: summed over processes it is the mean over the whole batch. With one
-    process ``local_mean`` comes back untouched (not multiplied by 1), so single-process runs stay bit-identical.
-    """
-    if not active():
-        return local_mean
-    count = torch.as_tensor(count, dtype=torch.float32, device=local_mean.device)
-    total = sum_(count.clone())
-    return local_mean * (count / total.clamp(min=1))
-
-
-def mean(local_mean: torch.Tensor, count: torch.Tensor | int) -> torch.Tensor:
-    """The global mean, on every process, from each process's mean over its ``count`` items (for logging)."""
-    return sum_(share_of_mean(local_mean.detach().clone(), count))
-
-
-def sum_gradients(parameters) -> None:
-    """Replace every gradient by its sum over processes: one all-reduce of all gradients, flattened.
-
-    A parameter without a gradient in one process (whose share of the batch was empty) contributes zeros;
-    one without a gradient in every process keeps none, so the optimizer skips it as it would in one process
-    (a zero gradient would still move it, by weight decay and momentum).
-    """
-    params = [p for p in parameters if p.requires_grad]
-    if not params or not active():
-        return
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    has_grad = torch.tensor([p.grad is not None for p in params], dtype=grads[0].dtype, device=grads[0].device)
-    flat = torch.cat([g.reshape(-1) for g in grads] + [has_grad])  # (total parameters + len(params),)
-    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-    offset = 0
-    for p, processes_with_grad in zip(params, flat[-len(params) :].tolist()):
-        # views into the summed buffer: no second copy of the gradients
-        p.grad = flat[offset : offset + p.numel()].view_as(p) if processes_with_grad else None
-        offset += p.numel()
-
-
-def broadcast_parameters(module: torch.nn.Module) -> None:
-    """Give every process the main process's weights, as DDP does when it wraps a model."""
-    if active():
-        for tensor in module.state_dict().values():
-            dist.broadcast(tensor, src=0)
-
-
-def gather_rows(tensor: torch.Tensor, n: int) -> torch.Tensor:
-    """The global batch (n, ...) from every process's ``shard_rows(n)`` rows: the inverse of ``shard``.
-
-    Shapes must agree past the first dimension (pad widths to ``max_`` first).
-    """
-    if not active():
-        return tensor
-    world = world_size()
-    rows = -(-n // world)  # the largest share; smaller shares are padded with a row that is cut off below
-    wire = torch.uint8 if tensor.dtype == torch.bool else tensor.dtype  # gloo sends no bools
-    padded = torch.zeros((rows, *tensor.shape[1:]), dtype=wire, device=tensor.device)
-    padded[: tensor.shape[0]] = tensor
-    parts = [torch.empty_like(padded) for _ in range(world)]
-    dist.all_gather(parts, padded)
-    # local row j of process r is global row j * world + r
-    return torch.stack(parts, dim=1).reshape(rows * world, *tensor.shape[1:])[:n].to(tensor.dtype)
-
-
-def gather_objects(items: list, n: int) -> list:
-    """``gather_rows`` for a list of Python objects (texts, scores)."""
-    if not active():
-        return items
-    parts = [None] * world_size()
-    dist.all_gather_object(parts, items)
-    return [parts[i % world_size()][i // world_size()] for i in range(n)]
-
-
-def barrier() -> None:
-    """Wait until every process gets here (after the main process has written a file the others read)."""
-    if active():
-        dist.barrier()
+    """The process that writes files and shows progress (read from the launcher's RANK, joining nothing)."""
+    return os.environ.get("RANK", "0") == "0"

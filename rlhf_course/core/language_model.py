@@ -154,7 +154,7 @@ def generate(
     Returns ``(sequences, response_mask)``: sequences (batch, prompt_len + new) hold the prompts and the
     responses (EOS included, then padding); response_mask (batch, prompt_len + new) is 1 on response tokens.
     Position ids come from the attention mask, so a left-padded prompt starts at position 0.
-    ``rows`` says which rows of a larger batch these prompts are (``distributed.shard_rows``): each step
+    ``rows`` says which rows of a larger batch these prompts are (``rollouts.collect`` gives each process a range of them): each step
     draws the whole batch's sampling noise and keeps these rows', so a batch split over processes samples
     what the whole batch would have sampled in one.
 

@@ -1,15 +1,12 @@
-"""The optimizer step every trainer takes, and the learning-rate schedule most of them follow.
+"""The optimizer every trainer uses, and the learning-rate schedule most of them follow.
 
-A step is: gradients of the loss, summed over processes when there are several (``distributed``),
-clipped to a maximum norm, applied; then the schedule moves on. Clipping comes after the sum, so every
-process clips the same gradient and takes the same step.
+The step itself is written out in each trainer: ``accelerator.backward``, ``accelerator.clip_grad_norm_``,
+``optimizer.step()``, then the schedule moves on (``distributed``).
 """
 
 from __future__ import annotations
 
 import torch
-
-from rlhf_course.core import distributed
 
 
 def adam(
@@ -27,22 +24,3 @@ def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.0, 1 - s / total_steps)
     )
-
-
-def step(
-    loss: torch.Tensor, optimizer: torch.optim.Optimizer, parameters, max_grad_norm: float, scheduler=None
-) -> torch.Tensor:
-    """Backward, sum over processes, clip, apply; returns the gradient norm before clipping.
-
-    A ``loss`` without a graph (a process whose share of the batch was empty) only joins the sum.
-    """
-    parameters = list(parameters)
-    optimizer.zero_grad(set_to_none=True)
-    if loss.requires_grad:
-        loss.backward()
-    distributed.sum_gradients(parameters)
-    grad_norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
-    optimizer.step()
-    if scheduler is not None:
-        scheduler.step()
-    return grad_norm

@@ -71,7 +71,8 @@ def save(
     ``identity`` (``run_identity``) is stored, and ``load`` refuses a checkpoint whose identity differs.
     """
     path = Path(path)
-    if distributed.is_main():
+    processes = distributed.processes()
+    if processes.is_main_process:
         tmp = path.with_name(path.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -95,7 +96,7 @@ def save(
             path.rename(old)  # killed after this: load finds the previous checkpoint under its .old name
         tmp.rename(path)
         shutil.rmtree(old, ignore_errors=True)
-    distributed.barrier()
+    processes.wait_for_everyone()
     return path
 
 

@@ -5,7 +5,7 @@ of TRL's SFTTrainer through the bridge and of SFT with LoRA adapters, plus SFT a
 resumed from their checkpoints. Run it in one process and under a launcher with several
 (``rlhf-course parallel-check``, then ``accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.cli
 parallel-check``): the numbers agree to float rounding, because the processes split each global batch and
-sum their gradients. The odd numbers of SFT demonstrations and of comparisons leave a last batch of one row,
+DDP averages their weighted gradients (``distributed``). The odd numbers of SFT demonstrations and of comparisons leave a last batch of one row,
 so some processes get none. ``tests/test_distributed.py`` and lesson 08 compare the two.
 """
 
@@ -29,11 +29,12 @@ def run(out: str | Path, steps: int = 16, updates: int = 2, batch: int = 16, see
     and REINFORCE, on global batches of ``batch`` rows."""
     out = Path(out)
     tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
-    summary = {"processes": distributed.world_size()}
-    if distributed.is_main():  # checkpoints of an earlier check would be resumed instead of interrupted
+    processes = distributed.processes()
+    summary = {"processes": processes.num_processes}
+    if processes.is_main_process:  # checkpoints of an earlier check would be resumed instead of interrupted
         for stage in ("sft", "ppo"):
             shutil.rmtree(out / f"{stage}_checkpoint", ignore_errors=True)
-    distributed.barrier()
+    processes.wait_for_everyone()
     sft_config = sft.SFTConfig(
         epochs=1, batch_size=batch, max_examples=batch * steps + 1, warmup_steps=1, seed=seed, checkpoint_every=2
     )
@@ -155,7 +156,7 @@ def run(out: str | Path, steps: int = 16, updates: int = 2, batch: int = 16, see
         tok,
         demos,
         out / "trl",
-        batch // distributed.world_size(),
+        batch // processes.num_processes,
         max_steps=4,
         logging_steps=1,
         learning_rate=1e-3,
@@ -171,8 +172,8 @@ def run(out: str | Path, steps: int = 16, updates: int = 2, batch: int = 16, see
     summary["sft_lora"] = sft.train_sft(
         lora, tok, data.sft_dataset("train"), dataclasses.replace(sft_config, max_examples=batch * 6 + 1)
     ).losses
-    if distributed.is_main():
+    if processes.is_main_process:
         policy.save(tok, out / "ppo_policy")
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    distributed.barrier()
+    processes.wait_for_everyone()
     return summary
