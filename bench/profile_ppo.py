@@ -21,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RLHF_COURSE_PROGRESS", "0")
 
+import accelerate  # noqa: E402
 import torch  # noqa: E402
 from run import CONFIGS, gpt2_dir  # noqa: E402
 
 from rlhf_course.algorithms import ppo, rollouts
-from rlhf_course.core import models, optimization, runtime
+from rlhf_course.core import models, runtime
 from rlhf_course.simulation import world
 
 spent: dict[str, float] = defaultdict(float)
@@ -76,7 +77,9 @@ def main(argv=None):
         train(1)  # warm-up: compiling, kernel selection
         rollouts.generate = timing("decoding (generate)", rollouts.generate)
         ppo.collect = timing("rollout (generate, log-probs, scores)", ppo.collect)
-        optimization.step = timing("optimizer steps (backward, clip, Adam)", optimization.step)
+        accelerate.Accelerator.backward = timing(
+            "backward passes (accelerator.backward)", accelerate.Accelerator.backward
+        )
         start = time.perf_counter()
         train(config.ppo_updates)
         wall = time.perf_counter() - start

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from rlhf_course.algorithms import sft
 from rlhf_course.core import chat, distributed, language_model, models
 from rlhf_course.scale import data_parallel_by_hand
 from rlhf_course.simulation import world
@@ -119,6 +120,21 @@ def test_one_process_is_left_alone():
     assert torch.equal(call(x), model(x) * 2)
 
 
+def test_precision_left_by_a_trl_trainer_does_not_reach_the_course_trainers():
+    """TRL's configs default to bf16, and accelerate keeps one state per process: the course's Accelerator
+    must not inherit it (the DPO stage's first step, policy equal to reference, stopped tying)."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()  # what transformers' Trainer does before making its own
+    Accelerator(cpu=True, mixed_precision="bf16")  # and what a TRL trainer leaves behind
+    accelerator = distributed.accelerator()
+    model = torch.nn.Linear(4, 4)
+    prepared = accelerator.prepare(model)
+    x = torch.randn(2, 4)
+    assert accelerator.mixed_precision == "no" and torch.equal(prepared(x), model(x))
+
+
 def test_a_process_without_rows_takes_one_that_does_not_count():
     class TwoProcesses:
         process_index, num_processes = 1, 2
@@ -162,3 +178,48 @@ def test_no_algorithm_calls_a_communication_function_of_its_own():
             if isinstance(node, ast.Attribute) and node.attr in ("all_reduce", "all_gather", "broadcast", "barrier"):
                 calls.append(f"{path.name}:{node.lineno} calls {node.attr}")
     assert not calls, calls
+
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "accelerate"
+SFT_STEPS = """
+import json, sys
+from rlhf_course.algorithms import sft
+from rlhf_course.core import distributed, models
+from rlhf_course.simulation import data
+
+tok, model = models.load_tokenizer(models.BASE_MODEL_DIR), models.load_model(models.BASE_MODEL_DIR)
+config = sft.SFTConfig(epochs=1, batch_size=16, max_examples=16 * 3 + 1, warmup_steps=1)
+losses = sft.train_sft(model, tok, data.sft_dataset("train"), config).losses
+engine = distributed.accelerator().distributed_type.value
+if distributed.processes().is_main_process:
+    json.dump({"losses": losses, "engine": engine}, open(sys.argv[1], "w"))
+"""
+
+
+def test_the_shipped_accelerate_configs_load_as_the_engines_they_name():
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    engines = {
+        name: load_config_from_file(str(CONFIGS / f"{name}.yaml")) for name in ("ddp", "fsdp", "deepspeed_zero2")
+    }
+    assert [c.distributed_type.value for c in engines.values()] == ["MULTI_GPU", "FSDP", "DEEPSPEED"]
+    assert all(c.mixed_precision == "no" for c in engines.values())  # precision is the course's own
+    assert engines["fsdp"].fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    # DeepSpeed clips by itself: at the trainers' max_grad_norm
+    assert engines["deepspeed_zero2"].deepspeed_config["gradient_clipping"] == sft.SFTConfig().max_grad_norm
+    assert "fsdp.yaml" in (CONFIGS / "README.md").read_text()
+
+
+def test_sft_launched_with_the_fsdp_config_on_cpus_runs_as_ddp_and_matches_one_process(tmp_path):
+    """On a CPU accelerate runs an FSDP launch as plain DDP (FSDP needs GPUs): the part of the config a CPU runs."""
+    script = tmp_path / "sft_steps.py"
+    script.write_text(SFT_STEPS)
+    runs = {}
+    for n in (1, 2):
+        distributed.launch(
+            n, [str(script), str(tmp_path / f"{n}.json")], CPU_ENV, timeout=300, config_file=CONFIGS / "fsdp.yaml"
+        )
+        runs[n] = json.loads((tmp_path / f"{n}.json").read_text())
+    assert (runs[1]["engine"], runs[2]["engine"]) == ("NO", "MULTI_CPU")
+    assert len(runs[1]["losses"]) == 4 and runs[1]["losses"][-1] < runs[1]["losses"][0]
+    torch.testing.assert_close(torch.tensor(runs[2]["losses"]), torch.tensor(runs[1]["losses"]), rtol=1e-5, atol=0)

@@ -31,6 +31,7 @@ import sys
 
 import torch
 from accelerate import Accelerator, PartialState
+from accelerate.state import AcceleratorState
 
 from rlhf_course.core import runtime
 
@@ -38,7 +39,11 @@ from rlhf_course.core import runtime
 def accelerator() -> Accelerator:
     """accelerate's ``Accelerator`` on ``runtime.device()``. Precision stays the course's own
     (``runtime.autocast``), and the trainers place their models themselves."""
-    return Accelerator(cpu=runtime.device().type == "cpu", device_placement=False)
+    # accelerate keeps one state per process: a TRL trainer that ran before (bf16 by default) would leave the
+    # next prepared model's forward in bf16 autocast. Start afresh, as transformers' Trainer does; the process
+    # group (PartialState) stays.
+    AcceleratorState._reset_state()
+    return Accelerator(cpu=runtime.device().type == "cpu", device_placement=False, mixed_precision="no")
 
 
 def processes() -> PartialState:
@@ -84,19 +89,25 @@ def share_weight(accelerator: Accelerator, count) -> torch.Tensor:
     return count * accelerator.num_processes / accelerator.reduce(count, "sum").clamp(min=1e-12)
 
 
-def launch(processes: int, program: list[str], env: dict | None = None, timeout: float | None = None) -> None:
+def launch(
+    processes: int,
+    program: list[str],
+    env: dict | None = None,
+    timeout: float | None = None,
+    config_file: str | None = None,
+) -> None:
     """Run ``python *program`` (``["-m", module, ...]`` or a script and its arguments) in ``processes``
-    processes: plain ``python`` for one, ``accelerate launch`` on a free local port for several. If it fails,
-    the error carries the end of what the processes printed."""
+    processes: plain ``python`` for one, ``accelerate launch`` on a free local port for several (DDP, or the
+    engine of ``config_file``, one of ``configs/accelerate/``). If it fails, the error carries the end of
+    what the processes printed."""
     command = [sys.executable]
     if processes > 1:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
+        command += ["-m", "accelerate.commands.launch"]
+        command += ["--config_file", str(config_file)] if config_file else ["--multi_gpu"]
         command += [
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
             "--num_processes",
             str(processes),
             "--num_machines",
