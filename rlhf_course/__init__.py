@@ -11,9 +11,10 @@ The package is layered; a module imports only from its own layer and the layers 
                  policy_gradient (REINFORCE), ppo, dpo, grpo, best_of_n, value_based (the toy MDP)
     analysis/    what measures one: evaluation, reward_evaluation, probes, ppo_probes, length_bias,
                  safety, privacy
-    teaching/    what the lessons show: plots, and the widgets for class (labeling, sampling_explorer,
-                 dashboard, kl_explorer)
-    scale/       beyond one process and beyond this package: parallel_check, trl_bridge
+    teaching/    what the lessons show: plots, the widgets for class (labeling, sampling_explorer,
+                 dashboard, kl_explorer), and the package's code (source)
+    scale/       beyond one process and beyond this package: parallel_check, data_parallel_by_hand,
+                 trl_bridge
     checks/      the exercises' checks, one module per lesson
 
 On top: ``pipeline`` (the stages in order), ``report`` (its figures and report.md), ``checkpoints``

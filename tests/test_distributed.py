@@ -153,9 +153,9 @@ def test_the_written_out_data_parallelism_of_lesson_08_takes_accelerates_steps(t
     """The exhibit's all-reduce by hand and accelerate's DDP give one process's weights, in 1 and 2 processes."""
     runs = {}
     for n in (1, 2):
-        out = tmp_path / f"{n}.json"
+        out = tmp_path / f"{n}"
         distributed.launch(n, ["-m", "rlhf_course.scale.data_parallel_by_hand", str(out)], CPU_ENV, timeout=300)
-        runs[n] = json.loads(out.read_text())
+        runs[n] = json.loads((out / "summary.json").read_text())
     assert (runs[1]["processes"], runs[2]["processes"]) == (1, 2)
     assert runs[1]["by_hand"] == runs[1]["accelerate"]  # one process: the same operations
     for n in (1, 2):

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 import warnings
@@ -194,7 +195,7 @@ def cmd_run(args) -> None:
         json.loads(out.read_text()) if out.exists() else {"seed": args.seed, "presenter": args.presenter, "lessons": {}}
     )
     paths = [p for p in sorted(LESSONS.glob("*.ipynb")) if not args.lessons or p.name[:2] in args.lessons]
-    _warm_cache(args.seed)
+    _warm_cache(args.seed, paths)
     for path in paths:
         with tempfile.TemporaryDirectory() as tmp:
             claims_file = Path(tmp) / "claims.jsonl"
@@ -218,12 +219,22 @@ def cmd_run(args) -> None:
         )
 
 
-def _warm_cache(seed: int) -> None:
-    """Build every stage of the lesson cache for ``seed`` before any lesson is timed: the tables promise
-    times with the cache warm, and no committed output should show a build."""
+def _warm_cache(seed: int, paths: list[Path]) -> None:
+    """Build the stages of the lesson cache for ``seed`` that the lessons at ``paths`` ask for
+    (``checkpoints.prepared([...])``), before any lesson is timed: the tables promise times with the cache
+    warm, and no committed output should show a build."""
     from rlhf_course import checkpoints, pipeline
 
-    checkpoints.prepared(list(pipeline.STAGES), pipeline.PipelineConfig(seed=seed))
+    asked = set()
+    for path in paths:
+        for cell in nbformat.read(path, as_version=4).cells:
+            for listed in re.findall(r"prepared\(\s*\[([^\]]*)\]", cell.source):
+                asked.update(re.findall(r"[\"'](\w+)[\"']", listed))
+    unknown = asked - set(pipeline.STAGES)
+    if unknown:
+        raise ValueError(f"lessons ask the cache for unknown stages {sorted(unknown)}; known: {list(pipeline.STAGES)}")
+    if asked:
+        checkpoints.prepared([s for s in pipeline.STAGES if s in asked], pipeline.PipelineConfig(seed=seed))
 
 
 def _cache_build_minutes(seed: int) -> dict[str, float]:

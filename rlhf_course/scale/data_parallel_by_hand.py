@@ -4,17 +4,19 @@ The trainers never call this module: they scale out through accelerate (``core/d
 same step spelled out with ``torch.distributed``, next to the accelerate version, on a model small enough
 to read every number. Run it as a script, in one process or under ``accelerate launch``:
 
-    python -m rlhf_course.scale.data_parallel_by_hand out.json
-    accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.scale.data_parallel_by_hand out.json
+    python -m rlhf_course.scale.data_parallel_by_hand OUT_DIR
+    accelerate launch --multi_gpu --num_processes 2 -m rlhf_course.scale.data_parallel_by_hand OUT_DIR
 
 Both versions train the same linear model on the same batches; the main process writes both sets of
-final weights, and they agree with each other and with one process's to float rounding.
+final weights to ``OUT_DIR/summary.json``, and they agree with each other and with one process's to
+float rounding.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -74,13 +76,14 @@ def with_accelerate() -> list[list[float]]:
 
 
 def main(out: str) -> None:
+    """Train both ways; the main process writes ``out/summary.json``."""
     accelerated = with_accelerate()  # joins the processes into one group (gloo on CPUs, NCCL on GPUs)
     processes = distributed.processes()
     written_out = by_hand(processes.process_index, processes.num_processes)
     if processes.is_main_process:
         result = {"processes": processes.num_processes, "by_hand": written_out, "accelerate": accelerated}
-        with open(out, "w") as f:
-            json.dump(result, f)
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "summary.json").write_text(json.dumps(result))
     processes.wait_for_everyone()
 
 
