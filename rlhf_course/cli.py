@@ -108,10 +108,21 @@ def _parallel_check(args) -> int:
 def _check(args) -> int:
     from rlhf_course import exercises
 
-    ids = list(exercises.CATALOG) if args.id == "all" else [args.id]
     if args.id != "all" and args.id not in exercises.CATALOG:
         print(f"unknown exercise {args.id!r}; run `rlhf-course exercises` for the list", file=sys.stderr)
         return 2
+    ids = [args.id]
+    if args.id == "all":
+        ids = list(exercises.CATALOG)
+        if args.impl and str(args.impl).endswith(".py"):  # one file: the exercises it defines
+            try:
+                ids = exercises.defined_in(args.impl)
+            except (OSError, SyntaxError) as err:
+                print(f"could not read {args.impl}: {type(err).__name__}: {err}", file=sys.stderr)
+                return 1
+            if not ids:
+                print(f"{args.impl} defines none of the exercises ({', '.join(exercises.CATALOG)})", file=sys.stderr)
+                return 2
     results = [exercises.check(i, args.impl) for i in ids]
     return 0 if all(r.passed for r in results) else 1
 
@@ -119,7 +130,9 @@ def _check(args) -> int:
 def _exercises(args) -> int:
     from rlhf_course import exercises
 
-    print(f"{'id':<16} {'lesson':<7} {'difficulty':<11} {'file':<22} status")
+    width = max(len("id"), *(len(i) for i in exercises.CATALOG)) + 1
+    files = max(len(ex.file) for ex in exercises.CATALOG.values()) + 1
+    print(f"{'id':<{width}} {'lesson':<7} {'difficulty':<11} {'file':<{files}} status")
     for ex in exercises.CATALOG.values():
         result = exercises.check(ex.id, args.impl, verbose=False)
         status = (
@@ -129,7 +142,7 @@ def _exercises(args) -> int:
             if all("not implemented" in msg for _, ok, msg in result.lines if not ok)
             else f"{sum(ok for _, ok, _ in result.lines)}/{len(result.lines)} checks pass"
         )
-        print(f"{ex.id:<16} {ex.lesson:<7} {ex.difficulty:<11} {ex.file:<22} {status}")
+        print(f"{ex.id:<{width}} {ex.lesson:<7} {ex.difficulty:<11} {ex.file:<{files}} {status}")
     return 0
 
 

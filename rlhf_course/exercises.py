@@ -10,9 +10,11 @@ the regions between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` with a stub 
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
 import importlib.util
+import inspect
 import io
 import multiprocessing
 import re
@@ -24,6 +26,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 from rlhf_course import checks
 from rlhf_course.checks.base import Fail
@@ -64,6 +68,13 @@ def load_function(exercise_id: str, impl: str | Path | None = None) -> Callable:
     if fn is None:
         raise AttributeError(f"{module.__name__} has no function {exercise.id!r}")
     return fn
+
+
+def defined_in(path: str | Path) -> list[str]:
+    """The exercises a .py file defines a function for, in catalog order (read, not run)."""
+    tree = ast.parse(Path(path).read_text(), filename=str(path))
+    defined = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    return [i for i in CATALOG if i in defined]
 
 
 @dataclass
@@ -113,15 +124,103 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+def _snapshot(value):
+    """A copy of every tensor in ``value`` (a tensor, or a list, tuple or dict of them), to compare after a call."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, (list, tuple)):
+        return type(value)(_snapshot(v) for v in value) if not hasattr(value, "_fields") else value
+    if isinstance(value, dict):
+        return {k: _snapshot(v) for k, v in value.items()}
+    return value
+
+
+def _tensors(value) -> list[torch.Tensor]:
+    """Every tensor in ``value`` (a tensor, or a list, tuple or dict of them)."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
+def _unchanged(before, after) -> bool:
+    if isinstance(before, torch.Tensor):
+        return (
+            isinstance(after, torch.Tensor)
+            and before.shape == after.shape
+            and bool(
+                torch.equal(before, after.detach())
+                or torch.equal(before.isnan(), after.detach().isnan())
+                and torch.equal(before.nan_to_num(), after.detach().nan_to_num())
+            )
+        )
+    if isinstance(before, (list, tuple)) and not hasattr(before, "_fields"):
+        return len(before) == len(after) and all(_unchanged(b, a) for b, a in zip(before, after))
+    if isinstance(before, dict):
+        return all(_unchanged(before[k], after[k]) for k in before)
+    return True
+
+
+class Guarded:
+    """``fn`` as every check calls it. A call that changes an input in place fails at once (the check's own
+    expected values may be computed from that input). An output the training loop could not use (the
+    exercise's validator: shape, dtype, device, finite values) is noted in ``unusable``: the check still
+    compares values first, so that a hint naming the likely mistake comes before the bare shape."""
+
+    def __init__(self, exercise, fn: Callable):
+        self.exercise, self.fn = exercise, fn
+        self.names = list(inspect.signature(exercise.reference).parameters)
+        self.unusable: list[str] = []
+
+    def __call__(self, *args, **kwargs):
+        bound = dict(zip(self.names, args), **kwargs)
+        before = {name: _snapshot(value) for name, value in bound.items()}
+        out = self.fn(*args, **kwargs)
+        changed = [name for name, value in bound.items() if not _unchanged(before[name], value)]
+        if changed:
+            raise Fail(
+                f"your function changed its input {', '.join(changed)} in place; the caller still needs it: "
+                "compute a new tensor (x = x * mask, x.masked_fill(...), x.clone()) instead of writing into it "
+                "(x *= mask, x[...] = ..., x.masked_fill_(...))"
+            )
+        try:
+            self.exercise.validate(out, *args, **kwargs)
+        except registry.ExerciseOutputError as err:
+            self.unusable.append(f"the training loop could not use your output: {err}")
+        given = {t.dtype for t in _tensors(list(bound.values())) if t.is_floating_point()}
+        made = {t.dtype for t in _tensors(out) if t.is_floating_point()} - given
+        if len(given) == 1 and made:  # float inputs of one precision: the loop expects that precision back
+            self.unusable.append(
+                f"your output is {', '.join(sorted(map(str, made)))}, but the inputs are {given.pop()}: the training "
+                "loop works in the inputs' precision (leave out .double(), and give new tensors dtype=x.dtype)"
+            )
+        return out
+
+
+def _learner_frames(fn: Callable, err: BaseException) -> list:
+    """The frames of ``err``'s traceback in the learner's file: none when a check, not the learner's code, raised."""
+    try:
+        source = Path(inspect.getsourcefile(fn)).resolve()
+    except TypeError:  # no source file (a builtin, a lambda typed in a shell): count every frame as the learner's
+        return traceback.extract_tb(err.__traceback__)
+    return [f for f in traceback.extract_tb(err.__traceback__) if Path(f.filename).resolve() == source]
+
+
 def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -> CheckResult:
-    """Run every check of ``exercise_id`` on ``fn``; the verdict comes from the checks alone. A function that
-    runs past ``seconds`` in one check, or ends the program (``sys.exit``), fails that check."""
+    """Run every check of ``exercise_id`` on ``fn`` (``Guarded``); the verdict comes from the checks alone. A
+    function that runs past ``seconds`` in one check, or ends the program (``sys.exit``), fails that check."""
     exercise = CATALOG[exercise_id]
     lines = []
     for check in exercise.checks:
+        checked = Guarded(exercise, fn)
         try:
             with _time_limit(seconds):
-                check.run(fn)
+                check.run(checked)
+            if checked.unusable:  # right values, but a shape, dtype or device the loop cannot take
+                raise Fail(checked.unusable[0])
             lines.append((check.name, True, ""))
         except CheckTimedOut:
             lines.append(
@@ -138,15 +237,21 @@ def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -
             lines.append((check.name, False, str(fail)))
         except NotImplementedError:
             lines.append((check.name, False, f"not implemented yet: write {exercise.id} in exercises/{exercise.file}"))
-        except Exception as err:  # the learner's code crashed: show where
-            where = traceback.extract_tb(err.__traceback__)[-1]
-            lines.append(
-                (
-                    check.name,
-                    False,
-                    f"your function raised {type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})",
+        except Exception as err:
+            frames = _learner_frames(fn, err)
+            if frames:  # the learner's code crashed: show where
+                where = frames[-1]
+                message = (
+                    f"your function raised {type(err).__name__}: {err} (at {Path(where.filename).name}:{where.lineno})"
                 )
-            )
+            elif checked.unusable:  # the check tripped over an output of the wrong shape or type: say which
+                message = checked.unusable[0]
+            else:  # the check could not work with what the function returned
+                message = (
+                    f"the check could not use what your function returned ({type(err).__name__}: {err}); "
+                    f"return what the stub of {exercise.id} says (its type, shape and order)"
+                )
+            lines.append((check.name, False, message))
     return CheckResult(exercise_id, lines)
 
 

@@ -169,12 +169,59 @@ def test_cli_check_exit_status(impl, code):
     assert proc.stdout.count("PASS" if code == 0 else "FAIL") >= 4
 
 
-def test_cli_lists_exercises():
+def test_cli_lists_exercises_in_aligned_columns():
     proc = subprocess.run([sys.executable, "-m", "rlhf_course.cli", "exercises"], capture_output=True, text=True)
     assert proc.returncode == 0
     for exercise in exercises.CATALOG.values():
         assert exercise.id in proc.stdout and exercise.file in proc.stdout
     assert "not started" in proc.stdout
+    rows = proc.stdout.splitlines()
+    assert len({row.index(" ", len(max(exercises.CATALOG, key=len))) for row in rows}) == 1  # ids never push on
+    assert len({row.index(f" {e.file}") for row, e in zip(rows[1:], exercises.CATALOG.values())}) == 1
+
+
+def test_check_all_on_one_file_checks_the_exercises_it_defines(tmp_path):
+    """Not a line of AttributeError for each exercise the file leaves out."""
+    solution = (exercises.SOLUTIONS_DIR / "lesson05_ppo.py").read_text()
+    mine = tmp_path / "mine.py"
+    mine.write_text(solution[: solution.index("def gae(")])  # whiten only (and what it imports)
+    assert exercises.defined_in(mine) == ["whiten"]
+    command = [sys.executable, "-m", "rlhf_course.cli", "check", "all", "--impl"]
+    proc = subprocess.run(command + [str(mine)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "whiten: all checks passed" in proc.stdout and "AttributeError" not in proc.stdout + proc.stderr
+    (tmp_path / "none.py").write_text("x = 1\n")
+    proc = subprocess.run(command + [str(tmp_path / "none.py")], capture_output=True, text=True)
+    assert proc.returncode == 2 and "defines none of the exercises" in proc.stderr
+
+
+def test_a_check_that_trips_over_a_wrong_output_says_so_and_never_blames_the_learners_code():
+    def pairwise_accuracy(chosen, rejected):
+        return [0.5]  # a list where a tensor belongs: the check's own comparison fails on it
+
+    messages = [msg for _, ok, msg in exercises.run_checks("pairwise_accuracy", pairwise_accuracy).lines if not ok]
+    assert messages and all("your function raised" not in m for m in messages)
+    assert any("should be a torch.Tensor" in m for m in messages)
+
+
+def test_a_stable_but_summed_bradley_terry_loss_is_told_it_summed_not_that_it_underflows():
+    def bradley_terry_loss(chosen, rejected, margin=None):
+        return -torch.nn.functional.logsigmoid(chosen - rejected - (0.0 if margin is None else margin)).sum()
+
+    messages = " ".join(msg for _, ok, msg in exercises.run_checks("bradley_terry_loss", bradley_terry_loss).lines)
+    assert "summed instead of averaged" in messages and "underflows" not in messages
+
+
+def test_an_input_written_in_place_is_caught_before_it_corrupts_the_expected_value():
+    """A check that computes its expected value after calling the function would compare against the
+    corrupted input; the guard compares every input with a copy taken before the call."""
+
+    def whiten(x, mask, shift_mean=True):
+        x.zero_()
+        return x
+
+    result = exercises.run_checks("whiten", whiten)
+    assert all(not ok and "changed its input x in place" in msg for _, ok, msg in result.lines)
 
 
 def test_a_function_that_never_returns_fails_its_checks_within_the_time_limit():

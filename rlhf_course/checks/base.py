@@ -44,9 +44,31 @@ def close(a: torch.Tensor, b: torch.Tensor, tol: float = 1e-5) -> bool:
     return a.shape == b.shape and torch.allclose(a.double(), b.double(), atol=tol, rtol=tol)
 
 
-def diagnose(got: torch.Tensor, mistakes: dict[str, torch.Tensor], default: str) -> str:
-    """The hint of the known mistake whose output matches the learner's, else ``default``."""
+def largest_difference(got: torch.Tensor, want: torch.Tensor) -> str:
+    """Where ``got`` differs most from ``want`` (a nan or an infinity counts as the most): "at row 1,
+    position 2 (expected 0.5, got 0.7)"."""
+    got, want = got.detach().double(), want.detach().double()
+    if got.shape != want.shape:
+        return f"in shape ({tuple(got.shape)}, expected {tuple(want.shape)})"
+    gap = (got - want).abs().nan_to_num(nan=float("inf"))
+    gap[got.isnan() & want.isnan()] = 0
+    if not (gap > 0).any():
+        return "nowhere"
+    index = tuple(torch.unravel_index(gap.argmax(), gap.shape)) if gap.dim() else ()
+    index = tuple(int(i) for i in index)
+    where = ", ".join(f"{name} {i}" for name, i in zip(("row", "position", "entry", "index 3"), index))
+    values = f"(expected {want[index].item():.6g}, got {got[index].item():.6g})"
+    return f"at {where} {values}" if index else values
+
+
+def diagnose(
+    got: torch.Tensor, mistakes: dict[str, torch.Tensor], default: str, want: torch.Tensor | None = None
+) -> str:
+    """The hint of the known mistake whose output matches the learner's. When none does: where the output
+    differs most from ``want`` (if given), then ``default``."""
     for hint, value in mistakes.items():
         if close(got.detach(), value):
             return hint
-    return default
+    if want is None:
+        return default
+    return f"no mistake we know of gives this output; it differs most {largest_difference(got, want)}; {default}"

@@ -66,11 +66,9 @@ def _top_p_unsorted(fn):
 
 
 def _top_p_not_in_place(fn):
-    logits = torch.randn(2, 6, generator=torch.Generator().manual_seed(2))
-    before = logits.clone()
-    fn(logits, 0.5)
-    if not torch.equal(logits, before):
-        raise Fail("the input logits were modified in place: return a new tensor (masked_fill, not masked_fill_)")
+    # every check's call fails when the function writes into its input (exercises.guarded): logits that
+    # cross top_p early, so that most of them would be written
+    fn(torch.randn(2, 6, generator=torch.Generator().manual_seed(2)), 0.5)
 
 
 def _validate_top_p(out, logits, top_p):

@@ -46,6 +46,38 @@ def _last_value(fn):
     raise Fail(f"expected {want.tolist()}, got {got.tolist()} (columns {read}); {hint}")
 
 
+def _last_values_that_fall(fn):
+    """Values that do not rise along the row: the largest real one is not the last."""
+    values = torch.tensor(
+        [
+            [5.0, 9.0, 2.0, 7.0, 1.0, 8.0, 8.0, 8.0],
+            [3.0, 8.0, 6.0, 4.0, 9.0, 2.0, 5.0, 1.0],
+            [4.0, 6.0, 2.0, 9.0, 9.0, 9.0, 9.0, 9.0],
+        ]
+    )
+    mask = _last_inputs()[1]
+    got, want = fn(values, mask).float(), last_token_rewards.reference(values, mask)
+    if torch.equal(got, want):
+        return
+    mistakes = {
+        "you took the largest value among the real tokens, which is the last one's only while the values rise "
+        "along the row: read the value at the index of each row's last real token": values.masked_fill(
+            mask == 0, float("-inf")
+        )
+        .max(dim=1)
+        .values,
+        "you summed the values of the real tokens: the reward is the value at the last real token alone": (
+            values * mask
+        ).sum(dim=1),
+    }
+    raise Fail(
+        f"expected {want.tolist()}, got {got.tolist()}: "
+        + diagnose(
+            got, mistakes, "take, for each row, the value at the index of its last 1 in the attention mask", want=want
+        )
+    )
+
+
 def _last_gradient(fn):
     values, mask = _last_inputs()
     values.requires_grad_(True)
@@ -76,7 +108,7 @@ def _bt_value(fn):
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "the loss is mean(-log sigmoid(r_chosen - r_rejected))")
+        + diagnose(got, mistakes, "the loss is mean(-log sigmoid(r_chosen - r_rejected))", want=want)
     )
 
 
@@ -95,11 +127,16 @@ def _bt_margin(fn):
 def _bt_stable(fn):
     chosen, rejected = torch.tensor([-60.0, 60.0]), torch.tensor([60.0, -60.0])
     got = fn(chosen, rejected)
-    if not torch.isfinite(got) or abs(float(got) - 60.0) > 1e-3:
+    if torch.isfinite(got) and abs(float(got) - 60.0) <= 1e-3:
+        return
+    if torch.isfinite(got) and abs(float(got) - 120.0) <= 1e-3:  # stable, but the sum of the two pairs
         raise Fail(
-            f"for reward differences of -120 and +120 the loss should be 60.0, got {float(got)}: "
-            "log(sigmoid(x)) underflows to log(0); use torch.nn.functional.logsigmoid"
+            "for reward differences of -120 and +120 the loss should be 60.0, got 120.0: summed instead of averaged over the batch"
         )
+    raise Fail(
+        f"for reward differences of -120 and +120 the loss should be 60.0, got {float(got)}: "
+        "log(sigmoid(x)) underflows to log(0); use torch.nn.functional.logsigmoid"
+    )
 
 
 def _bt_gradient(fn):
@@ -160,6 +197,7 @@ EXERCISES = [
         [
             Check("returns one reward per row", _last_shape),
             Check("reads each row's last real token", _last_value),
+            Check("reads the last real token when the values fall", _last_values_that_fall),
             Check("keeps the gradient", _last_gradient),
         ],
     ),

@@ -43,7 +43,25 @@ def _tl_value(fn):
     }
     raise Fail(
         f"expected {want[0].tolist()}, got {got[0].tolist()}: "
-        + diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]")
+        + diagnose(got, mistakes, "gather log_softmax(logits)[b, t, tokens[b, t]]", want=want)
+    )
+
+
+def _tl_extreme_logits(fn):
+    """Logits 200 apart, as a trained model's can be: softmax of the unlikely token underflows to 0."""
+    logits = torch.tensor([[[0.0, 200.0, -5.0], [100.0, 0.0, 0.0]]])  # (1, 2, 3)
+    tokens = torch.tensor([[0, 1]])  # the unlikely token at both steps
+    got, want = fn(logits, tokens, 1.0), token_logprobs.reference(logits, tokens, 1.0)
+    if close(got, want, 1e-4):
+        return
+    if not torch.isfinite(got).all():
+        raise Fail(
+            f"expected {want[0].tolist()}, got {got[0].tolist()}: log(softmax(x)) underflows to log(0) = -inf "
+            "when one logit is far above the others; log_softmax computes it without forming the probability"
+        )
+    raise Fail(
+        f"with logits 200 apart expected {want[0].tolist()}, got {got[0].tolist()}: "
+        + diagnose(got, {}, "gather log_softmax(logits)[b, t, tokens[b, t]]", want=want)
     )
 
 
@@ -59,7 +77,9 @@ def _tl_temperature(fn):
             logits * 0.7, tokens, 1.0
         ),
     }
-    raise Fail(diagnose(got, mistakes, "with temperature 0.7 the result differs from log_softmax(logits / 0.7)"))
+    raise Fail(
+        diagnose(got, mistakes, "with temperature 0.7 the result differs from log_softmax(logits / 0.7)", want=want)
+    )
 
 
 def _tl_gradient(fn):
@@ -110,16 +130,15 @@ def _klr_value(fn):
             got,
             mistakes,
             "rewards = -kl_coef * (logprobs - ref_logprobs) * mask, plus the score at the last real token",
+            want=want,
         )
     )
 
 
 def _klr_not_in_place(fn):
-    scores, logprobs, ref, mask = _klr_inputs()
-    before = logprobs.clone()
-    fn(scores, logprobs, ref, mask, 0.1)
-    if not torch.equal(logprobs, before):
-        raise Fail("logprobs were modified in place: the PPO ratio needs them unchanged")
+    # every check's call fails when the function writes into its input (exercises.guarded); the PPO ratio
+    # needs the rollout's log-probabilities unchanged
+    fn(*_klr_inputs(), 0.1)
 
 
 # --- reinforce_loss --------------------------------------------------------------------------------
@@ -148,7 +167,7 @@ def _rl_value(fn):
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t")
+        + diagnose(got, mistakes, "loss = -mean over responses of sum_t logprob_t * advantage_t * mask_t", want=want)
     )
 
 
@@ -190,6 +209,7 @@ EXERCISES = [
         [
             Check("returns one value per token", _tl_shape),
             Check("matches the reference at temperature 1", _tl_value),
+            Check("stays finite for logits far apart", _tl_extreme_logits),
             Check("divides the logits by the temperature", _tl_temperature),
             Check("keeps the gradient", _tl_gradient),
         ],

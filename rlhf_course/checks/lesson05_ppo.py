@@ -36,7 +36,7 @@ def _wh_value(fn):
     }
     raise Fail(
         f"expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: "
-        + diagnose(got, mistakes, "(x - masked mean) / sqrt(masked variance + 1e-8), 0 on padding")
+        + diagnose(got, mistakes, "(x - masked mean) / sqrt(masked variance + 1e-8), 0 on padding", want=want)
     )
 
 
@@ -106,6 +106,7 @@ def _gae_advantages(fn):
             got * mask,
             mistakes,
             "accumulate backwards from the last response token: A_t = delta_t + gamma * lam * A_(t+1)",
+            want=want,
         )
     )
 
@@ -158,7 +159,9 @@ def _pl_value(fn):
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))")
+        + diagnose(
+            got, mistakes, "loss = masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))", want=want
+        )
     )
 
 
@@ -204,7 +207,7 @@ def _vl_value(fn):
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2)")
+        + diagnose(got, mistakes, "0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2)", want=want)
     )
 
 

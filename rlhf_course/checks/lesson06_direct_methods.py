@@ -50,7 +50,9 @@ def _sl_value(fn):
     }
     raise Fail(
         f"expected {want.tolist()}, got {got.tolist() if hasattr(got, 'tolist') else got}: "
-        + diagnose(got, mistakes, "sum of log_softmax(logits[:, :-1]) at labels[:, 1:], where labels != -100")
+        + diagnose(
+            got, mistakes, "sum of log_softmax(logits[:, :-1]) at labels[:, 1:], where labels != -100", want=want
+        )
     )
 
 
@@ -88,7 +90,9 @@ def _dpo_value(fn):
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "margin = (pc - rc) - (pr - rr); loss = mean of -log sigmoid(beta * margin)")
+        + diagnose(
+            got, mistakes, "margin = (pc - rc) - (pr - rr); loss = mean of -log sigmoid(beta * margin)", want=want
+        )
     )
 
 
@@ -107,7 +111,7 @@ def _dpo_ipo(fn):
     }
     raise Fail(
         f"IPO: expected {want.item():.5f}, got {float(got):.5f}: "
-        + diagnose(got, mistakes, "loss = mean of (margin - 1 / (2 * beta)) ** 2")
+        + diagnose(got, mistakes, "loss = mean of (margin - 1 / (2 * beta)) ** 2", want=want)
     )
 
 
@@ -152,7 +156,7 @@ def _ga_value(fn):
     }
     raise Fail(
         f"expected {[round(v, 3) for v in want.tolist()]}, got {[round(v, 3) for v in got.tolist()]}: "
-        + diagnose(got, mistakes, "(r - mean of its group) / (std of its group + 1e-4)")
+        + diagnose(got, mistakes, "(r - mean of its group) / (std of its group + 1e-4)", want=want)
     )
 
 
@@ -214,6 +218,7 @@ def _gl_value(fn):
             got,
             mistakes,
             "per token -min(ratio*A, clip(ratio)*A) + beta * k3 * ratio; mean per response, then over responses",
+            want=want,
         )
     )
 

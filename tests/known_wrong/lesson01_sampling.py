@@ -45,6 +45,6 @@ WRONG = {
         (top_p_exclusive, "crosses the threshold"),
         (top_p_unsorted, "not sorted"),
         (top_p_on_logits, "not of raw logits"),
-        (top_p_in_place, "modified in place"),
+        (top_p_in_place, "in place; the caller still needs it"),
     ],
 }

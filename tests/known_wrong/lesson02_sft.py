@@ -136,7 +136,7 @@ WRONG = {
         (labels_no_padding_mask, "attention_mask == 0"),
         (labels_off_by_one, "off by one"),
         (labels_prompt_short, "must not be trained to predict the prompt"),
-        (labels_in_place, "modified in place"),
+        (labels_in_place, "in place; the caller still needs it"),
         (labels_shifted, "shifted by one"),
     ],
     "next_token_loss": [

@@ -73,12 +73,30 @@ def acc_integer(chosen, rejected):
     return (chosen > rejected).long().sum() // len(chosen)
 
 
+def bt_per_pair(chosen, rejected, margin=None):
+    """Returns each pair's loss and leaves the mean to the caller."""
+    m = 0.0 if margin is None else margin
+    return -torch.nn.functional.logsigmoid(chosen - rejected - m)
+
+
+def bt_summed(chosen, rejected, margin=None):
+    """Stable, but a sum over the batch: its size would scale the learning rate."""
+    m = 0.0 if margin is None else margin
+    return -torch.nn.functional.logsigmoid(chosen - rejected - m).sum()
+
+
+def last_largest(values, attention_mask):
+    """The last real token has the highest value in every example the student looked at."""
+    return values.masked_fill(attention_mask == 0, float("-inf")).max(dim=1).values
+
+
 WRONG = {
     "last_token_rewards": [
         (last_column, "last column"),
         (first_pad_position, "first padding position"),
         (first_token, "first token"),
         (last_via_python_list, "no gradient"),
+        (last_largest, "largest value among the real tokens"),
     ],
     "bradley_terry_loss": [
         (bt_swapped, "wrong sign"),
@@ -86,6 +104,8 @@ WRONG = {
         (bt_ignores_margin, "margin was ignored"),
         (bt_adds_margin, "margin was added"),
         (bt_unstable, "logsigmoid"),
+        (bt_per_pair, "the loss should have shape (), got (6,)"),
+        (bt_summed, "summed instead of averaged"),
     ],
     "pairwise_accuracy": [
         (acc_ties_win, "ties counted as correct"),

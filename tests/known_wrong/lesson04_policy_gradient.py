@@ -84,6 +84,12 @@ def rl_no_detach(logprobs, advantages, mask):
     return -(logprobs * advantages * mask).sum(1).mean()
 
 
+def tl_log_of_softmax(logits, tokens, temperature=1.0):
+    """The definition, literally: the log of the probability."""
+    probs = torch.softmax(logits / temperature, dim=-1)
+    return torch.log(probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
+
+
 WRONG = {
     "token_logprobs": [
         (tl_probs_not_log, "returned probabilities"),
@@ -91,6 +97,7 @@ WRONG = {
         (tl_times_temperature, "multiplied by the temperature"),
         (tl_shifts_again, "already aligned"),
         (tl_wrong_dim, "wrong dimension"),
+        (tl_log_of_softmax, "log(softmax(x)) underflows"),
     ],
     "kl_penalized_rewards": [
         (klr_last_column, "last column"),
@@ -98,7 +105,7 @@ WRONG = {
         (klr_sign, "wrong sign"),
         (klr_no_mask, "padding got a KL penalty"),
         (klr_score_everywhere, "added to every token"),
-        (klr_in_place, "modified in place"),
+        (klr_in_place, "in place; the caller still needs it"),
     ],
     "reinforce_loss": [
         (rl_wrong_sign, "wrong sign"),

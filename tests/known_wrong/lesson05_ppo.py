@@ -120,12 +120,42 @@ def vl_no_mask(values, old_values, returns, mask, clip_range=0.2):
     return 0.5 * torch.maximum((values - returns) ** 2, (clipped - returns) ** 2).mean()
 
 
+def wh_in_place(x, mask, shift_mean=True):
+    """Saves memory by whitening the caller's tensor itself."""
+    m = mask.float()
+    mean = (x * m).sum() / m.sum()
+    std = ((((x - mean) ** 2) * m).sum() / m.sum() + 1e-8).sqrt()
+    x -= mean
+    x /= std
+    if not shift_mean:
+        x += mean
+    return x * m
+
+
+def gae_float64(rewards, values, mask, gamma=1.0, lam=0.95):
+    """The backward recursion in double precision, for accuracy."""
+    r, v, m = rewards.double(), values.double() * mask, mask.double()
+    advantages = torch.zeros_like(r)
+    running = torch.zeros(r.shape[0], dtype=torch.float64)
+    for t in reversed(range(r.shape[1])):
+        next_value = v[:, t + 1] if t + 1 < r.shape[1] else torch.zeros_like(running)
+        running = (r[:, t] + gamma * next_value - v[:, t] + gamma * lam * running) * m[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + v) * m
+
+
+def vl_squared_error_scaled(values, old_values, returns, mask, clip_range=0.2):
+    """A mistake no hint names: a stray factor, found by where the output differs most."""
+    return 0.55 * ((values - returns) ** 2 * mask).sum() / mask.sum()
+
+
 WRONG = {
     "whiten": [
         (wh_includes_padding, "padding entered the mean"),
         (wh_padding_kept, "should come back as 0"),
         (wh_unbiased, "population variance"),
         (wh_ignores_shift, "shift_mean=False was ignored"),
+        (wh_in_place, "changed its input x in place"),
     ],
     "gae": [
         (gae_no_lambda, "lambda was ignored"),
@@ -133,6 +163,7 @@ WRONG = {
         (gae_returns_are_advantages, "returns equal the advantages"),
         (gae_gamma_missing_in_delta, "gamma was left out"),
         (gae_padding_returns, "padding positions should hold 0"),
+        (gae_float64, "your output is torch.float64, but the inputs are torch.float32"),
     ],
     "ppo_policy_loss": [
         (pl_min_not_max, "min where the loss needs max"),
@@ -146,5 +177,6 @@ WRONG = {
         (vl_min, "min where it needs max"),
         (vl_no_half, "0.5 in front"),
         (vl_no_mask, "padding was included"),
+        (vl_squared_error_scaled, "no mistake we know of gives this output; it differs most (expected"),
     ],
 }
