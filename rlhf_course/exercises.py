@@ -370,7 +370,10 @@ def plug_in_passing(lesson: str | None = None, impl: str | Path | None = None, v
             plug_in(exercise.id, load_function(exercise.id, impl))
         used[exercise.id] = result.passed
         if verbose:
-            print(f"{exercise.id:<16} {'your code' if result.passed else 'reference (your version does not pass yet)'}")
+            width = max(len(i) for i in CATALOG)
+            print(
+                f"{exercise.id:<{width}}  {'your code' if result.passed else 'reference (your version does not pass yet)'}"
+            )
     return used
 
 
