@@ -92,7 +92,7 @@ def _parallel_check(args) -> int:
     from rlhf_course.scale import parallel_check
 
     summary = parallel_check.run(args.out, args.steps, args.updates, args.batch_size, args.seed)
-    if distributed.is_main():
+    if distributed.processes().is_main_process:
         print(
             json.dumps(
                 {

@@ -131,8 +131,3 @@ def launch(
 def world_size() -> int:
     """How many processes the launcher started (read from its WORLD_SIZE, joining no process group)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def is_main() -> bool:
-    """The process that writes files and shows progress (read from the launcher's RANK, joining nothing)."""
-    return os.environ.get("RANK", "0") == "0"
