@@ -12,9 +12,19 @@ from rlhf_course.core.registry import expect_tensor
 
 
 # --- top_p_filter ------------------------------------------------------------------------------
+def _kept(out: torch.Tensor) -> torch.Tensor:
+    """Which tokens the filter kept (finite logits); a filter that returns probabilities is told so."""
+    if out.isfinite().all() and (out >= 0).all() and (out == 0).any() and out.sum(-1).le(1 + 1e-5).all():
+        raise Fail(
+            "you returned probabilities, with 0 for the dropped tokens: return the logits, with -inf on the "
+            "dropped tokens (sampling takes the softmax afterwards, and exp(-inf) = 0)"
+        )
+    return torch.isfinite(out)
+
+
 def _top_p_keeps_crossing(fn):
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = torch.isfinite(fn(logits.clone(), 0.7))
+    kept = _kept(fn(logits.clone(), 0.7))
     if kept.tolist() == [[True, False, False, False]]:
         raise Fail(
             "with probabilities [0.5, 0.3, 0.15, 0.05] and top_p=0.7 the first two tokens must stay "
@@ -29,7 +39,7 @@ def _top_p_keeps_crossing(fn):
 
 def _top_p_keeps_top(fn):
     logits = torch.log(torch.tensor([[0.1, 0.6, 0.3]]))
-    kept = torch.isfinite(fn(logits.clone(), 0.05))
+    kept = _kept(fn(logits.clone(), 0.05))
     if kept.tolist() != [[False, True, False]]:
         raise Fail(
             f"with a tiny top_p only the most likely token should stay, kept {kept.tolist()}: "

@@ -40,11 +40,20 @@ def top_p_in_place(logits, top_p):
     return logits.masked_fill_(drop, float("-inf"))
 
 
+def top_p_probabilities(logits, top_p):
+    """Filters the distribution itself and hands back what it filtered."""
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # the crossing token stays
+    return probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
+
+
 WRONG = {
     "top_p_filter": [
         (top_p_exclusive, "crosses the threshold"),
         (top_p_unsorted, "not sorted"),
         (top_p_on_logits, "not of raw logits"),
         (top_p_in_place, "in place; the caller still needs it"),
+        (top_p_probabilities, "you returned probabilities"),
     ],
 }

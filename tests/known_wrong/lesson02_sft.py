@@ -125,12 +125,24 @@ def loss_probs_not_log(logits, labels):
     return ((1 - p) * mask).sum() / mask.sum()
 
 
+def pad_float_mask(sequences, pad_id, side="right"):
+    """A float attention mask, ready to multiply with."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id)
+    mask = torch.zeros(len(sequences), width)
+    for i, s in enumerate(sequences):
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        ids[i, cols], mask[i, cols] = torch.tensor(s), 1.0
+    return ids, mask
+
+
 WRONG = {
     "pad_batch": [
         (pad_ignores_side, "ignore the side"),
         (pad_inverted_mask, "inverted"),
         (pad_with_zero, "not 0"),
         (pad_to_first_length, "longest sequence"),
+        (pad_float_mask, "expected two torch.long tensors"),
     ],
     "sft_labels": [
         (labels_no_padding_mask, "attention_mask == 0"),
