@@ -135,17 +135,6 @@ def _snapshot(value):
     return value
 
 
-def _tensors(value) -> list[torch.Tensor]:
-    """Every tensor in ``value`` (a tensor, or a list, tuple or dict of them)."""
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    if isinstance(value, dict):
-        return [t for v in value.values() for t in _tensors(v)]
-    return []
-
-
 def _unchanged(before, after) -> bool:
     if isinstance(before, torch.Tensor):
         return (
@@ -190,8 +179,8 @@ class Guarded:
             self.exercise.validate(out, *args, **kwargs)
         except registry.ExerciseOutputError as err:
             self.unusable.append(f"the training loop could not use your output: {err}")
-        given = {t.dtype for t in _tensors(list(bound.values())) if t.is_floating_point()}
-        made = {t.dtype for t in _tensors(out) if t.is_floating_point()} - given
+        given = {t.dtype for t in registry.tensors_in(list(bound.values())) if t.is_floating_point()}
+        made = {t.dtype for t in registry.tensors_in(out) if t.is_floating_point()} - given
         if len(given) == 1 and made:  # float inputs of one precision: the loop expects that precision back
             self.unusable.append(
                 f"your output is {', '.join(sorted(map(str, made)))}, but the inputs are {given.pop()}: the training "

@@ -59,23 +59,24 @@ def replaceable(name: str):
     return decorate
 
 
-def _tensors(value) -> list:
+def tensors_in(value) -> list:
+    """Every tensor in ``value`` (a tensor, or a tuple, list or dict of them, nested)."""
     import torch
 
     if isinstance(value, torch.Tensor):
         return [value]
     if isinstance(value, (tuple, list)):
-        return [t for item in value for t in _tensors(item)]
+        return [t for item in value for t in tensors_in(item)]
     if isinstance(value, dict):
-        return [t for item in value.values() for t in _tensors(item)]
+        return [t for item in value.values() for t in tensors_in(item)]
     return []
 
 
 def _expect_finite(out, args, kwargs) -> None:
     """NaN in what the learner's function returned (from inputs without NaN), or an infinite scalar (a loss),
     stops training here: passing the checks does not cover every input a training run gives it."""
-    floats = [t for t in _tensors(out) if t.is_floating_point()]
-    if not floats or any(t.is_floating_point() and t.isnan().any() for t in _tensors((args, kwargs))):
+    floats = [t for t in tensors_in(out) if t.is_floating_point()]
+    if not floats or any(t.is_floating_point() and t.isnan().any() for t in tensors_in((args, kwargs))):
         return
     for t in floats:
         if t.isnan().any():
