@@ -224,8 +224,19 @@ def run_checks(exercise_id: str, fn: Callable, seconds: float = CHECK_SECONDS) -
             lines.append((check.name, False, f"your function called sys.exit({stop.code!r}); return a value instead"))
         except Fail as fail:
             lines.append((check.name, False, str(fail)))
-        except NotImplementedError:
-            lines.append((check.name, False, f"not implemented yet: write {exercise.id} in exercises/{exercise.file}"))
+        except NotImplementedError as err:
+            frames = _learner_frames(fn, err)
+            missing = frames[-1].name if frames and frames[-1].name != exercise.id else None
+            lines.append(
+                (
+                    check.name,
+                    False,
+                    f"not implemented yet: write {exercise.id} in exercises/{exercise.file}"
+                    if missing is None
+                    else f"not implemented yet: {exercise.id} calls your {missing}, which is not written yet "
+                    f"(exercises/{exercise.file}; write it first)",
+                )
+            )
         except Exception as err:
             frames = _learner_frames(fn, err)
             if frames:  # the learner's code crashed: show where

@@ -91,16 +91,53 @@ def encode_pairs(tokenizer, rows: list[dict]) -> list[tuple[list[int], int]]:
     ]
 
 
-def batch_logprobs(model, encoded: list[tuple[list[int], int]], pad_id: int, *, length_normalised: bool = False):
-    """(batch,) response log-probabilities of ``encoded`` conversations under ``model`` (with grad if enabled)."""
+def collated(model, encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """``sft.collate``'s batch of ``encoded`` conversations, on ``model``'s device."""
     dev = next(model.parameters()).device
-    batch = {k: v.to(dev) for k, v in collate(encoded, pad_id).items()}
-    with runtime.autocast(dev):
+    return {k: v.to(dev) for k, v in collate(encoded, pad_id).items()}
+
+
+def logprobs_of(model, batch: dict[str, torch.Tensor], *, length_normalised: bool = False) -> torch.Tensor:
+    """(batch,) response log-probabilities of a ``collated`` batch under ``model`` (with grad if enabled)."""
+    with runtime.autocast(batch["input_ids"].device):
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     logps = sequence_logprobs(logits, batch["labels"])
-    if length_normalised:
+    if length_normalised:  # IPO: the mean log-probability per reply token
         logps = logps / (batch["labels"] != IGNORE_INDEX).sum(dim=1).clamp(min=1)
     return logps
+
+
+def batch_logprobs(model, encoded: list[tuple[list[int], int]], pad_id: int, *, length_normalised: bool = False):
+    """(batch,) response log-probabilities of ``encoded`` conversations under ``model`` (with grad if enabled)."""
+    return logprobs_of(model, collated(model, encoded, pad_id), length_normalised=length_normalised)
+
+
+@replaceable("dpo_step")
+def dpo_step(
+    policy,
+    optimizer,
+    accelerator,
+    batch: dict[str, torch.Tensor],
+    ref_chosen,
+    ref_rejected,
+    beta: float,
+    loss_type: str = "dpo",
+    weight=1.0,
+    max_grad_norm: float = 1.0,
+):
+    """One optimizer step on a batch of pairs: ``batch`` is ``collated`` with every chosen reply first, then every
+    rejected one. Returns (the loss, the policy's chosen and rejected log-probabilities), detached.
+
+    ``weight`` scales the loss before the backward pass (1 in one process).
+    """
+    logps = logprobs_of(policy, batch, length_normalised=loss_type == "ipo")  # (2 * pairs,), in one forward pass
+    chosen, rejected = logps.split(len(ref_chosen))  # (pairs,) each
+    loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
 
 
 @torch.no_grad()
@@ -139,24 +176,28 @@ def train_dpo(
     ddp_policy, optimizer = accelerator.prepare(policy, optimizer)  # the policy itself, in one process
     history = []
     policy.train()
-    for step, batch in enumerate(runtime.progress(batches, desc=config.loss)):
+    for step, indices in enumerate(runtime.progress(batches, desc=config.loss)):
         # 1. this process's pairs of the batch (all of them, in one process)
-        pairs, counted = distributed.my_rows(accelerator, batch)
-        # 2. the policy's log-probabilities of both replies, in one forward pass; the reference's were computed once
-        logps = batch_logprobs(
-            ddp_policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad, length_normalised=normalised
-        )
-        chosen, rejected = logps[: len(pairs)], logps[len(pairs) :]  # (pairs,) each
+        pairs, counted = distributed.my_rows(accelerator, indices)
+        # 2. the loss on both replies of each pair, and the optimizer step (dpo_step: lesson 06's exercise); the
+        # reference's log-probabilities were computed once
+        batch = collated(ddp_policy, [encoded[i] for i in pairs] + [encoded[n + i] for i in pairs], pad)
         ref_chosen, ref_rejected = ref[pairs].to(dev), ref[[n + i for i in pairs]].to(dev)
-        # 3. the loss, and the optimizer step
-        loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, config.beta, config.loss)
         weight = distributed.share_weight(accelerator, len(pairs) if counted else 0)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(loss * weight)
-        accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-        optimizer.step()
+        loss, chosen, rejected = dpo_step(
+            ddp_policy,
+            optimizer,
+            accelerator,
+            batch,
+            ref_chosen,
+            ref_rejected,
+            config.beta,
+            config.loss,
+            weight,
+            config.max_grad_norm,
+        )
         scheduler.step()
-        # 4. statistics, each a mean over the whole batch (tensors, read back at the end: runtime.to_host)
+        # 3. statistics, each a mean over the whole batch (tensors, read back at the end: runtime.to_host)
         with torch.no_grad():
             reward_chosen = config.beta * (chosen - ref_chosen)  # (pairs,) the implicit rewards
             reward_rejected = config.beta * (rejected - ref_rejected)

@@ -71,6 +71,24 @@ class PGResult:
     seconds: float
 
 
+@replaceable("reinforce_step")
+def reinforce_step(
+    policy, optimizer, accelerator, rollout: Rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    """One REINFORCE step on ``rows`` of a rollout; returns (the loss, detached; the gradient's norm before clipping).
+
+    ``policy(sequences, attention_mask, prompt_width, temperature)`` gives the (rows, resp) log-probabilities of
+    the response tokens, with gradient. ``weight`` scales the loss before the backward pass (1 in one process).
+    """
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, temperature)
+    loss = reinforce_loss(logprobs, advantages[rows], rollout.response_mask[rows])  # a mean over the rows
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss * weight)
+    grad_norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), grad_norm
+
+
 def advantages_of(rollout: Rollout, kl_coef: float, baseline: bool) -> torch.Tensor:
     """(batch, resp) REINFORCE weights: returns-to-go of the KL-penalised rewards, minus the baseline."""
     mask = rollout.response_mask
@@ -107,17 +125,21 @@ def train_pg(
         # 2. advantages: KL-penalised returns-to-go, minus the leave-one-out baseline
         advantages = advantages_of(rollout, config.kl_coef, config.baseline)
         # 3. the loss on this process's rows (all of them, in one process), and one optimizer step
+        # (reinforce_step: lesson 04's exercise)
         policy.train()
         rows, counted = distributed.my_rows(accelerator, list(range(len(rollout.tasks))))
-        logprobs = policy_logprobs(
-            rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, config.temperature
+        weight = distributed.share_weight(accelerator, len(rows) if counted else 0)
+        loss, grad_norm = reinforce_step(
+            policy_logprobs,
+            optimizer,
+            accelerator,
+            rollout,
+            advantages,
+            rows,
+            weight,
+            config.max_grad_norm,
+            config.temperature,
         )
-        loss = reinforce_loss(logprobs, advantages[rows], rollout.response_mask[rows])  # a mean over its rows
-        weighted = loss * distributed.share_weight(accelerator, len(rows) if counted else 0)
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(weighted)
-        grad_norm = accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-        optimizer.step()
         # 4. statistics
         row = {
             "update": update,
@@ -125,7 +147,7 @@ def train_pg(
             "gold": sum(rollout.gold) / len(rollout.gold),
             "kl": rollout.kl.mean().item(),
             "length": rollout.lengths.float().mean().item(),
-            "loss": accelerator.reduce(weighted.detach(), "mean").item(),
+            "loss": accelerator.reduce(loss * weight, "mean").item(),
             "grad_norm": grad_norm.item(),
         }
         history.append(row)

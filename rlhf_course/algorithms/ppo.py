@@ -202,6 +202,65 @@ def rollout_advantages(rollout: Rollout, values: torch.Tensor, kl_coef: float, c
     return rewards, whiten(advantages, mask), returns
 
 
+def minibatch_statistics(
+    accelerator, weight, logprobs, old_logprobs, mask, pg_loss, vf_loss, clip_range: float
+) -> dict[str, torch.Tensor]:
+    """One minibatch's statistics, each a mean over its tokens in every process (so every process holds the
+    same values, and takes the same early-stopping decision): the two losses, the fraction of clipped
+    ratios, the approximate KL from the rollout's policy (k2, ``mean(log_ratio ** 2) / 2``) and the entropy
+    (a sampled estimate, nats per token)."""
+    with torch.no_grad():
+        log_ratio = logprobs - old_logprobs  # (rows, resp)
+        measured = {
+            "pg_loss": pg_loss,
+            "vf_loss": vf_loss,
+            "clipfrac": masked_mean(((log_ratio.exp() - 1).abs() > clip_range).float(), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "entropy": masked_mean(-logprobs, mask),
+        }
+        return {name: accelerator.reduce(value * weight, "mean") for name, value in measured.items()}
+
+
+@replaceable("ppo_update")
+def ppo_update(
+    policy, optimizer, accelerator, rollout: Rollout, old_values, advantages, returns, config: PPOConfig, new_order
+) -> tuple[list[dict[str, torch.Tensor]], bool]:
+    """PPO's optimisation of one rollout: ``config.ppo_epochs`` epochs over shuffled minibatches, one optimizer
+    step each, stopping after an epoch whose mean approximate KL exceeds ``config.early_stop_kl``.
+
+    ``policy(sequences, attention_mask, prompt_width, temperature)`` gives (logprobs, values) of the response
+    tokens; ``new_order()`` a fresh permutation of the rollout's rows. Returns every minibatch's
+    ``minibatch_statistics`` and whether the epochs stopped early.
+    """
+    mask = rollout.response_mask  # (batch, resp)
+    measured = []
+    for _ in range(config.ppo_epochs):
+        epoch = []
+        for minibatch in new_order().split(config.minibatch_size):
+            mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
+            logprobs, values = policy(
+                rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
+            )
+            pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mask[mb], config.clip_range)
+            vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mask[mb], config.clip_range_value)
+            # the losses are means over this process's tokens
+            weight = distributed.share_weight(accelerator, mask[mb].sum() if counted else 0)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward((pg_loss + config.vf_coef * vf_loss) * weight)
+            accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            epoch.append(
+                minibatch_statistics(
+                    accelerator, weight, logprobs, rollout.logprobs[mb], mask[mb], pg_loss, vf_loss, config.clip_range
+                )
+            )
+        measured.extend(epoch)
+        epoch_kl = torch.stack([stats["approx_kl"] for stats in epoch]).double().mean()
+        if config.early_stop_kl is not None and epoch_kl.item() > config.early_stop_kl:
+            return measured, True
+    return measured, False
+
+
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> float:
     """1 - Var(returns - values) / Var(returns) over response tokens: 1 is perfect, 0 no better than a constant."""
     m = mask.bool()
@@ -269,43 +328,16 @@ def train_ppo(
             _, old_values = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, config.temperature)
         rewards, advantages, returns = rollout_advantages(rollout, old_values, kl_ctl.value, config)
 
-        # 3. epochs over shuffled minibatches, one optimizer step each; stop early if the policy moved too far
-        policy.train()
-        measured = {name: [] for name in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "entropy")}
-        stopped = False
-        for _ in range(config.ppo_epochs):
+        # 3. epochs over shuffled minibatches, one optimizer step each, stopping early if the policy moved too far
+        # (ppo_update: lesson 05's exercise)
+        def new_order():
             order = torch.randperm(batch_size, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-            order = order.to(mask.device)  # once per epoch: a copy from host memory waits for the GPU's queue
-            epoch_start = len(measured["approx_kl"])
-            for minibatch in order.split(config.minibatch_size):
-                mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
-                logprobs, values = ddp_policy(
-                    rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
-                )
-                mb_mask = mask[mb]
-                pg_loss = ppo_policy_loss(logprobs, rollout.logprobs[mb], advantages[mb], mb_mask, config.clip_range)
-                vf_loss = ppo_value_loss(values, old_values[mb], returns[mb], mb_mask, config.clip_range_value)
-                # the losses are means over this process's tokens
-                weight = distributed.share_weight(accelerator, mb_mask.sum() if counted else 0)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward((pg_loss + config.vf_coef * vf_loss) * weight)
-                accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
-                # 4. statistics, each a mean over the minibatch's tokens (read from the device once per epoch)
-                with torch.no_grad():
-                    log_ratio = logprobs - rollout.logprobs[mb]
-                    for name, value in (
-                        ("pg_loss", pg_loss),
-                        ("vf_loss", vf_loss),
-                        ("clipfrac", masked_mean(((log_ratio.exp() - 1).abs() > config.clip_range).float(), mb_mask)),
-                        ("approx_kl", masked_mean(0.5 * log_ratio**2, mb_mask)),  # k2 estimate of KL(old, new)
-                        ("entropy", masked_mean(-logprobs, mb_mask)),  # sampled estimate, nats/token
-                    ):
-                        measured[name].append(accelerator.reduce(value * weight, "mean"))
-            epoch_kl = torch.stack(measured["approx_kl"][epoch_start:]).double().mean()
-            if config.early_stop_kl is not None and epoch_kl.item() > config.early_stop_kl:
-                stopped = True
-                break
+            return order.to(mask.device)  # once per epoch: a copy from host memory waits for the GPU's queue
+
+        policy.train()
+        measured, stopped = ppo_update(
+            ddp_policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order
+        )
         kl = rollout.kl.mean().item()
         row = {
             "update": update,
@@ -318,7 +350,8 @@ def train_ppo(
             "ended": rollout.ended.float().mean().item(),
             "explained_variance": explained_variance(old_values, returns, mask),
             "early_stopped": stopped,
-            **{name: torch.stack(values).double().mean().item() for name, values in measured.items()},
+            # 4. statistics: means over the minibatches
+            **{name: torch.stack([m[name] for m in measured]).double().mean().item() for name in measured[0]},
         }
         kl_ctl.update(kl, batch_size)
         history.append(row)

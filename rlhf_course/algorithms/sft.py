@@ -76,6 +76,21 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     return next_token_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
 
 
+@replaceable("sft_step")
+def sft_step(model, optimizer, accelerator, batch: dict[str, torch.Tensor], weight=1.0, max_grad_norm: float = 1.0):
+    """One optimizer step on a ``collate``d batch (on the model's device); returns the batch's loss, detached.
+
+    ``weight`` scales the loss before the backward pass: 1 in one process, this process's share of the
+    batch's tokens under ``accelerate launch`` (``distributed.share_weight``).
+    """
+    loss, _ = batch_loss(model, batch)  # the mean next-token loss over the reply tokens
+    optimizer.zero_grad(set_to_none=True)  # each step's gradient is its own batch's
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
 @dataclass
 class SFTResult:
     losses: list[float]
@@ -133,17 +148,14 @@ def train_sft(
     for indices in steps[len(losses) :]:
         # 1. this process's rows of the batch (all of them, in one process)
         rows, counted = distributed.my_rows(accelerator, indices)
-        # 2. the loss: the mean next-token loss over the reply tokens
-        loss, tokens = batch_loss(ddp_model, collate([encoded[i] for i in rows], tokenizer.pad_token_id))
-        weighted = loss * distributed.share_weight(accelerator, tokens if counted else 0)
-        # 3. the optimizer step
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(weighted)
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
+        batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in rows], tokenizer.pad_token_id).items()}
+        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # the reply tokens the loss is a mean over
+        weight = distributed.share_weight(accelerator, tokens if counted else 0)
+        # 2. the loss and the optimizer step (sft_step: lesson 02's exercise), then the schedule moves on
+        loss = sft_step(ddp_model, optimizer, accelerator, batch, weight, config.max_grad_norm)
         scheduler.step()
-        # 4. statistics, and a checkpoint now and then
-        losses.append(accelerator.reduce(weighted.detach(), "mean"))  # the whole batch's mean loss
+        # 3. statistics, and a checkpoint now and then
+        losses.append(accelerator.reduce(loss * weight, "mean"))  # the whole batch's mean loss
         if on_step is not None:
             on_step({"step": len(losses) - 1, "loss": losses[-1].item()})
         bar.update(1)

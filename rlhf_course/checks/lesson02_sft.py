@@ -1,4 +1,4 @@
-"""Lesson 02's exercises: padding a batch, response-only labels, the next-token loss.
+"""Lesson 02's exercises: padding a batch, response-only labels, the next-token loss, one step of SFT.
 
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
@@ -6,8 +6,10 @@ and its message names the mistake the output looks like.
 
 import torch
 
-from rlhf_course.algorithms.sft import sft_labels
+from rlhf_course.algorithms.sft import SFTConfig, batch_loss, collate, sft_labels, sft_step, train_sft
+from rlhf_course.checks import loops
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.core.chat import encode
 from rlhf_course.core.language_model import IGNORE_INDEX, next_token_loss
 from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
@@ -199,6 +201,91 @@ def _loss_ignores_masked(fn):
         )
 
 
+# --- sft_step ---------------------------------------------------------------------------------
+def _step_batches(tok):
+    rows = loops.demonstrations()
+    encoded = [encode(tok, r["prompt"], r["completion"]) for r in rows]
+    return [collate(encoded[i : i + 4], tok.pad_token_id) for i in (0, 4)]
+
+
+def _step_setup():
+    """Two steps from the same tiny model: the first clipped (its gradient's norm is far above 0.05), the second
+    weighted by 0.5 and not clipped (clipping would hide the weight)."""
+    model = loops.tiny_lm()
+    optimizer, accelerator = loops.sgd(model), loops.accelerator()
+    calls = [
+        ((model, optimizer, accelerator, batch), {"weight": weight, "max_grad_norm": norm})
+        for batch, weight, norm in zip(_step_batches(loops.tokenizer()), (1.0, 0.5), (0.05, 1e3))
+    ]
+    return model, calls
+
+
+def _reference_loss(model, batch):
+    return batch_loss(model, batch)[0]
+
+
+def _loss_on_every_token(model, batch):
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE_INDEX)
+    return _reference_loss(model, {**batch, "labels": labels})
+
+
+def _loss_unshifted(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return torch.nn.functional.cross_entropy(logits.flatten(0, 1), batch["labels"].flatten())
+
+
+_SFT_STEP_MISTAKES = {
+    **{hint: loops.step_variant(_reference_loss, **flags) for hint, flags in loops.STEP_MISTAKES.items()},
+    "the loss counted the prompt tokens: compute it against batch['labels'], where the prompt is -100": (
+        loops.step_variant(_loss_on_every_token)
+    ),
+    "the logits at position t were scored against the label at t, not t+1: use your next_token_loss": (
+        loops.step_variant(_loss_unshifted)
+    ),
+}
+
+
+def _step_parameters(fn):
+    got, want = loops.run(fn, _step_setup), loops.run(sft_step.reference, _step_setup)
+    loops.compare_parameters(got, want, _SFT_STEP_MISTAKES, _step_setup, "two steps")
+
+
+def _step_returns_loss(fn):
+    got, want = loops.run(fn, _step_setup), loops.run(sft_step.reference, _step_setup)
+    for g, w, (_, kwargs) in zip(got.outputs, want.outputs, _step_setup()[1]):
+        loops.loss_returned(g, w, kwargs["weight"])
+
+
+def _step_learns(fn):
+    """Forty steps of Adam on one batch of four demonstrations: the loss must fall to under half its start."""
+    model = loops.tiny_lm()
+    optimizer, accelerator = torch.optim.Adam(model.parameters(), lr=1e-2), loops.accelerator()
+    batch = _step_batches(loops.tokenizer())[0]
+    losses = [
+        float(fn(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0).detach()) for _ in range(40)
+    ]
+    if not losses[-1] < losses[0] / 2:
+        raise Fail(
+            f"forty steps on one batch took the loss from {losses[0]:.3f} to {losses[-1]:.3f} (the reference "
+            "reaches under half its start): the step does not descend the loss"
+        )
+
+
+def _step_in_trainer(fn):
+    """train_sft with the function plugged in: the same losses as with the reference."""
+    tok, rows = loops.tokenizer(), loops.demonstrations()
+    config = SFTConfig(epochs=1, batch_size=4, warmup_steps=1)
+    got, want = loops.trained_with(
+        "sft_step", fn, _validate_step, lambda: train_sft(loops.tiny_lm(), tok, rows, config).losses
+    )
+    if not torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5):
+        raise Fail(f"train_sft with your step logged the losses {got}, with the reference's {want}")
+
+
+def _validate_step(out, model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    expect_tensor(out, shape=(), what="the returned loss")
+
+
 def _validate_pad_batch(out, sequences, pad_id, side="right"):
     if not (isinstance(out, tuple) and len(out) == 2):
         raise ExerciseOutputError("should return a tuple (input_ids, attention_mask)")
@@ -251,6 +338,18 @@ EXERCISES = [
             Check("returns a scalar with a gradient", _loss_scalar),
             Check("matches the reference value", _loss_value),
             Check("ignores positions labelled -100", _loss_ignores_masked),
+        ],
+    ),
+    Exercise(
+        "sft_step",
+        "**",
+        "one optimizer step of SFT: the loss, backward, clip, step",
+        _validate_step,
+        [
+            Check("two steps leave the reference's parameters", _step_parameters),
+            Check("returns the unweighted loss, detached", _step_returns_loss),
+            Check("forty steps on one batch learn it", _step_learns),
+            Check("train_sft runs with it and logs the reference's losses", _step_in_trainer),
         ],
     ),
 ]

@@ -1,4 +1,4 @@
-"""Lesson 05's exercises: whitening, GAE, PPO's clipped policy and value losses.
+"""Lesson 05's exercises: whitening, GAE, PPO's clipped policy and value losses, and PPO's update loop.
 
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
@@ -6,8 +6,20 @@ and its message names the mistake the output looks like.
 
 import torch
 
-from rlhf_course.algorithms.ppo import gae, ppo_policy_loss, ppo_value_loss, whiten
-from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.algorithms.ppo import (
+    PolicyWithValue,
+    PPOConfig,
+    gae,
+    minibatch_statistics,
+    ppo_policy_loss,
+    ppo_update,
+    ppo_value_loss,
+    train_ppo,
+    whiten,
+)
+from rlhf_course.algorithms.rollouts import Rollout
+from rlhf_course.checks import loops
+from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose, largest_difference
 from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
 
@@ -219,6 +231,185 @@ def _vl_gradient(fn):
         raise Fail("no gradient reached the values")
 
 
+# --- ppo_update -----------------------------------------------------------------------------------------
+ROWS, PROMPT, RESPONSE = 6, 4, 5
+
+
+def _ppo_rollout(policy) -> tuple[Rollout, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A rollout of random tokens (rows of different lengths) with the policy's own log-probabilities, nudged so
+    that the ratios start away from 1; random advantages and returns."""
+    gen = torch.Generator().manual_seed(1)
+    vocab = policy.lm.config.vocab_size
+    sequences = torch.randint(3, vocab, (ROWS, PROMPT + RESPONSE), generator=gen)
+    lengths = torch.tensor([5, 3, 4, 1, 5, 2])  # response tokens per row
+    response_mask = (torch.arange(RESPONSE).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (rows, resp)
+    attention_mask = torch.cat([torch.ones(ROWS, PROMPT, dtype=torch.long), response_mask], dim=1)
+    with torch.no_grad():
+        logprobs, values = policy(sequences, attention_mask, PROMPT, 1.0)
+    logprobs = (logprobs + 0.3 * torch.randn(logprobs.shape, generator=gen)) * response_mask
+    rollout = Rollout(
+        tasks=[None] * ROWS,
+        sequences=sequences,
+        attention_mask=attention_mask,
+        response_mask=response_mask,
+        prompt_width=PROMPT,
+        responses=[""] * ROWS,
+        logprobs=logprobs,
+        ref_logprobs=logprobs.clone(),
+        scores=torch.zeros(ROWS),
+        ended=torch.ones(ROWS, dtype=torch.bool),
+    )
+    advantages = torch.randn(ROWS, RESPONSE, generator=gen) * response_mask
+    returns = torch.randn(ROWS, RESPONSE, generator=gen) * response_mask
+    return rollout, values * response_mask, advantages, returns
+
+
+def _ppo_setup(early_stop_kl):
+    """Three epochs over minibatches of two rows, a step large enough that the KL grows from epoch to epoch."""
+
+    def setup():
+        policy = PolicyWithValue(loops.tiny_lm())
+        rollout, old_values, advantages, returns = _ppo_rollout(policy)
+        config = PPOConfig(ppo_epochs=3, minibatch_size=2, max_grad_norm=0.5, vf_coef=0.5, early_stop_kl=early_stop_kl)
+        gen = torch.Generator().manual_seed(3)  # orders in which the second epoch's last minibatch is its calmest
+        args = (policy, loops.sgd(policy, lr=1.0), loops.accelerator(), rollout, old_values, advantages, returns)
+        return policy, [(args + (config, lambda: torch.randperm(ROWS, generator=gen)), {})]
+
+    return setup
+
+
+def _ppo_threshold() -> float:
+    """An early-stopping threshold between the reference's first and second epochs' mean KL: it stops after two."""
+    statistics, _ = loops.run(ppo_update.reference, _ppo_setup(None)).outputs[0]
+    per_epoch = torch.stack([s["approx_kl"] for s in statistics]).view(3, -1).mean(dim=1)
+    return float(per_epoch[:2].mean())
+
+
+def _ppo_variant(
+    *, stop="epoch", orders="each epoch", vf_coef=True, clear=True, clip=True, minibatches=True, old_values=True
+):
+    """ppo_update with one of the plausible mistakes switched on."""
+
+    def update(policy, optimizer, accelerator, rollout, old_v, advantages, returns, config, new_order):
+        mask, statistics = rollout.response_mask, []
+        order = new_order() if orders == "once" else None
+        for _ in range(config.ppo_epochs):
+            if orders == "each epoch":
+                order = new_order()
+            elif orders == "none":
+                order = torch.arange(len(mask))
+            epoch = []
+            for mb in order.split(config.minibatch_size if minibatches else len(mask)):
+                logprobs, values = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, 1.0)
+                pg = ppo_policy_loss.reference(logprobs, rollout.logprobs[mb], advantages[mb], mask[mb], 0.2)
+                anchor = old_v[mb] if old_values else values.detach()
+                vf = ppo_value_loss.reference(values, anchor, returns[mb], mask[mb], 0.2)
+                if clear:
+                    optimizer.zero_grad()
+                accelerator.backward(pg + (config.vf_coef if vf_coef else 1.0) * vf)
+                if clip:
+                    accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                epoch.append(
+                    minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask[mb], pg, vf, 0.2)
+                )
+                if stop == "minibatch" and epoch[-1]["approx_kl"] > config.early_stop_kl:
+                    return statistics + epoch, True
+            statistics += epoch
+            kl = (
+                epoch[-1]["approx_kl"]
+                if stop == "last minibatch"
+                else torch.stack([s["approx_kl"] for s in epoch]).mean()
+            )
+            if stop != "never" and kl > config.early_stop_kl:
+                return statistics, True
+        return statistics, False
+
+    return update
+
+
+_PPO_MISTAKES = {
+    "the epochs went on after one whose mean approximate KL exceeded config.early_stop_kl: stop after that epoch": {
+        "stop": "never"
+    },
+    "the update stopped inside an epoch, at the first minibatch over the limit: finish the epoch, then compare "
+    "the mean approximate KL of its minibatches with config.early_stop_kl": {"stop": "minibatch"},
+    "the early stop compared only the epoch's last minibatch: compare the mean over the epoch's minibatches": {
+        "stop": "last minibatch"
+    },
+    "every epoch visited the rows in the same order: call new_order() once per epoch": {"orders": "once"},
+    "the rows were never shuffled: each epoch takes its order from new_order()": {"orders": "none"},
+    "the value loss entered the loss unweighted: the loss is pg_loss + config.vf_coef * vf_loss": {"vf_coef": False},
+    "the gradients of the earlier minibatches were still in the parameters: clear them (optimizer.zero_grad()) "
+    "before each backward pass": {"clear": False},
+    "the gradient was not clipped before the step: call accelerator.clip_grad_norm_(policy.parameters(), "
+    "config.max_grad_norm) between the backward pass and optimizer.step()": {"clip": False},
+    "each step took the whole rollout: split each epoch's order into minibatches of config.minibatch_size rows": {
+        "minibatches": False
+    },
+    "the value loss was clipped around the new values, not the rollout's: pass old_values[rows]": {"old_values": False},
+}
+
+
+def _ppo_parameters(fn):
+    setup = _ppo_setup(_ppo_threshold())
+    got, want = loops.run(fn, setup), loops.run(ppo_update.reference, setup)
+    mistakes = {hint: _ppo_variant(**flags) for hint, flags in _PPO_MISTAKES.items()}
+    loops.compare_parameters(got, want, mistakes, setup, "the update")
+
+
+def _ppo_returns(fn):
+    threshold = _ppo_threshold()
+    for limit, what in ((threshold, "stops after its second epoch"), (None, "never stops (early_stop_kl=None)")):
+        setup = _ppo_setup(limit)
+        got, want = loops.run(fn, setup).outputs[0], loops.run(ppo_update.reference, setup).outputs[0]
+        if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], list)):
+            raise Fail(f"return (statistics, stopped): a list of minibatch_statistics and a bool, got {type(got)}")
+        if bool(got[1]) != want[1]:
+            raise Fail(f"on a rollout where the reference {what}, stopped was {got[1]!r}")
+        if len(got[0]) != len(want[0]):
+            raise Fail(
+                f"on a rollout where the reference {what}, you returned {len(got[0])} minibatches' statistics; the "
+                f"reference took {len(want[0])} steps (one minibatch_statistics after each)"
+            )
+        kl_got = torch.stack([torch.as_tensor(s["approx_kl"]) for s in got[0]])
+        kl_want = torch.stack([s["approx_kl"] for s in want[0]])
+        if not close(kl_got, kl_want, 1e-4):
+            raise Fail(f"the minibatches' approx_kl differ from the reference's {largest_difference(kl_got, kl_want)}")
+
+
+def _ppo_in_trainer(fn):
+    """train_ppo for two updates of a tiny policy, with the function plugged in: the reference's statistics."""
+    config = PPOConfig(updates=2, batch_size=4, minibatch_size=2, ppo_epochs=2, max_new_tokens=4, lr=1e-3)
+    tasks = loops.tasks()
+
+    def train():
+        reference = loops.tiny_lm()
+        history = train_ppo(
+            PolicyWithValue(loops.tiny_lm()),
+            reference,
+            lambda t, r: [len(x) / 10 for x in r],
+            loops.tokenizer(),
+            tasks,
+            config,
+        ).history
+        return torch.tensor([[row[k] for k in ("pg_loss", "vf_loss", "approx_kl")] for row in history])
+
+    got, want = loops.trained_with("ppo_update", fn, _validate_update, train)
+    if not close(got, want, 1e-4):
+        raise Fail(
+            f"train_ppo with your update logged other statistics (pg_loss, vf_loss, approx_kl per update): "
+            f"{got.tolist()}, with the reference's {want.tolist()}"
+        )
+
+
+def _validate_update(out, *args, **kwargs):
+    if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[0], list) and out[0]):
+        raise ExerciseOutputError(
+            "should return (statistics, stopped): a non-empty list of minibatch_statistics, a bool"
+        )
+
+
 def _validate_whiten(out, x, mask, shift_mean=True):
     expect_tensor(out, shape=x.shape, device=x.device, what="the whitened values")
 
@@ -274,6 +465,17 @@ EXERCISES = [
         [
             Check("matches the reference", _vl_value),
             Check("trains the values", _vl_gradient),
+        ],
+    ),
+    Exercise(
+        "ppo_update",
+        "***",
+        "PPO's update: epochs of shuffled minibatches, early stopping on the KL",
+        _validate_update,
+        [
+            Check("one update leaves the reference's parameters", _ppo_parameters),
+            Check("returns each step's statistics and whether it stopped", _ppo_returns),
+            Check("train_ppo runs with it and logs the reference's statistics", _ppo_in_trainer),
         ],
     ),
 ]

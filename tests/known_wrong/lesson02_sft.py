@@ -136,6 +136,104 @@ def pad_float_mask(sequences, pad_id, side="right"):
     return ids, mask
 
 
+# --- sft_step -------------------------------------------------------------------------------
+def _loss(model, batch):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(), ignore_index=IGNORE)
+
+
+def step_no_zero_grad(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_no_clip(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_clip_after_step(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    optimizer.step()
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    return loss.detach()
+
+
+def step_ignores_weight(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    optimizer.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_returns_weighted_loss(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch) * weight
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_returns_graph(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss
+
+
+def step_trains_on_prompt(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    """Uses the input ids as labels (padding masked), so the prompt is trained on too."""
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+    loss = _loss(model, {**batch, "labels": labels})
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_unshifted(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1))
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def step_zero_grad_before_step(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    loss = _loss(model, batch)
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.zero_grad()
+    optimizer.step()
+    return loss.detach()
+
+
+def step_ascends(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    """Maximises the log-likelihood's negative: the sign of the loss flipped in the backward pass."""
+    loss = _loss(model, batch)
+    optimizer.zero_grad()
+    accelerator.backward(-loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
 WRONG = {
     "pad_batch": [
         (pad_ignores_side, "ignore the side"),
@@ -158,5 +256,17 @@ WRONG = {
         (loss_wrong_sign, "wrong sign"),
         (loss_detached, "no gradient"),
         (loss_probs_not_log, "log_softmax"),
+    ],
+    "sft_step": [
+        (step_no_zero_grad, "zero_grad"),
+        (step_no_clip, "not clipped before the step"),
+        (step_clip_after_step, "not clipped before the step"),
+        (step_ignores_weight, "not scaled by weight"),
+        (step_returns_weighted_loss, "the returned loss is the weighted one"),
+        (step_returns_graph, "still carries its graph"),
+        (step_trains_on_prompt, "counted the prompt tokens"),
+        (step_unshifted, "not t+1"),
+        (step_zero_grad_before_step, "had not changed at all"),
+        (step_ascends, "does not descend the loss"),
     ],
 }
