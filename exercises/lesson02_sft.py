@@ -43,3 +43,26 @@ def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """
     # YOUR CODE HERE
     raise NotImplementedError()
+
+
+def sft_step(model, optimizer, accelerator, batch: dict, weight=1.0, max_grad_norm: float = 1.0) -> torch.Tensor:
+    """One optimizer step of SFT on one batch. Return the batch's loss.
+
+    model: a causal LM; ``model(input_ids=..., attention_mask=...).logits`` is (batch, seq, vocab).
+    optimizer: the model's optimizer. When this is called it still holds the previous step's gradients;
+        the step must follow this batch's gradient alone.
+    accelerator: an accelerate ``Accelerator``. Back-propagate with ``accelerator.backward(tensor)`` and clip
+        with ``accelerator.clip_grad_norm_(parameters, max_norm)``: in one process these are
+        ``tensor.backward()`` and ``torch.nn.utils.clip_grad_norm_``; under ``accelerate launch`` they also
+        combine the processes' gradients (lesson 08).
+    batch: ``{"input_ids", "attention_mask", "labels"}``, (batch, seq) long tensors on the model's device,
+        the labels already made by ``sft_labels``. Constants: do not modify them.
+    weight: a number (or 0-dim tensor): the parameters must move along the gradient of ``weight * loss``
+        (1.0 in one process; lesson 08 says why it differs under ``accelerate launch``).
+    max_grad_norm: the largest total gradient norm the optimizer may step with.
+
+    Return the loss of this batch (your ``next_token_loss``) before the step, unweighted, as a 0-dim tensor
+    that carries no gradient.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()

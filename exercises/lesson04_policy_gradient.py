@@ -1,7 +1,8 @@
-"""Lesson 04 exercises: log-probabilities of sampled tokens, the KL-penalised rewards, the REINFORCE loss.
+"""Lesson 04 exercises: log-probabilities of sampled tokens, the KL-penalised rewards, the REINFORCE loss, and
+one REINFORCE step.
 
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
-(IDs: token_logprobs, kl_penalized_rewards, reinforce_loss).
+(IDs: token_logprobs, kl_penalized_rewards, reinforce_loss, reinforce_step).
 """
 
 import torch
@@ -40,6 +41,28 @@ def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch
 
     logprobs: (batch, resp) with gradient; advantages: (batch, resp), weights that must not be trained;
     mask: (batch, resp). Return a scalar.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def reinforce_step(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    """One REINFORCE step on some rows of a rollout. Return ``(loss, grad_norm)``.
+
+    policy: a module; ``policy(sequences, attention_mask, prompt_width, temperature)`` returns the (rows, resp)
+        log-probabilities of the response tokens of the rows given, under the current policy, with gradient.
+    optimizer, accelerator, weight, max_grad_norm: as in lesson 02's ``sft_step`` (the parameters move along
+        the gradient of ``weight * loss``, clipped to ``max_grad_norm``; each step follows its own gradient).
+    rollout: a ``rollouts.Rollout``, constants: ``sequences``, ``attention_mask`` (batch, seq) long;
+        ``prompt_width`` an int; ``response_mask`` (batch, resp), 1 on response tokens.
+    advantages: (batch, resp) float, a constant: the weight of each sampled token's log-probability.
+    rows: the rows of the rollout to train on (a list of indices).
+    temperature: the sampling temperature, at which the log-probabilities are taken.
+
+    Return the loss of these rows (your ``reinforce_loss``) before the step, unweighted, as a 0-dim tensor that
+    carries no gradient; and the gradient's total norm before clipping, as ``clip_grad_norm_`` returns it.
     """
     # YOUR CODE HERE
     raise NotImplementedError()

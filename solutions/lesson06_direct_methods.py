@@ -1,7 +1,8 @@
-"""Lesson 06 exercises: DPO's sequence log-probabilities and loss, GRPO's group advantages and loss.
+"""Lesson 06 exercises: DPO's sequence log-probabilities, loss and training step; GRPO's group advantages and
+loss.
 
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
-(IDs: sequence_logprobs, dpo_loss, group_advantages, grpo_loss).
+(IDs: sequence_logprobs, dpo_loss, dpo_step, group_advantages, grpo_loss).
 """
 
 import torch
@@ -45,6 +46,49 @@ def dpo_loss(
     if kind == "ipo":
         return ((margin - 1 / (2 * beta)) ** 2).mean()
     raise ValueError(f"unknown preference loss {kind!r}")
+    ### END SOLUTION
+
+
+def dpo_step(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    """One optimizer step of DPO (or IPO) on a batch of pairs. Return ``(loss, chosen, rejected)``.
+
+    policy: a causal LM; ``policy(input_ids=..., attention_mask=...).logits`` is (rows, seq, vocab).
+    optimizer, accelerator, weight, max_grad_norm: as in lesson 02's ``sft_step``.
+    batch: ``{"input_ids", "attention_mask", "labels"}``, (2 * pairs, seq) long tensors, constants: the
+        conversations with every pair's chosen reply first, then every pair's rejected reply in the same order;
+        the labels are -100 on the prompt and the padding.
+    ref_chosen, ref_rejected: (pairs,) float, constants: the frozen reference's log-probabilities of the replies.
+    beta, loss_type: passed on to your ``dpo_loss``. For ``"ipo"`` the log-probabilities (the policy's, like the
+        reference's given here) are per reply token: each reply's log-probability divided by its number of
+        reply tokens.
+
+    Return the loss before the step, unweighted, and the policy's (pairs,) log-probabilities of the chosen and
+    the rejected replies, all three without gradient.
+    """
+    ### BEGIN SOLUTION
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logps = sequence_logprobs(logits, batch["labels"])  # (2 * pairs,)
+    if loss_type == "ipo":
+        logps = logps / (batch["labels"] != -100).sum(dim=1)
+    pairs = len(ref_chosen)
+    chosen, rejected = logps[:pairs], logps[pairs:]
+    loss = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
     ### END SOLUTION
 
 

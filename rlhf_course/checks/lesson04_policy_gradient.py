@@ -1,4 +1,5 @@
-"""Lesson 04's exercises: log-probabilities of sampled tokens, the KL-penalized rewards, the REINFORCE loss.
+"""Lesson 04's exercises: log-probabilities of sampled tokens, the KL-penalized rewards, the REINFORCE loss, and
+one REINFORCE step.
 
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
@@ -6,10 +7,12 @@ and its message names the mistake the output looks like.
 
 import torch
 
-from rlhf_course.algorithms.policy_gradient import reinforce_loss
-from rlhf_course.algorithms.rollouts import kl_penalized_rewards, token_logprobs
+from rlhf_course.algorithms.policy_gradient import PGConfig, reinforce_loss, reinforce_step, train_pg
+from rlhf_course.algorithms.rollouts import kl_penalized_rewards, response_logprobs, token_logprobs
+from rlhf_course.checks import loops
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
-from rlhf_course.core.registry import expect_tensor
+from rlhf_course.core import distributed
+from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
 
 # --- token_logprobs ------------------------------------------------------------------------------
@@ -200,6 +203,102 @@ def _validate_kl_rewards(out, scores, logprobs, ref_logprobs, response_mask, kl_
     expect_tensor(out, shape=logprobs.shape, device=logprobs.device, what="the per-token rewards")
 
 
+# --- reinforce_step ------------------------------------------------------------------------------
+TEMPERATURE = 0.7  # not 1, so that log-probabilities taken at temperature 1 differ
+
+
+def _rs_setup():
+    """Two steps on a random rollout: all rows, clipped (the gradient's norm is far above 0.05); then three rows,
+    weighted by 0.5 and not clipped (clipping would hide the weight)."""
+    policy = distributed.Call(response_logprobs, loops.tiny_lm())
+    gen = torch.Generator().manual_seed(5)
+    rollout = loops.random_rollout(policy.model.config.vocab_size, gen)
+    advantages = torch.randn(rollout.response_mask.shape, generator=gen)  # nonzero on padding: the mask must act
+    optimizer, accelerator = loops.sgd(policy), loops.accelerator()
+    calls = [
+        (
+            (policy, optimizer, accelerator, rollout, advantages, rows),
+            {"weight": w, "max_grad_norm": n, "temperature": TEMPERATURE},
+        )
+        for rows, w, n in (([0, 1, 2, 3, 4, 5], 1.0, 0.05), ([1, 3, 5], 0.5, 1e3))
+    ]
+    return policy.model, calls
+
+
+def _rs_loss(policy, rollout, advantages, rows, temperature=TEMPERATURE):
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, temperature)
+    return reinforce_loss.reference(logprobs, advantages[rows], rollout.response_mask[rows])
+
+
+def _rs_every_row(policy, rollout, advantages, rows, temperature):
+    return _rs_loss(policy, rollout, advantages, list(range(len(rollout.sequences))), temperature)
+
+
+def _rs_first_advantages(policy, rollout, advantages, rows, temperature):
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, temperature)
+    return reinforce_loss.reference(logprobs, advantages[: len(rows)], rollout.response_mask[rows])
+
+
+def _rs_temperature_one(policy, rollout, advantages, rows, temperature):
+    return _rs_loss(policy, rollout, advantages, rows, temperature=1.0)
+
+
+_RS_MISTAKES = {
+    **{hint: loops.step_variant(_rs_loss, **flags) for hint, flags in loops.STEP_MISTAKES.items()},
+    "the step trained on every row of the rollout: take only the rows given (rollout.sequences[rows], ...)": (
+        loops.step_variant(_rs_every_row)
+    ),
+    "the advantages were not those of the rows trained on: index them with rows too (advantages[rows])": (
+        loops.step_variant(_rs_first_advantages)
+    ),
+    "the log-probabilities were taken at temperature 1: pass temperature to the policy (the tokens were sampled "
+    "at it)": loops.step_variant(_rs_temperature_one),
+}
+
+
+def _rs_parameters(fn):
+    got, want = loops.run(fn, _rs_setup), loops.run(reinforce_step.reference, _rs_setup)
+    loops.compare_parameters(got, want, _RS_MISTAKES, _rs_setup, "two steps")
+
+
+def _rs_returns(fn):
+    got, want = loops.run(fn, _rs_setup), loops.run(reinforce_step.reference, _rs_setup)
+    for g, w, (_, kwargs) in zip(got.outputs, want.outputs, _rs_setup()[1]):
+        if not (isinstance(g, tuple) and len(g) == 2):
+            raise Fail(f"return (loss, grad_norm), got {type(g).__name__}")
+        loops.loss_returned(g[0], w[0], kwargs["weight"])
+        if not close(torch.as_tensor(g[1]).detach(), w[1], 1e-4):
+            raise Fail(
+                f"grad_norm is {float(g[1]):.6g}, expected {float(w[1]):.6g}: return what clip_grad_norm_ returns "
+                "(the total norm before clipping)"
+            )
+
+
+def _rs_in_trainer(fn):
+    """train_pg for two updates of a tiny policy, with the function plugged in: the reference's statistics."""
+    config = PGConfig(updates=2, batch_size=4, max_new_tokens=4, lr=1e-3)
+    tasks = loops.tasks()
+
+    def train():
+        history = train_pg(
+            loops.tiny_lm(), loops.tiny_lm(), lambda t, r: [len(x) / 10 for x in r], loops.tokenizer(), tasks, config
+        ).history
+        return torch.tensor([[row["loss"], row["grad_norm"], row["score"]] for row in history])
+
+    got, want = loops.trained_with("reinforce_step", fn, _validate_reinforce_step, train)
+    if not close(got, want, 1e-4):
+        raise Fail(
+            f"train_pg with your step logged other statistics (loss, grad_norm, score per update): {got.tolist()}, "
+            f"with the reference's {want.tolist()}"
+        )
+
+
+def _validate_reinforce_step(out, *args, **kwargs):
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ExerciseOutputError("should return a tuple (loss, grad_norm)")
+    expect_tensor(out[0], shape=(), what="the returned loss")
+
+
 EXERCISES = [
     Exercise(
         "token_logprobs",
@@ -232,6 +331,17 @@ EXERCISES = [
         [
             Check("matches the reference", _rl_value),
             Check("trains the log-probabilities, not the advantages", _rl_detached),
+        ],
+    ),
+    Exercise(
+        "reinforce_step",
+        "**",
+        "one REINFORCE step on rows of a rollout",
+        _validate_reinforce_step,
+        [
+            Check("two steps leave the reference's parameters", _rs_parameters),
+            Check("returns the unweighted loss and the norm before clipping", _rs_returns),
+            Check("train_pg runs with it and logs the reference's statistics", _rs_in_trainer),
         ],
     ),
 ]

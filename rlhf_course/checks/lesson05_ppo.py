@@ -4,6 +4,8 @@ Each check runs the learner's function on inputs where the plausible mistakes gi
 and its message names the mistake the output looks like.
 """
 
+import dataclasses
+
 import torch
 
 from rlhf_course.algorithms.ppo import (
@@ -232,36 +234,20 @@ def _vl_gradient(fn):
 
 
 # --- ppo_update -----------------------------------------------------------------------------------------
-ROWS, PROMPT, RESPONSE = 6, 4, 5
-
-
 def _ppo_rollout(policy) -> tuple[Rollout, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """A rollout of random tokens (rows of different lengths) with the policy's own log-probabilities, nudged so
-    that the ratios start away from 1; random advantages and returns."""
+    """A random rollout with the policy's own log-probabilities, nudged so that the ratios start away from 1;
+    random advantages and returns."""
     gen = torch.Generator().manual_seed(1)
-    vocab = policy.lm.config.vocab_size
-    sequences = torch.randint(3, vocab, (ROWS, PROMPT + RESPONSE), generator=gen)
-    lengths = torch.tensor([5, 3, 4, 1, 5, 2])  # response tokens per row
-    response_mask = (torch.arange(RESPONSE).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (rows, resp)
-    attention_mask = torch.cat([torch.ones(ROWS, PROMPT, dtype=torch.long), response_mask], dim=1)
+    rollout = loops.random_rollout(policy.lm.config.vocab_size, gen)
+    mask = rollout.response_mask
     with torch.no_grad():
-        logprobs, values = policy(sequences, attention_mask, PROMPT, 1.0)
-    logprobs = (logprobs + 0.3 * torch.randn(logprobs.shape, generator=gen)) * response_mask
-    rollout = Rollout(
-        tasks=[None] * ROWS,
-        sequences=sequences,
-        attention_mask=attention_mask,
-        response_mask=response_mask,
-        prompt_width=PROMPT,
-        responses=[""] * ROWS,
-        logprobs=logprobs,
-        ref_logprobs=logprobs.clone(),
-        scores=torch.zeros(ROWS),
-        ended=torch.ones(ROWS, dtype=torch.bool),
+        logprobs, values = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, 1.0)
+    rollout = dataclasses.replace(
+        rollout, logprobs=(logprobs + 0.3 * torch.randn(logprobs.shape, generator=gen)) * mask
     )
-    advantages = torch.randn(ROWS, RESPONSE, generator=gen) * response_mask
-    returns = torch.randn(ROWS, RESPONSE, generator=gen) * response_mask
-    return rollout, values * response_mask, advantages, returns
+    advantages = torch.randn(mask.shape, generator=gen) * mask
+    returns = torch.randn(mask.shape, generator=gen) * mask
+    return rollout, values * mask, advantages, returns
 
 
 def _ppo_setup(early_stop_kl):
@@ -273,7 +259,7 @@ def _ppo_setup(early_stop_kl):
         config = PPOConfig(ppo_epochs=3, minibatch_size=2, max_grad_norm=0.5, vf_coef=0.5, early_stop_kl=early_stop_kl)
         gen = torch.Generator().manual_seed(3)  # orders in which the second epoch's last minibatch is its calmest
         args = (policy, loops.sgd(policy, lr=1.0), loops.accelerator(), rollout, old_values, advantages, returns)
-        return policy, [(args + (config, lambda: torch.randperm(ROWS, generator=gen)), {})]
+        return policy, [(args + (config, lambda: torch.randperm(loops.ROWS, generator=gen)), {})]
 
     return setup
 

@@ -1,4 +1,5 @@
-"""Lesson 06's exercises: a response's log-probability, the DPO and IPO losses, GRPO's advantages and loss.
+"""Lesson 06's exercises: a response's log-probability, the DPO and IPO losses, one DPO step, GRPO's advantages
+and loss.
 
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
@@ -6,11 +7,22 @@ and its message names the mistake the output looks like.
 
 import torch
 
-from rlhf_course.algorithms.dpo import dpo_loss, sequence_logprobs
+from rlhf_course.algorithms.dpo import (
+    DPOConfig,
+    dpo_loss,
+    dpo_step,
+    encode_pairs,
+    logprobs_of,
+    reference_logprobs,
+    sequence_logprobs,
+    train_dpo,
+)
 from rlhf_course.algorithms.grpo import group_advantages, grpo_loss
-from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.algorithms.sft import collate
+from rlhf_course.checks import loops
+from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose, largest_difference
 from rlhf_course.core.language_model import IGNORE_INDEX
-from rlhf_course.core.registry import expect_tensor
+from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
 
 # --- sequence_logprobs ----------------------------------------------------------------------------------
@@ -253,6 +265,98 @@ def _validate_grpo_loss(out, *args, **kwargs):
     expect_tensor(out, shape=(), what="the GRPO loss")
 
 
+# --- dpo_step -------------------------------------------------------------------------------------------
+def _pairs() -> list[dict]:
+    """Preference rows (TRL's format): each demonstration's reply chosen over the next one's."""
+    rows = loops.demonstrations()
+    return [
+        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": rows[(i + 1) % len(rows)]["completion"]}
+        for i, r in enumerate(rows)
+    ]
+
+
+def _ds_setup():
+    """Three steps: DPO on four pairs, clipped (the gradient's norm is far above 0.05); DPO on the next four,
+    weighted by 0.5 and not clipped (clipping would hide the weight); IPO on the first four."""
+    tok, rows = loops.tokenizer(), _pairs()
+    policy, reference = loops.tiny_lm(0), loops.tiny_lm(1)
+    optimizer, accelerator = loops.sgd(policy), loops.accelerator()
+    calls = []
+    for first, loss_type, weight, norm in ((0, "dpo", 1.0, 0.05), (4, "dpo", 0.5, 1e3), (0, "ipo", 1.0, 1e3)):
+        encoded = encode_pairs(tok, rows[first : first + 4])  # chosen replies first, then rejected
+        ref = reference_logprobs(reference, encoded, tok.pad_token_id, length_normalised=loss_type == "ipo")
+        batch = collate(encoded, tok.pad_token_id)
+        args = (policy, optimizer, accelerator, batch, ref[:4], ref[4:], 0.5, loss_type)
+        calls.append((args, {"weight": weight, "max_grad_norm": norm}))
+    return policy, calls
+
+
+def _ds_loss(policy, batch, ref_chosen, ref_rejected, beta, loss_type, swap=False, normalise=True):
+    logps = logprobs_of(policy, batch, length_normalised=loss_type == "ipo" and normalise)
+    chosen, rejected = logps.split(len(ref_chosen))
+    if swap:
+        chosen, rejected = rejected, chosen
+    return dpo_loss.reference(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+
+
+def _ds_swapped(*args):
+    return _ds_loss(*args, swap=True)
+
+
+def _ds_ipo_sums(*args):
+    return _ds_loss(*args, normalise=False)
+
+
+_DS_MISTAKES = {
+    **{hint: loops.step_variant(_ds_loss, **flags) for hint, flags in loops.STEP_MISTAKES.items()},
+    "chosen and rejected were swapped: the batch holds every chosen reply first, then every rejected one": (
+        loops.step_variant(_ds_swapped)
+    ),
+    "for IPO the policy's log-probabilities were sums: divide each by its number of reply tokens, as the "
+    "reference's were": loops.step_variant(_ds_ipo_sums),
+}
+
+
+def _ds_parameters(fn):
+    got, want = loops.run(fn, _ds_setup), loops.run(dpo_step.reference, _ds_setup)
+    loops.compare_parameters(got, want, _DS_MISTAKES, _ds_setup, "three steps")
+
+
+def _ds_returns(fn):
+    got, want = loops.run(fn, _ds_setup), loops.run(dpo_step.reference, _ds_setup)
+    for g, w, (_, kwargs) in zip(got.outputs, want.outputs, _ds_setup()[1]):
+        if not (isinstance(g, tuple) and len(g) == 3):
+            raise Fail(f"return (loss, chosen, rejected), got {type(g).__name__}")
+        loops.loss_returned(g[0], w[0], kwargs["weight"])
+        for name, a, b in zip(("chosen", "rejected"), g[1:], w[1:]):
+            if not isinstance(a, torch.Tensor) or a.requires_grad:
+                raise Fail(f"return the {name} log-probabilities as a tensor without gradient (detach it)")
+            if not close(a, b, 1e-4):
+                raise Fail(f"the returned {name} log-probabilities differ {largest_difference(a, b)}")
+
+
+def _ds_in_trainer(fn):
+    """train_dpo on eight pairs of a tiny policy, with the function plugged in: the reference's statistics."""
+    tok, rows = loops.tokenizer(), _pairs()
+
+    def train():
+        history = train_dpo(loops.tiny_lm(0), loops.tiny_lm(1), tok, rows, DPOConfig(batch_size=4, lr=1e-2)).history
+        return torch.tensor([[row["loss"], row["chosen_logratio"], row["rejected_logratio"]] for row in history])
+
+    got, want = loops.trained_with("dpo_step", fn, _validate_dpo_step, train)
+    if not close(got, want, 1e-4):
+        raise Fail(
+            "train_dpo with your step logged other statistics (loss, chosen_logratio, rejected_logratio per step): "
+            f"{got.tolist()}, with the reference's {want.tolist()}"
+        )
+
+
+def _validate_dpo_step(out, *args, **kwargs):
+    if not (isinstance(out, tuple) and len(out) == 3):
+        raise ExerciseOutputError("should return a tuple (loss, chosen, rejected)")
+    expect_tensor(out[0], shape=(), what="the returned loss")
+
+
 EXERCISES = [
     Exercise(
         "sequence_logprobs",
@@ -274,6 +378,17 @@ EXERCISES = [
             Check("IPO matches the reference", _dpo_ipo),
             Check("is stable for large margins", _dpo_stable),
             Check("rejects an unknown kind", _dpo_unknown),
+        ],
+    ),
+    Exercise(
+        "dpo_step",
+        "**",
+        "one DPO (or IPO) step on a batch of pairs",
+        _validate_dpo_step,
+        [
+            Check("three steps leave the reference's parameters", _ds_parameters),
+            Check("returns the unweighted loss and the policy's log-probabilities", _ds_returns),
+            Check("train_dpo runs with it and logs the reference's statistics", _ds_in_trainer),
         ],
     ),
     Exercise(

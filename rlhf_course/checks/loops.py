@@ -18,6 +18,7 @@ from typing import Callable
 
 import torch
 
+from rlhf_course.algorithms.rollouts import Rollout
 from rlhf_course.checks.base import Fail, largest_difference
 from rlhf_course.core import distributed, models, registry
 from rlhf_course.simulation import world
@@ -44,6 +45,29 @@ def demonstrations(n_per_family: int = 1) -> list[dict]:
         {"prompt": t.prompt, "completion": [{"role": "assistant", "content": world.demonstration(t, rng)}]}
         for t in tasks(n_per_family)
     ]
+
+
+ROWS, PROMPT, RESPONSE = 6, 4, 5
+
+
+def random_rollout(vocab: int, gen: torch.Generator) -> Rollout:
+    """A rollout of random tokens: ``ROWS`` rows of ``PROMPT`` prompt tokens and responses of different lengths
+    (up to ``RESPONSE``). Its log-probabilities are zeros: a check fills in the ones it needs."""
+    sequences = torch.randint(3, vocab, (ROWS, PROMPT + RESPONSE), generator=gen)
+    lengths = torch.tensor([5, 3, 4, 1, 5, 2])  # response tokens per row
+    response_mask = (torch.arange(RESPONSE).unsqueeze(0) < lengths.unsqueeze(1)).long()  # (rows, resp)
+    return Rollout(
+        tasks=[None] * ROWS,
+        sequences=sequences,
+        attention_mask=torch.cat([torch.ones(ROWS, PROMPT, dtype=torch.long), response_mask], dim=1),
+        response_mask=response_mask,
+        prompt_width=PROMPT,
+        responses=[""] * ROWS,
+        logprobs=torch.zeros(ROWS, RESPONSE),
+        ref_logprobs=torch.zeros(ROWS, RESPONSE),
+        scores=torch.zeros(ROWS),
+        ended=torch.ones(ROWS, dtype=torch.bool),
+    )
 
 
 @dataclass
@@ -147,11 +171,11 @@ def accelerator():
 
 # --- the common mistakes of an optimizer step, as variants of one ------------------------------------
 def step_variant(loss_of: Callable, *, clear: bool = True, clip: bool = True, weighted: bool = True) -> Callable:
-    """An update ``fn(model, optimizer, accelerator, *inputs, weight, max_grad_norm)`` that computes
-    ``loss_of(model, *inputs)`` and steps with one of the common mistakes switched on."""
+    """An update ``fn(model, optimizer, accelerator, *inputs, weight, max_grad_norm, **options)`` that computes
+    ``loss_of(model, *inputs, **options)`` and steps with the common mistakes switched on that the flags say."""
 
-    def update(model, optimizer, accel, *inputs, weight=1.0, max_grad_norm=1.0):
-        loss = loss_of(model, *inputs)
+    def update(model, optimizer, accel, *inputs, weight=1.0, max_grad_norm=1.0, **options):
+        loss = loss_of(model, *inputs, **options)
         if clear:
             optimizer.zero_grad()
         accel.backward(loss * weight if weighted else loss)
