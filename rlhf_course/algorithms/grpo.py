@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rlhf_course.algorithms.rollouts import collect, freeze, response_logprobs
+from rlhf_course.algorithms.rollouts import Rollout, collect, freeze, response_logprobs
 from rlhf_course.core import distributed, optimization, runtime
 from rlhf_course.core.registry import replaceable
 from rlhf_course.simulation import world
@@ -91,6 +91,56 @@ class GRPOResult:
     seconds: float
 
 
+def minibatch_statistics(accelerator, weight, counted, logprobs, old_logprobs, mask, loss, clip_range: float):
+    """One minibatch's statistics over every process: the loss (a mean over responses) and the fraction of its
+    tokens whose ratio was clipped."""
+    with torch.no_grad():
+        ratio = torch.exp(logprobs - old_logprobs)  # (rows, resp)
+        tokens = mask.sum() if counted else torch.zeros((), device=mask.device)
+        clipped_tokens = (((ratio - 1).abs() > clip_range).float() * mask).sum()
+        token_weight = distributed.share_weight(accelerator, tokens)
+        return {
+            "loss": accelerator.reduce((loss * weight).detach(), "mean"),
+            "clipfrac": accelerator.reduce(clipped_tokens.double() / tokens.clamp(min=1) * token_weight, "mean"),
+        }
+
+
+@replaceable("grpo_update")
+def grpo_update(policy, optimizer, accelerator, rollout: Rollout, advantages, config: GRPOConfig, new_order):
+    """GRPO's optimisation of one rollout: ``config.iterations`` passes over shuffled minibatches, one optimizer
+    step each. ``policy(sequences, attention_mask, prompt_width, temperature)`` gives the response tokens'
+    log-probabilities; ``new_order()`` a fresh permutation of the rollout's rows. Returns every minibatch's
+    ``minibatch_statistics``."""
+    mask = rollout.response_mask  # (batch, resp)
+    measured = []
+    for _ in range(config.iterations):
+        for minibatch in new_order().split(config.minibatch_size):
+            mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
+            logprobs = policy(
+                rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
+            )
+            loss = grpo_loss(
+                logprobs,
+                rollout.logprobs[mb],
+                rollout.ref_logprobs[mb],
+                advantages[mb],
+                mask[mb],
+                config.clip_range,
+                config.beta,
+            )  # a mean over this process's responses
+            weight = distributed.share_weight(accelerator, len(mb) if counted else 0)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss * weight)
+            accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+            optimizer.step()
+            measured.append(
+                minibatch_statistics(
+                    accelerator, weight, counted, logprobs, rollout.logprobs[mb], mask[mb], loss, config.clip_range
+                )
+            )
+    return measured
+
+
 def train_grpo(
     policy, reference, scorer, tokenizer, tasks: list[world.Task], config: GRPOConfig = GRPOConfig(), on_step=None
 ) -> GRPOResult:
@@ -124,41 +174,15 @@ def train_grpo(
         # 2. advantages: each score against its own group's mean and spread
         advantages = group_advantages(rollout.scores, config.group_size)  # (batch,)
         mask = rollout.response_mask
-        # 3. passes over shuffled minibatches, one optimizer step each
-        policy.train()
-        losses, clipped = [], []
-        for _ in range(config.iterations):
+
+        # 3. passes over shuffled minibatches, one optimizer step each (grpo_update: lesson 06's exercise)
+        def new_order():
             order = torch.randperm(len(group_tasks), generator=torch.Generator().manual_seed(rng.randrange(2**31)))
-            order = order.to(mask.device)  # once per update: a copy from host memory waits for the GPU's queue
-            for minibatch in order.split(config.minibatch_size):
-                mb, counted = distributed.my_rows(accelerator, minibatch)  # this process's rows of the minibatch
-                logprobs = policy_logprobs(
-                    rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, config.temperature
-                )
-                loss = grpo_loss(
-                    logprobs,
-                    rollout.logprobs[mb],
-                    rollout.ref_logprobs[mb],
-                    advantages[mb],
-                    mask[mb],
-                    config.clip_range,
-                    config.beta,
-                )  # a mean over this process's responses
-                weight = distributed.share_weight(accelerator, len(mb) if counted else 0)
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss * weight)
-                accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
-                optimizer.step()
-                # 4. statistics, as means over the whole minibatch
-                with torch.no_grad():
-                    ratio = torch.exp(logprobs - rollout.logprobs[mb])
-                    tokens = mask[mb].sum() if counted else torch.zeros((), device=mask.device)
-                    clipped_tokens = (((ratio - 1).abs() > config.clip_range).float() * mask[mb]).sum()
-                    token_weight = distributed.share_weight(accelerator, tokens)
-                    clipped.append(
-                        accelerator.reduce(clipped_tokens.double() / tokens.clamp(min=1) * token_weight, "mean")
-                    )
-                losses.append(accelerator.reduce((loss * weight).detach(), "mean"))
+            return order.to(mask.device)  # once per pass: a copy from host memory waits for the GPU's queue
+
+        policy.train()
+        measured = grpo_update(policy_logprobs, optimizer, accelerator, rollout, advantages, config, new_order)
+        # 4. statistics
         group_std = rollout.scores.view(-1, config.group_size).std(dim=1)  # (groups,)
         # statistics stay tensors until here: one read from the device per update, not one per minibatch
         row = runtime.to_host(
@@ -169,8 +193,8 @@ def train_grpo(
                     "gold": sum(rollout.gold) / len(rollout.gold),
                     "kl": rollout.kl.mean(),
                     "length": rollout.lengths.float().mean(),
-                    "loss": torch.stack(losses).double().mean(),
-                    "clipfrac": torch.stack(clipped).mean(),
+                    "loss": torch.stack([m["loss"] for m in measured]).double().mean(),
+                    "clipfrac": torch.stack([m["clipfrac"] for m in measured]).mean(),
                     "uninformative_groups": (group_std == 0).float().mean(),
                 }
             ]

@@ -174,20 +174,44 @@ def reply_text(message_list: list[dict]) -> str:
     return message_list[-1]["content"]
 
 
-def comparison_loss(model, tokenizer, rows, weights, limit):
-    """Rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format): Bradley-Terry, optionally weighted."""
+def comparison_batch(tokenizer, rows: list[dict], limit: int) -> dict[str, torch.Tensor]:
+    """Rows ``{"prompt", "chosen", "rejected"[, "margin"]}`` (TRL's format) as one right-padded batch: every chosen
+    conversation first, then every rejected one (``input_ids``, ``attention_mask``: (2 * pairs, seq)), and how
+    much each chosen reply must win by (``margin``: (pairs,), 0 where a row has none)."""
     ids, mask = encode_conversations(
         tokenizer,
         [r["prompt"] for r in rows] * 2,
         [reply_text(r["chosen"]) for r in rows] + [reply_text(r["rejected"]) for r in rows],
         limit,
     )
-    rewards = raw_rewards(model, ids, mask)  # (2 * batch,): chosen first, then rejected
-    chosen, rejected = rewards[: len(rows)], rewards[len(rows) :]
-    margin = torch.tensor([r.get("margin") or 0.0 for r in rows], device=rewards.device)
+    margin = torch.tensor([r.get("margin") or 0.0 for r in rows])
+    return {"input_ids": ids, "attention_mask": mask, "margin": margin}
+
+
+@replaceable("reward_step")
+def reward_step(model, optimizer, accelerator, batch: dict[str, torch.Tensor], weight=1.0, max_grad_norm=1.0):
+    """One optimizer step of the Bradley-Terry loss on a ``comparison_batch`` (on the model's device); returns the
+    loss, detached. ``model(input_ids, attention_mask)`` gives each conversation's reward (``raw_rewards``);
+    ``weight`` scales the loss before the backward pass (1 in one process)."""
+    rewards = model(batch["input_ids"], batch["attention_mask"])  # (2 * pairs,): chosen first, then rejected
+    chosen, rejected = rewards.split(len(batch["margin"]))
+    loss = bradley_terry_loss(chosen, rejected, batch["margin"])
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def comparison_loss(model, tokenizer, rows, weights, limit):
+    """Bradley-Terry on comparison rows; with ``weights`` (pairs,), each comparison counted by its weight (e.g. its
+    labeler's reliability)."""
+    batch = comparison_batch(tokenizer, rows, limit)
+    rewards = raw_rewards(model, batch["input_ids"], batch["attention_mask"])
+    chosen, rejected = rewards.split(len(rows))
+    margin = batch["margin"].to(rewards.device)
     if weights is None:
         return bradley_terry_loss(chosen, rejected, margin)
-    # weighted Bradley-Terry: the same loss, each comparison counted by its weight
     return (-F.logsigmoid(chosen - rejected - margin) * weights).sum() / weights.sum().clamp(min=1e-8)
 
 
@@ -204,7 +228,7 @@ def _single_loss(field, loss_fn):
     return loss
 
 
-LOSSES = {
+LOSSES = {  # the losses of train's other paths (plain comparisons go through reward_step)
     "comparisons": comparison_loss,
     "ratings": _single_loss("rating", rating_loss),
     "thumbs": _single_loss("label", thumbs_loss),
@@ -245,26 +269,34 @@ def train(
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, len(batches))
     accelerator = distributed.accelerator()
-    # the loss function with the model, so that DDP sees the forward pass (``distributed.Call``)
-    loss_of, optimizer = accelerator.prepare(distributed.Call(LOSSES[config.feedback], model), optimizer)
+    plain = config.feedback == "comparisons" and weights is None  # lesson 03's path, through reward_step
+    # the forward pass with the model, so that DDP sees it (``distributed.Call``): the rewards, or another path's loss
+    forward, optimizer = accelerator.prepare(
+        distributed.Call(raw_rewards if plain else LOSSES[config.feedback], model), optimizer
+    )
     losses, val_curve = [], []
     for step, indices in enumerate(runtime.progress(batches, desc=f"reward model ({config.feedback})")):
         model.train()
         # 1. this process's rows of the batch (all of them, in one process)
         share, counted = distributed.my_rows(accelerator, indices)
-        # 2. the loss: a (weighted) mean over the rows
+        rows = [train_rows[i] for i in share]
         w = None if weights is None else torch.tensor([weights[i] for i in share], device=dev)
-        loss = loss_of(tokenizer, [train_rows[i] for i in share], w, limit)
         count = (len(share) if w is None else w.sum()) if counted else 0  # what the loss is a mean over
-        weighted = loss * distributed.share_weight(accelerator, count)
-        # 3. the optimizer step
-        optimizer.zero_grad(set_to_none=True)
-        accelerator.backward(weighted)
-        accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
+        weight = distributed.share_weight(accelerator, count)
+        # 2. the loss and the optimizer step
+        if plain:  # Bradley-Terry on comparisons (reward_step: lesson 03's exercise)
+            batch = {k: v.to(dev) for k, v in comparison_batch(tokenizer, rows, limit).items()}
+            loss = reward_step(forward, optimizer, accelerator, batch, weight, config.max_grad_norm)
+        else:  # ratings, thumbs or weighted comparisons: the same step around their own loss
+            loss = forward(tokenizer, rows, w, limit)
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(loss * weight)
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            loss = loss.detach()
         scheduler.step()
-        # 4. statistics: the whole batch's mean loss, read back at the end (runtime.to_host)
-        losses.append(accelerator.reduce(weighted.detach(), "mean"))
+        # 3. statistics: the whole batch's mean loss, read back at the end (runtime.to_host)
+        losses.append(accelerator.reduce(loss * weight, "mean"))
         row = {"step": step, "loss": losses[-1]}
         if val_rows and ((step + 1) % config.eval_every == 0 or step == len(batches) - 1):
             val_curve.append((step + 1, comparison_accuracy(model, tokenizer, val_rows)))
