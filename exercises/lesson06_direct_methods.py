@@ -1,12 +1,15 @@
-"""Lesson 06 exercises: DPO's sequence log-probabilities, loss and training step; GRPO's group advantages and
-loss.
+"""Lesson 06 exercises: DPO's sequence log-probabilities, loss and training step; GRPO's group advantages, loss
+and update loop.
 
 Write each function body, then check it from the lesson or with ``rlhf-course check ID``
-(IDs: sequence_logprobs, dpo_loss, dpo_step, group_advantages, grpo_loss).
+(IDs: sequence_logprobs, dpo_loss, dpo_step, group_advantages, grpo_loss, grpo_update).
 """
 
 import torch
 import torch.nn.functional as F
+
+from rlhf_course.algorithms.grpo import minibatch_statistics
+from rlhf_course.core.distributed import my_rows, share_weight
 
 
 def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -91,6 +94,33 @@ def grpo_loss(
     surrogate = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), A being the response's advantage;
     kl = (exp(ref - logprobs) - (ref - logprobs) - 1) * ratio;  loss_token = -surrogate + beta * kl.
     Average loss_token over each response's real tokens, then average over responses.
+    """
+    # YOUR CODE HERE
+    raise NotImplementedError()
+
+
+def grpo_update(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    """GRPO's optimisation of one rollout: several passes over it in minibatch steps. Return the statistics.
+
+    policy: a module; ``policy(sequences, attention_mask, prompt_width, temperature)`` returns the (rows, resp)
+        log-probabilities of the response tokens of the rows given, under the current policy, with gradient.
+    optimizer, accelerator: as in lesson 02's ``sft_step`` (each minibatch's step follows its own gradient,
+        clipped to ``config.max_grad_norm``).
+    rollout: a ``rollouts.Rollout``, constants: ``sequences``, ``attention_mask`` (batch, seq) long;
+        ``prompt_width`` an int; ``logprobs`` (the sampling policy's) and ``ref_logprobs`` (the reference's),
+        (batch, resp) float; ``response_mask`` (batch, resp), 1 on response tokens.
+    advantages: (batch,) float, a constant: one advantage per response (your ``group_advantages``).
+    config: a ``GRPOConfig``: ``iterations`` (passes over the rollout), ``minibatch_size``, ``clip_range``,
+        ``beta``, ``max_grad_norm``, ``temperature``.
+    new_order(): a fresh random order of the rollout's rows, a (batch,) long tensor. Each pass visits every row
+        once, in an order of its own; consecutive runs of ``minibatch_size`` rows of it form the minibatches.
+
+    Under ``accelerate launch`` each process takes its share of a minibatch's rows and weights its loss:
+        ``rows, counted = my_rows(accelerator, minibatch)`` and
+        ``weight = share_weight(accelerator, (its number of rows) if counted else 0)``
+    (in one process: the minibatch itself, weight 1). The loss of a minibatch is your ``grpo_loss``. After each
+    optimizer step append ``minibatch_statistics(accelerator, weight, counted, logprobs, old_logprobs, mask,
+    loss, config.clip_range)`` (of that minibatch's rows) to the list you return.
     """
     # YOUR CODE HERE
     raise NotImplementedError()

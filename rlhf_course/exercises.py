@@ -181,7 +181,7 @@ class Guarded:
             self.unusable.append(f"the training loop could not use your output: {err}")
         given = {t.dtype for t in registry.tensors_in(list(bound.values())) if t.is_floating_point()}
         made = {t.dtype for t in registry.tensors_in(out) if t.is_floating_point()} - given
-        if len(given) == 1 and made:  # float inputs of one precision: the loop expects that precision back
+        if self.exercise.keeps_precision and len(given) == 1 and made:  # the loop expects the inputs' precision back
             self.unusable.append(
                 f"your output is {', '.join(sorted(map(str, made)))}, but the inputs are {given.pop()}: the training "
                 "loop works in the inputs' precision (leave out .double(), and give new tensors dtype=x.dtype)"

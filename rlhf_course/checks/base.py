@@ -32,6 +32,8 @@ class Exercise:
     # shape, dtype and device the training loop needs: run on every call once the function is plugged in
     validate: Callable
     checks: list[Check]
+    # its float outputs are in its float inputs' precision (false where it returns statistics kept in float64)
+    keeps_precision: bool = True
     lesson: str = ""  # "02", from checks/lesson02_sft.py
     file: str = ""  # "lesson02_sft.py": the learner's file in exercises/, its completed version in solutions/
 

@@ -1,4 +1,5 @@
-"""Lesson 03's exercises: the reward at the last real token, the Bradley-Terry loss, pairwise accuracy.
+"""Lesson 03's exercises: the reward at the last real token, the Bradley-Terry loss, pairwise accuracy, and one
+training step of the reward model.
 
 Each check runs the learner's function on inputs where the plausible mistakes give different outputs,
 and its message names the mistake the output looks like.
@@ -6,8 +7,18 @@ and its message names the mistake the output looks like.
 
 import torch
 
-from rlhf_course.algorithms.reward_model import bradley_terry_loss, last_token_rewards
+from rlhf_course.algorithms.reward_model import (
+    RewardConfig,
+    bradley_terry_loss,
+    comparison_batch,
+    last_token_rewards,
+    raw_rewards,
+    reward_step,
+    train,
+)
+from rlhf_course.checks import loops
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose
+from rlhf_course.core import distributed
 from rlhf_course.core.registry import expect_tensor
 
 
@@ -188,6 +199,72 @@ def _validate_acc(out, chosen, rejected):
     expect_tensor(out, shape=(), what="the accuracy")
 
 
+# --- reward_step ---------------------------------------------------------------------------------
+def _rs_setup():
+    """Two steps on four comparisons each (margins 0, 0.5 and 1): the first clipped (the gradient's norm is far
+    above 0.05), the second weighted by 0.5 and not clipped (clipping would hide the weight)."""
+    model = loops.tiny_reward_model()
+    rewards_of = distributed.Call(raw_rewards, model)
+    optimizer, accelerator = loops.sgd(model), loops.accelerator()
+    tok, rows = loops.tokenizer(), loops.preference_rows()
+    calls = [
+        (
+            (rewards_of, optimizer, accelerator, comparison_batch(tok, rows[first : first + 4], 128)),
+            {"weight": w, "max_grad_norm": n},
+        )
+        for first, w, n in ((0, 1.0, 0.05), (4, 0.5, 1e3))
+    ]
+    return model, calls
+
+
+def _rs_loss(model, batch, swap=False, margin=True, interleaved=False):
+    rewards = model(batch["input_ids"], batch["attention_mask"])
+    pairs = len(batch["margin"])
+    chosen, rejected = (rewards[0::2], rewards[1::2]) if interleaved else (rewards[:pairs], rewards[pairs:])
+    if swap:
+        chosen, rejected = rejected, chosen
+    return bradley_terry_loss.reference(chosen, rejected, batch["margin"] if margin else None)
+
+
+_RS_MISTAKES = {
+    **{hint: loops.step_variant(_rs_loss, **flags) for hint, flags in loops.STEP_MISTAKES.items()},
+    "chosen and rejected were swapped: the batch holds every chosen conversation first, then every rejected one": (
+        loops.step_variant(lambda model, batch: _rs_loss(model, batch, swap=True))
+    ),
+    "the batch was read as alternating chosen, rejected: it holds every chosen conversation first, then every "
+    "rejected one": loops.step_variant(lambda model, batch: _rs_loss(model, batch, interleaved=True)),
+    "the margins were left out: pass batch['margin'] to the loss": (
+        loops.step_variant(lambda model, batch: _rs_loss(model, batch, margin=False))
+    ),
+}
+
+
+def _rs_parameters(fn):
+    got, want = loops.run(fn, _rs_setup), loops.run(reward_step.reference, _rs_setup)
+    loops.compare_parameters(got, want, _RS_MISTAKES, _rs_setup, "two steps")
+
+
+def _rs_returns(fn):
+    got, want = loops.run(fn, _rs_setup), loops.run(reward_step.reference, _rs_setup)
+    for g, w, (_, kwargs) in zip(got.outputs, want.outputs, _rs_setup()[1]):
+        loops.loss_returned(g, w, kwargs["weight"])
+
+
+def _rs_in_trainer(fn):
+    """reward_model.train on eight comparisons, with the function plugged in: the reference's losses."""
+    tok, rows = loops.tokenizer(), loops.preference_rows()
+    config = RewardConfig(batch_size=4, warmup_steps=1, lr=1e-2)
+    got, want = loops.trained_with(
+        "reward_step", fn, _validate_step, lambda: train(loops.tiny_reward_model(), tok, rows, None, config).losses
+    )
+    if not torch.allclose(torch.tensor(got), torch.tensor(want), atol=1e-5):
+        raise Fail(f"reward_model.train with your step logged the losses {got}, with the reference's {want}")
+
+
+def _validate_step(out, *args, **kwargs):
+    expect_tensor(out, shape=(), what="the returned loss")
+
+
 EXERCISES = [
     Exercise(
         "last_token_rewards",
@@ -221,6 +298,17 @@ EXERCISES = [
         [
             Check("counts wins, ties and losses", _acc_value),
             Check("returns a float", _acc_dtype),
+        ],
+    ),
+    Exercise(
+        "reward_step",
+        "**",
+        "one training step of the reward model on comparisons",
+        _validate_step,
+        [
+            Check("two steps leave the reference's parameters", _rs_parameters),
+            Check("returns the unweighted loss, detached", _rs_returns),
+            Check("reward_model.train runs with it and logs the reference's losses", _rs_in_trainer),
         ],
     ),
 ]

@@ -5,6 +5,8 @@ Each check runs the learner's function on inputs where the plausible mistakes gi
 and its message names the mistake the output looks like.
 """
 
+import dataclasses
+
 import torch
 
 from rlhf_course.algorithms.dpo import (
@@ -17,10 +19,19 @@ from rlhf_course.algorithms.dpo import (
     sequence_logprobs,
     train_dpo,
 )
-from rlhf_course.algorithms.grpo import group_advantages, grpo_loss
+from rlhf_course.algorithms.grpo import (
+    GRPOConfig,
+    group_advantages,
+    grpo_loss,
+    grpo_update,
+    minibatch_statistics,
+    train_grpo,
+)
+from rlhf_course.algorithms.rollouts import response_logprobs
 from rlhf_course.algorithms.sft import collate
 from rlhf_course.checks import loops
 from rlhf_course.checks.base import Check, Exercise, Fail, close, diagnose, largest_difference
+from rlhf_course.core import distributed
 from rlhf_course.core.language_model import IGNORE_INDEX
 from rlhf_course.core.registry import ExerciseOutputError, expect_tensor
 
@@ -266,19 +277,10 @@ def _validate_grpo_loss(out, *args, **kwargs):
 
 
 # --- dpo_step -------------------------------------------------------------------------------------------
-def _pairs() -> list[dict]:
-    """Preference rows (TRL's format): each demonstration's reply chosen over the next one's."""
-    rows = loops.demonstrations()
-    return [
-        {"prompt": r["prompt"], "chosen": r["completion"], "rejected": rows[(i + 1) % len(rows)]["completion"]}
-        for i, r in enumerate(rows)
-    ]
-
-
 def _ds_setup():
     """Three steps: DPO on four pairs, clipped (the gradient's norm is far above 0.05); DPO on the next four,
     weighted by 0.5 and not clipped (clipping would hide the weight); IPO on the first four."""
-    tok, rows = loops.tokenizer(), _pairs()
+    tok, rows = loops.tokenizer(), loops.preference_rows()
     policy, reference = loops.tiny_lm(0), loops.tiny_lm(1)
     optimizer, accelerator = loops.sgd(policy), loops.accelerator()
     calls = []
@@ -337,7 +339,7 @@ def _ds_returns(fn):
 
 def _ds_in_trainer(fn):
     """train_dpo on eight pairs of a tiny policy, with the function plugged in: the reference's statistics."""
-    tok, rows = loops.tokenizer(), _pairs()
+    tok, rows = loops.tokenizer(), loops.preference_rows()
 
     def train():
         history = train_dpo(loops.tiny_lm(0), loops.tiny_lm(1), tok, rows, DPOConfig(batch_size=4, lr=1e-2)).history
@@ -355,6 +357,116 @@ def _validate_dpo_step(out, *args, **kwargs):
     if not (isinstance(out, tuple) and len(out) == 3):
         raise ExerciseOutputError("should return a tuple (loss, chosen, rejected)")
     expect_tensor(out[0], shape=(), what="the returned loss")
+
+
+# --- grpo_update ----------------------------------------------------------------------------------------
+def _gu_setup():
+    """Two passes over a random rollout in minibatches of two rows; the sampling policy's and the reference's
+    log-probabilities both differ from the policy's own, and beta is large enough that the KL term matters."""
+    policy = distributed.Call(response_logprobs, loops.tiny_lm())
+    gen = torch.Generator().manual_seed(7)
+    rollout = loops.random_rollout(policy.model.config.vocab_size, gen)
+    mask = rollout.response_mask
+    with torch.no_grad():
+        own = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, 1.0)
+    rollout = dataclasses.replace(
+        rollout,
+        logprobs=(own + 0.3 * torch.randn(own.shape, generator=gen)) * mask,
+        ref_logprobs=(own + 0.5 * torch.randn(own.shape, generator=gen)) * mask,
+    )
+    advantages = torch.randn(loops.ROWS, generator=gen)
+    config = GRPOConfig(iterations=2, minibatch_size=2, beta=0.5, max_grad_norm=0.5)
+    order = torch.Generator().manual_seed(8)
+    args = (policy, loops.sgd(policy, lr=1.0), loops.accelerator(), rollout, advantages, config)
+    return policy.model, [(args + (lambda: torch.randperm(loops.ROWS, generator=order),), {})]
+
+
+def _gu_variant(*, orders="each pass", passes=True, clear=True, clip=True, minibatches=True, swap_old_ref=False):
+    """grpo_update with one of the plausible mistakes switched on."""
+
+    def update(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+        mask, statistics = rollout.response_mask, []
+        order = new_order() if orders == "once" else None
+        for _ in range(config.iterations if passes else 1):
+            if orders == "each pass":
+                order = new_order()
+            elif orders == "none":
+                order = torch.arange(len(mask))
+            for mb in order.split(config.minibatch_size if minibatches else len(mask)):
+                logprobs = policy(rollout.sequences[mb], rollout.attention_mask[mb], rollout.prompt_width, 1.0)
+                old, ref = rollout.logprobs[mb], rollout.ref_logprobs[mb]
+                if swap_old_ref:
+                    old, ref = ref, old
+                loss = grpo_loss.reference(logprobs, old, ref, advantages[mb], mask[mb], 0.2, config.beta)
+                if clear:
+                    optimizer.zero_grad()
+                accelerator.backward(loss)
+                if clip:
+                    accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                optimizer.step()
+                statistics.append(minibatch_statistics(accelerator, 1.0, True, logprobs, old, mask[mb], loss, 0.2))
+        return statistics
+
+    return update
+
+
+_GU_MISTAKES = {
+    "only one pass over the rollout: make config.iterations passes": {"passes": False},
+    "every pass visited the rows in the same order: call new_order() once per pass": {"orders": "once"},
+    "the rows were never shuffled: each pass takes its order from new_order()": {"orders": "none"},
+    "each step took the whole rollout: split each pass's order into minibatches of config.minibatch_size rows": {
+        "minibatches": False
+    },
+    "the sampling policy's and the reference's log-probabilities were swapped: old_logprobs is rollout.logprobs "
+    "(the ratio's denominator), ref_logprobs is rollout.ref_logprobs (the KL's)": {"swap_old_ref": True},
+    "the gradients of the earlier minibatches were still in the parameters: clear them (optimizer.zero_grad()) "
+    "before each backward pass": {"clear": False},
+    "the gradient was not clipped before the step: call accelerator.clip_grad_norm_(policy.parameters(), "
+    "config.max_grad_norm) between the backward pass and optimizer.step()": {"clip": False},
+}
+
+
+def _gu_parameters(fn):
+    got, want = loops.run(fn, _gu_setup), loops.run(grpo_update.reference, _gu_setup)
+    mistakes = {hint: _gu_variant(**flags) for hint, flags in _GU_MISTAKES.items()}
+    loops.compare_parameters(got, want, mistakes, _gu_setup, "the update")
+
+
+def _gu_returns(fn):
+    got, want = loops.run(fn, _gu_setup).outputs[0], loops.run(grpo_update.reference, _gu_setup).outputs[0]
+    if not isinstance(got, list) or len(got) != len(want):
+        raise Fail(
+            f"return a list with one minibatch_statistics per optimizer step: the reference took {len(want)} steps, "
+            f"you returned {len(got) if isinstance(got, list) else type(got).__name__}"
+        )
+    losses_got = torch.stack([torch.as_tensor(s["loss"]) for s in got])
+    losses_want = torch.stack([s["loss"] for s in want])
+    if not close(losses_got, losses_want, 1e-4):
+        raise Fail(f"the minibatches' losses differ from the reference's {largest_difference(losses_got, losses_want)}")
+
+
+def _gu_in_trainer(fn):
+    """train_grpo for two updates of a tiny policy, with the function plugged in: the reference's statistics."""
+    config = GRPOConfig(updates=2, prompts_per_update=2, group_size=4, minibatch_size=4, max_new_tokens=4, lr=1e-3)
+    tasks = loops.tasks()
+
+    def train():
+        history = train_grpo(
+            loops.tiny_lm(), loops.tiny_lm(), lambda t, r: [len(x) / 10 for x in r], loops.tokenizer(), tasks, config
+        ).history
+        return torch.tensor([[row["loss"], row["clipfrac"], row["score"]] for row in history])
+
+    got, want = loops.trained_with("grpo_update", fn, _validate_grpo_update, train)
+    if not close(got, want, 1e-4):
+        raise Fail(
+            f"train_grpo with your update logged other statistics (loss, clipfrac, score per update): {got.tolist()}, "
+            f"with the reference's {want.tolist()}"
+        )
+
+
+def _validate_grpo_update(out, *args, **kwargs):
+    if not (isinstance(out, list) and out):
+        raise ExerciseOutputError("should return a non-empty list of minibatch_statistics")
 
 
 EXERCISES = [
@@ -410,5 +522,17 @@ EXERCISES = [
             Check("matches the reference", _gl_value),
             Check("clipped tokens get no gradient", _gl_gradient),
         ],
+    ),
+    Exercise(
+        "grpo_update",
+        "***",
+        "GRPO's update: passes over shuffled minibatches of one rollout",
+        _validate_grpo_update,
+        [
+            Check("one update leaves the reference's parameters", _gu_parameters),
+            Check("returns each step's statistics", _gu_returns),
+            Check("train_grpo runs with it and logs the reference's statistics", _gu_in_trainer),
+        ],
+        keeps_precision=False,  # minibatch_statistics keeps the clipped fraction in float64
     ),
 ]

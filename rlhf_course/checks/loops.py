@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from transformers import AutoModelForSequenceClassification
 
 from rlhf_course.algorithms.rollouts import Rollout
 from rlhf_course.checks.base import Fail, largest_difference
@@ -44,6 +45,28 @@ def demonstrations(n_per_family: int = 1) -> list[dict]:
     return [
         {"prompt": t.prompt, "completion": [{"role": "assistant", "content": world.demonstration(t, rng)}]}
         for t in tasks(n_per_family)
+    ]
+
+
+def tiny_reward_model(seed: int = 0):
+    """``tiny_lm``'s shape with a scalar head on the last hidden state, as the course's reward model."""
+    config = tiny_lm(seed).config
+    config.num_labels = 1
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def preference_rows() -> list[dict]:
+    """Preference rows (TRL's format): each demonstration's reply chosen over the next one's, some with a margin."""
+    rows = demonstrations()
+    return [
+        {
+            "prompt": r["prompt"],
+            "chosen": r["completion"],
+            "rejected": rows[(i + 1) % len(rows)]["completion"],
+            "margin": 0.5 * (i % 3),
+        }
+        for i, r in enumerate(rows)
     ]
 
 
