@@ -90,6 +90,96 @@ def last_largest(values, attention_mask):
     return values.masked_fill(attention_mask == 0, float("-inf")).max(dim=1).values
 
 
+# --- reward_step ----------------------------------------------------------------------------
+def _bt(chosen, rejected, margin):
+    return -F.logsigmoid(chosen - rejected - margin).mean()
+
+
+def _halves(model, batch):
+    rewards = model(batch["input_ids"], batch["attention_mask"])
+    n = batch["margin"].shape[0]
+    return rewards[:n], rewards[n:]
+
+
+def rstep_no_zero_grad(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = _bt(chosen, rejected, batch["margin"])
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_no_clip(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = _bt(chosen, rejected, batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_no_weight(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = _bt(chosen, rejected, batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_swapped(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    rejected, chosen = _halves(model, batch)
+    loss = _bt(chosen, rejected, batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_interleaved(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    """Reads the batch as chosen, rejected, chosen, rejected, ..."""
+    rewards = model(batch["input_ids"], batch["attention_mask"])
+    loss = _bt(rewards[0::2], rewards[1::2], batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_no_margin(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = -F.logsigmoid(chosen - rejected).mean()
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
+def rstep_returns_graph(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = _bt(chosen, rejected, batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss
+
+
+def rstep_returns_weighted(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm=1.0):
+    chosen, rejected = _halves(model, batch)
+    loss = weight * _bt(chosen, rejected, batch["margin"])
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach()
+
+
 WRONG = {
     "last_token_rewards": [
         (last_column, "last column"),
@@ -113,5 +203,15 @@ WRONG = {
         (acc_count, "returned a count"),
         (acc_reversed, "reversed"),
         (acc_integer, "float"),
+    ],
+    "reward_step": [
+        (rstep_no_zero_grad, "zero_grad"),
+        (rstep_no_clip, "not clipped before the step"),
+        (rstep_no_weight, "not scaled by weight"),
+        (rstep_swapped, "chosen and rejected were swapped"),
+        (rstep_interleaved, "alternating"),
+        (rstep_no_margin, "margins were left out"),
+        (rstep_returns_graph, "still carries its graph"),
+        (rstep_returns_weighted, "the returned loss is the weighted one"),
     ],
 }

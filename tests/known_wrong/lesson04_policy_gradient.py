@@ -90,6 +90,119 @@ def tl_log_of_softmax(logits, tokens, temperature=1.0):
     return torch.log(probs.gather(-1, tokens.unsqueeze(-1)).squeeze(-1))
 
 
+# --- reinforce_step -------------------------------------------------------------------------
+def _pg_loss(logprobs, advantages, mask):
+    return -(logprobs * advantages * mask).sum(dim=1).mean()
+
+
+def _rows_loss(policy, rollout, advantages, rows, temperature):
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, temperature)
+    return _pg_loss(logprobs, advantages[rows], rollout.response_mask[rows])
+
+
+def rs_no_zero_grad(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature)
+    accelerator.backward(loss * weight)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_no_clip(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in policy.parameters() if p.grad is not None))
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_no_weight(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature)
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_every_row(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    """Trains on the whole rollout, whatever rows says."""
+    logprobs = policy(rollout.sequences, rollout.attention_mask, rollout.prompt_width, temperature)
+    loss = _pg_loss(logprobs, advantages, rollout.response_mask)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_advantages_not_indexed(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, temperature)
+    loss = _pg_loss(logprobs, advantages[: len(rows)], rollout.response_mask[rows])
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_no_temperature(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, 1.0)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_norm_after_clip(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    """Returns the norm measured after clipping (at most max_grad_norm), not the one clipping saw."""
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    norm = torch.sqrt(sum((p.grad**2).sum() for p in policy.parameters() if p.grad is not None))
+    optimizer.step()
+    return loss.detach(), norm
+
+
+def rs_returns_graph(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss, norm
+
+
+def rs_returns_weighted(
+    policy, optimizer, accelerator, rollout, advantages, rows, weight=1.0, max_grad_norm=1.0, temperature=1.0
+):
+    loss = _rows_loss(policy, rollout, advantages, rows, temperature) * weight
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    norm = accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), norm
+
+
 WRONG = {
     "token_logprobs": [
         (tl_probs_not_log, "returned probabilities"),
@@ -112,5 +225,16 @@ WRONG = {
         (rl_token_mean, "averaged over tokens"),
         (rl_no_mask, "padding was included"),
         (rl_no_detach, "flowed into the advantages"),
+    ],
+    "reinforce_step": [
+        (rs_no_zero_grad, "zero_grad"),
+        (rs_no_clip, "not clipped before the step"),
+        (rs_no_weight, "not scaled by weight"),
+        (rs_every_row, "every row of the rollout"),
+        (rs_advantages_not_indexed, "index them with rows too"),
+        (rs_no_temperature, "temperature 1"),
+        (rs_norm_after_clip, "total norm before clipping"),
+        (rs_returns_graph, "still carries its graph"),
+        (rs_returns_weighted, "the returned loss is the weighted one"),
     ],
 }

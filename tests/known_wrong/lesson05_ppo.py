@@ -6,6 +6,8 @@ recognises it is recognising the mistake and not a copy of its own code.
 
 import torch
 
+from rlhf_course.algorithms.ppo import minibatch_statistics
+
 
 # --- whiten ---------------------------------------------------------------------------------
 def wh_includes_padding(x, mask, shift_mean=True):
@@ -149,6 +151,194 @@ def vl_squared_error_scaled(values, old_values, returns, mask, clip_range=0.2):
     return 0.55 * ((values - returns) ** 2 * mask).sum() / mask.sum()
 
 
+# --- ppo_update -----------------------------------------------------------------------------
+def _masked_mean(x, mask):
+    return (x * mask).sum() / mask.sum()
+
+
+def _ppo_losses(policy, rollout, old_values, advantages, returns, config, rows, anchor_values=True):
+    """(logprobs, policy loss, value loss) of some rows, written out from the lesson's formulas."""
+    mask = rollout.response_mask[rows]
+    logprobs, values = policy(
+        rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, config.temperature
+    )
+    ratio = torch.exp(logprobs - rollout.logprobs[rows])
+    adv = advantages[rows]
+    pg = _masked_mean(
+        torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - config.clip_range, 1 + config.clip_range)), mask
+    )
+    old = old_values[rows] if anchor_values else values.detach()
+    clipped = old + (values - old).clamp(-config.clip_range_value, config.clip_range_value)
+    vf = 0.5 * _masked_mean(torch.maximum((values - returns[rows]) ** 2, (clipped - returns[rows]) ** 2), mask)
+    return logprobs, pg, vf, mask
+
+
+def _ppo_step(policy, optimizer, accelerator, loss, max_grad_norm, clear=True, clip=True):
+    if clear:
+        optimizer.zero_grad()
+    accelerator.backward(loss)
+    if clip:
+        accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+
+
+def ppo_never_stops(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+    return stats, False
+
+
+def ppo_stops_mid_epoch(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            if config.early_stop_kl is not None and stats[-1]["approx_kl"] > config.early_stop_kl:
+                return stats, True
+    return stats, False
+
+
+def ppo_last_minibatch_kl(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+        if config.early_stop_kl is not None and stats[-1]["approx_kl"] > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_one_order(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats, order = [], new_order()
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in order.split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_no_shuffle(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in torch.arange(len(rollout.sequences)).split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_value_loss_unweighted(
+    policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order
+):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_no_zero_grad(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm, clear=False)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_no_clip(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, mb)
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm, clip=False)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_whole_rollout(policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order):
+    """One step per epoch on every row: the minibatches were forgotten."""
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        rows = new_order()
+        logprobs, pg, vf, mask = _ppo_losses(policy, rollout, old_values, advantages, returns, config, rows)
+        _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+        stats.append(
+            minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[rows], mask, pg, vf, config.clip_range)
+        )
+        if config.early_stop_kl is not None and stats[-1]["approx_kl"] > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
+def ppo_value_clip_around_new(
+    policy, optimizer, accelerator, rollout, old_values, advantages, returns, config, new_order
+):
+    stats = []
+    for epoch in range(config.ppo_epochs):
+        kls = []
+        for mb in new_order().split(config.minibatch_size):
+            logprobs, pg, vf, mask = _ppo_losses(
+                policy, rollout, old_values, advantages, returns, config, mb, anchor_values=False
+            )
+            _ppo_step(policy, optimizer, accelerator, pg + config.vf_coef * vf, config.max_grad_norm)
+            stats.append(
+                minibatch_statistics(accelerator, 1.0, logprobs, rollout.logprobs[mb], mask, pg, vf, config.clip_range)
+            )
+            kls.append(stats[-1]["approx_kl"])
+        if config.early_stop_kl is not None and torch.stack(kls).mean() > config.early_stop_kl:
+            return stats, True
+    return stats, False
+
+
 WRONG = {
     "whiten": [
         (wh_includes_padding, "padding entered the mean"),
@@ -178,5 +368,17 @@ WRONG = {
         (vl_no_half, "0.5 in front"),
         (vl_no_mask, "padding was included"),
         (vl_squared_error_scaled, "no mistake we know of gives this output; it differs most (expected"),
+    ],
+    "ppo_update": [
+        (ppo_never_stops, "stop after that epoch"),
+        (ppo_stops_mid_epoch, "stopped inside an epoch"),
+        (ppo_last_minibatch_kl, "only the epoch's last minibatch"),
+        (ppo_one_order, "same order"),
+        (ppo_no_shuffle, "never shuffled"),
+        (ppo_value_loss_unweighted, "config.vf_coef"),
+        (ppo_no_zero_grad, "zero_grad"),
+        (ppo_no_clip, "not clipped before the step"),
+        (ppo_whole_rollout, "whole rollout"),
+        (ppo_value_clip_around_new, "not the rollout's"),
     ],
 }

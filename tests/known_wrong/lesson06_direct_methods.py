@@ -7,6 +7,8 @@ recognises it is recognising the mistake and not a copy of its own code.
 import torch
 import torch.nn.functional as F
 
+from rlhf_course.algorithms.grpo import minibatch_statistics as grpo_statistics
+
 IGNORE = -100
 
 
@@ -147,6 +149,285 @@ def gl_no_mask(logprobs, old, ref, adv, mask, clip_range=0.2, beta=0.04):
     return _grpo(logprobs, old, ref, adv, torch.ones_like(logprobs), clip_range, beta)
 
 
+# --- dpo_step -------------------------------------------------------------------------------
+def _seq_logps(policy, batch, per_token):
+    logits = policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE
+    taken = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logps = (taken * mask).sum(1)
+    return logps / mask.sum(1) if per_token else logps
+
+
+def _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type):
+    margin = (chosen - ref_chosen) - (rejected - ref_rejected)
+    return -F.logsigmoid(beta * margin).mean() if loss_type == "dpo" else ((margin - 1 / (2 * beta)) ** 2).mean()
+
+
+def _dpo_forward(policy, batch, ref_chosen, loss_type):
+    logps = _seq_logps(policy, batch, per_token=loss_type == "ipo")
+    return logps[: len(ref_chosen)], logps[len(ref_chosen) :]
+
+
+def ds_no_zero_grad(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+def ds_no_clip(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+def ds_no_weight(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+def ds_swapped(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    rejected, chosen = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+def ds_ipo_sums(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    """IPO on summed log-probabilities, although the reference's arrive per token."""
+    logps = _seq_logps(policy, batch, per_token=False)
+    chosen, rejected = logps[: len(ref_chosen)], logps[len(ref_chosen) :]
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+def ds_returns_graph(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss, chosen.detach(), rejected.detach()
+
+
+def ds_logps_with_graph(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss * weight)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen, rejected
+
+
+def ds_returns_weighted(
+    policy,
+    optimizer,
+    accelerator,
+    batch,
+    ref_chosen,
+    ref_rejected,
+    beta,
+    loss_type="dpo",
+    weight=1.0,
+    max_grad_norm=1.0,
+):
+    chosen, rejected = _dpo_forward(policy, batch, ref_chosen, loss_type)
+    loss = weight * _pref_loss(chosen, rejected, ref_chosen, ref_rejected, beta, loss_type)
+    optimizer.zero_grad()
+    accelerator.backward(loss)
+    accelerator.clip_grad_norm_(policy.parameters(), max_grad_norm)
+    optimizer.step()
+    return loss.detach(), chosen.detach(), rejected.detach()
+
+
+# --- grpo_update ----------------------------------------------------------------------------
+def _grpo_minibatch(
+    policy, optimizer, accelerator, rollout, advantages, config, rows, swap=False, clear=True, clip=True
+):
+    """One minibatch step, the loss written out from the lesson's formula; returns its statistics."""
+    mask = rollout.response_mask[rows].float()
+    logprobs = policy(rollout.sequences[rows], rollout.attention_mask[rows], rollout.prompt_width, config.temperature)
+    old, ref = rollout.logprobs[rows], rollout.ref_logprobs[rows]
+    if swap:
+        old, ref = ref, old
+    ratio = torch.exp(logprobs - old)
+    adv = advantages[rows].unsqueeze(1)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - config.clip_range, 1 + config.clip_range) * adv)
+    k3 = torch.exp(ref - logprobs) - (ref - logprobs) - 1
+    per_token = -surrogate + config.beta * ratio * k3
+    loss = ((per_token * mask).sum(1) / mask.sum(1)).mean()
+    if clear:
+        optimizer.zero_grad()
+    accelerator.backward(loss)
+    if clip:
+        accelerator.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+    optimizer.step()
+    return grpo_statistics(accelerator, 1.0, True, logprobs, old, rollout.response_mask[rows], loss, config.clip_range)
+
+
+def gu_one_pass(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    return [
+        _grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb)
+        for mb in new_order().split(config.minibatch_size)
+    ]
+
+
+def gu_one_order(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    order, stats = new_order(), []
+    for _ in range(config.iterations):
+        stats += [
+            _grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb)
+            for mb in order.split(config.minibatch_size)
+        ]
+    return stats
+
+
+def gu_no_shuffle(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    stats = []
+    for _ in range(config.iterations):
+        for mb in torch.arange(len(rollout.sequences)).split(config.minibatch_size):
+            stats.append(_grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb))
+    return stats
+
+
+def gu_whole_rollout(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    return [
+        _grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, new_order())
+        for _ in range(config.iterations)
+    ]
+
+
+def gu_old_and_ref_swapped(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    stats = []
+    for _ in range(config.iterations):
+        for mb in new_order().split(config.minibatch_size):
+            stats.append(_grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb, swap=True))
+    return stats
+
+
+def gu_no_zero_grad(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    stats = []
+    for _ in range(config.iterations):
+        for mb in new_order().split(config.minibatch_size):
+            stats.append(_grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb, clear=False))
+    return stats
+
+
+def gu_no_clip(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    stats = []
+    for _ in range(config.iterations):
+        for mb in new_order().split(config.minibatch_size):
+            stats.append(_grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb, clip=False))
+    return stats
+
+
+def gu_keeps_last_pass(policy, optimizer, accelerator, rollout, advantages, config, new_order):
+    """Trains right, but returns only the last pass's statistics."""
+    for _ in range(config.iterations):
+        stats = [
+            _grpo_minibatch(policy, optimizer, accelerator, rollout, advantages, config, mb)
+            for mb in new_order().split(config.minibatch_size)
+        ]
+    return stats
+
+
 WRONG = {
     "sequence_logprobs": [
         (sl_no_shift, "no shift"),
@@ -176,5 +457,25 @@ WRONG = {
         (gl_k1, "k1"),
         (gl_token_mean, "within each response first"),
         (gl_no_mask, "padding was included"),
+    ],
+    "dpo_step": [
+        (ds_no_zero_grad, "zero_grad"),
+        (ds_no_clip, "not clipped before the step"),
+        (ds_no_weight, "not scaled by weight"),
+        (ds_swapped, "chosen and rejected were swapped"),
+        (ds_ipo_sums, "divide each by its number of reply tokens"),
+        (ds_returns_graph, "still carries its graph"),
+        (ds_logps_with_graph, "without gradient"),
+        (ds_returns_weighted, "the returned loss is the weighted one"),
+    ],
+    "grpo_update": [
+        (gu_one_pass, "only one pass"),
+        (gu_one_order, "same order"),
+        (gu_no_shuffle, "never shuffled"),
+        (gu_whole_rollout, "whole rollout"),
+        (gu_old_and_ref_swapped, "were swapped"),
+        (gu_no_zero_grad, "zero_grad"),
+        (gu_no_clip, "not clipped before the step"),
+        (gu_keeps_last_pass, "one minibatch_statistics per optimizer step"),
     ],
 }
