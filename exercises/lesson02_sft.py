@@ -35,11 +35,11 @@ def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len
 
 
 def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the next token, over positions whose label is not -100.
+    """The SFT loss of lesson 02's Exercise 3 (its equation, with R the positions whose label is not -100).
 
-    logits: (batch, seq, vocab); labels: (batch, seq). The logits at position t predict the label at
-    position t+1. Average over all counted tokens of the batch (a token mean, not a mean of
-    per-sequence means). Return a scalar tensor that keeps its gradient.
+    logits: (batch, seq, vocab) float, with gradient; labels: (batch, seq) long, aligned with the input ids
+    (not shifted), -100 where a position is not trained on. Both are constants: do not modify them.
+    Return a 0-dim tensor of the logits' dtype that keeps the gradient.
     """
     # YOUR CODE HERE
     raise NotImplementedError()

@@ -22,11 +22,11 @@ def last_token_rewards(values: torch.Tensor, attention_mask: torch.Tensor) -> to
 def bradley_terry_loss(
     chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Negative log-likelihood of the labels under the Bradley-Terry model, averaged over the batch.
+    """The Bradley-Terry loss of lesson 03's Exercise 2 (its equation), averaged over the batch.
 
-    chosen, rejected: (batch,) rewards of the preferred and the other response; margin: (batch,) or None,
-    how much the chosen one must win by. Loss = mean(-log sigmoid(chosen - rejected - margin)).
-    Compute it in a way that stays finite when the difference is large.
+    chosen, rejected: (batch,) float rewards of the preferred and the other response, with gradient;
+    margin: (batch,) float or None (None: no margin). Constants: do not modify them. Return a 0-dim tensor
+    that keeps the gradient and stays finite for reward differences of any size (hundreds included).
     """
     # YOUR CODE HERE
     raise NotImplementedError()

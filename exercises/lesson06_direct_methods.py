@@ -30,12 +30,12 @@ def dpo_loss(
     beta: float,
     kind: str = "dpo",
 ) -> torch.Tensor:
-    """Mean preference loss over a batch. Inputs: (batch,) log-probabilities of the chosen and rejected
-    responses under the policy and the frozen reference.
+    """The preference loss of lesson 06's DPO section: kind "dpo" is L_DPO, kind "ipo" IPO's squared loss.
 
-    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
-    kind "dpo": -log sigmoid(beta * margin); kind "ipo": (margin - 1 / (2 * beta)) ** 2.
-    Any other kind: raise ValueError.
+    policy_chosen, policy_rejected: (batch,) float log-probabilities of the chosen and rejected responses
+    under the policy, with gradient; ref_chosen, ref_rejected: the same under the frozen reference
+    (constants); beta: a float > 0. Return the mean over the batch, a 0-dim tensor that keeps the gradient
+    and stays finite for margins of any size. Any other kind: raise ValueError naming it.
     """
     # YOUR CODE HERE
     raise NotImplementedError()
@@ -73,8 +73,12 @@ def dpo_step(
 
 
 def group_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """rewards: (groups * group_size,), each group's responses next to each other. Return the same shape:
-    (reward - group mean) / (group standard deviation + 1e-4), with the unbiased (n - 1) standard deviation."""
+    """GRPO's advantages, lesson 06's A_i: each reward against its own group.
+
+    rewards: (groups * group_size,) float, each group's responses next to each other; group_size: an int.
+    A constant: do not modify it. Return a new tensor of the rewards' shape and dtype. A group whose rewards
+    are all equal gets advantages 0.
+    """
     # YOUR CODE HERE
     raise NotImplementedError()
 
@@ -88,12 +92,14 @@ def grpo_loss(
     clip_range: float = 0.2,
     beta: float = 0.04,
 ) -> torch.Tensor:
-    """GRPO's loss. logprobs, old_logprobs, ref_logprobs, mask: (batch, resp); advantages: (batch,).
+    """GRPO's loss, lesson 06's L: per token, the clipped surrogate and the ratio-weighted k3 KL; averaged
+    over each response's real tokens, then over the responses.
 
-    Per token: ratio = exp(logprobs - old_logprobs);
-    surrogate = min(ratio * A, clip(ratio, 1 - eps, 1 + eps) * A), A being the response's advantage;
-    kl = (exp(ref - logprobs) - (ref - logprobs) - 1) * ratio;  loss_token = -surrogate + beta * kl.
-    Average loss_token over each response's real tokens, then average over responses.
+    logprobs: (batch, resp) float, under the current policy, with gradient; old_logprobs: under the policy
+    that sampled the tokens; ref_logprobs: under the frozen reference; advantages: (batch,) float, one per
+    response; mask: (batch, resp), 1 on response tokens; clip_range, beta: the lesson's epsilon and beta.
+    All but logprobs are constants, computed before the update. Return a 0-dim tensor that keeps the
+    gradient of the logprobs.
     """
     # YOUR CODE HERE
     raise NotImplementedError()

@@ -8,14 +8,11 @@ import torch
 
 
 def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of most likely tokens whose total probability reaches ``top_p``.
+    """Nucleus (top-p) filtering of next-token logits, by the rule in lesson 01's "Sampling" section.
 
-    logits: (batch, vocab). Return a new tensor of the same shape in which every dropped token's
-    logit is -inf and every kept token keeps its logit. The most likely token is always kept, and so
-    is the token whose probability makes the running total cross ``top_p``.
-
-    Hint: sort the logits in descending order, turn them into probabilities, and compare the
-    probability mass *before* each token with top_p; then map the decision back to vocabulary order.
+    logits: (batch, vocab) float, a constant (do not modify it); top_p: a float in (0, 1].
+    Return a new (batch, vocab) tensor of the logits' dtype: each kept token keeps its logit, each dropped one
+    holds -inf. Rows are independent, and any row may have ties and very large or very small logits.
     """
     ### BEGIN SOLUTION
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (batch, vocab)

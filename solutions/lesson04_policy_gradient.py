@@ -27,12 +27,13 @@ def kl_penalized_rewards(
     response_mask: torch.Tensor,
     kl_coef: float,
 ) -> torch.Tensor:
-    """Per-token rewards for RL fine-tuning.
+    """The per-token rewards of lesson 04's "Rewards per token" section.
 
-    Every response token gets -kl_coef * (logprobs - ref_logprobs); the last response token also gets
-    the reward model's score. scores: (batch,); logprobs, ref_logprobs, response_mask: (batch, resp),
-    the mask 1 on response tokens (EOS included) and 0 on the padding after them, which gets reward 0.
-    Do not modify the inputs.
+    scores: (batch,) float, the reward model's score of each response; logprobs, ref_logprobs: (batch, resp)
+    float, each sampled token's log-probability under the policy and the reference; response_mask:
+    (batch, resp), 1 on response tokens (EOS included) and 0 on the padding after them; kl_coef: a float.
+    All are constants: do not modify them. Return a new (batch, resp) tensor of the logprobs' dtype,
+    0 on padding.
     """
     ### BEGIN SOLUTION
     rewards = -kl_coef * (logprobs - ref_logprobs) * response_mask
@@ -44,10 +45,11 @@ def kl_penalized_rewards(
 
 
 def reinforce_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The REINFORCE loss: -sum_t logprob_t * advantage_t over each response's tokens, averaged over responses.
+    """The REINFORCE loss of lesson 04's "REINFORCE" section, as a number to minimise.
 
-    logprobs: (batch, resp) with gradient; advantages: (batch, resp), weights that must not be trained;
-    mask: (batch, resp). Return a scalar.
+    logprobs: (batch, resp) float, with gradient; advantages: (batch, resp) float, weights that must not be
+    trained (no gradient may reach them, even when they carry one); mask: (batch, resp), 1 on response tokens.
+    Return a 0-dim tensor that keeps the gradient of the logprobs.
     """
     ### BEGIN SOLUTION
     per_response = (logprobs * advantages.detach() * mask).sum(dim=1)  # (batch,)

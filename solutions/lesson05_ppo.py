@@ -12,10 +12,11 @@ from rlhf_course.core.distributed import my_rows, share_weight
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """Normalise x (batch, resp) to unit variance (and zero mean if shift_mean) over positions where mask is 1.
+    """Whitening, as lesson 05's "Advantages" section defines it, over the positions where mask is 1.
 
-    Use the population variance (divide by the number of masked positions) plus 1e-8 under the square
-    root. With shift_mean=False, add the mean back after scaling. Padding positions return 0.
+    x: (batch, resp) float; mask: (batch, resp), 1 on real tokens. Constants: do not modify them.
+    shift_mean=True: the result has mean 0 and variance 1 over the real tokens; shift_mean=False: variance 1
+    and the mean of x kept. Return a new tensor of x's shape and dtype, 0 on padding.
     """
     ### BEGIN SOLUTION
     m = mask.to(x.dtype)
@@ -32,11 +33,12 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torc
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Generalised advantage estimation. rewards, values, mask: (batch, resp), right-padded.
+    """Generalised advantage estimation, as in lesson 05's "Advantages" section.
 
-    delta_t = r_t + gamma * V_(t+1) - V_t, with V = 0 after each response's last token (padding values are
-    garbage: never use them); A_t = delta_t + gamma * lam * A_(t+1). Return (advantages, returns) with
-    returns = advantages + values, both 0 on padding.
+    rewards, values: (batch, resp) float; mask: (batch, resp), 1 on each response's tokens, then 0 on
+    padding (right-padded; the values on padding are garbage and must not be used); gamma, lam: floats.
+    Constants: do not modify them. Return (advantages, returns), two new (batch, resp) tensors of the
+    rewards' dtype, both 0 on padding.
     """
     ### BEGIN SOLUTION
     m = mask.to(values.dtype)
@@ -59,8 +61,13 @@ def ppo_policy_loss(
     mask: torch.Tensor,
     clip_range: float = 0.2,
 ) -> torch.Tensor:
-    """PPO's clipped surrogate as a loss: masked mean of max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)),
-    ratio = exp(logprobs - old_logprobs). All inputs (batch, resp). Return a scalar."""
+    """PPO's clipped policy loss, lesson 05's L^policy (a mean over response tokens).
+
+    logprobs: (batch, resp) float, under the current policy, with gradient; old_logprobs: under the policy
+    that sampled the tokens; advantages: (batch, resp) float; mask: (batch, resp), 1 on response tokens;
+    clip_range: the lesson's epsilon. All but logprobs are constants, computed before the update.
+    Return a 0-dim tensor that keeps the gradient of the logprobs.
+    """
     ### BEGIN SOLUTION
     ratio = torch.exp(logprobs - old_logprobs)
     losses = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
@@ -71,8 +78,13 @@ def ppo_policy_loss(
 def ppo_value_loss(
     values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float = 0.2
 ) -> torch.Tensor:
-    """Clipped value loss: 0.5 * masked mean of max((V - R)^2, (V_clipped - R)^2), where
-    V_clipped = old_values + clip(values - old_values, -eps, eps). All inputs (batch, resp)."""
+    """PPO's clipped value loss, lesson 05's L^value (a mean over response tokens).
+
+    values: (batch, resp) float, the value head's current estimates, with gradient; old_values: the
+    estimates made before the update; returns: (batch, resp) float; mask: (batch, resp), 1 on response
+    tokens; clip_range: the lesson's epsilon. All but values are constants, computed before the update.
+    Return a 0-dim tensor that keeps the gradient of the values.
+    """
     ### BEGIN SOLUTION
     clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
     losses = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
