@@ -19,6 +19,11 @@ def _kept(out: torch.Tensor) -> torch.Tensor:
             "you returned probabilities, with 0 for the dropped tokens: return the logits, with -inf on the "
             "dropped tokens (sampling takes the softmax afterwards, and exp(-inf) = 0)"
         )
+    if out.isfinite().all() and (out == 0).any():
+        raise Fail(
+            "no logit is -inf, and some are 0: a dropped token must get -inf (a logit of 0 still has probability "
+            "after the softmax)"
+        )
     return torch.isfinite(out)
 
 
@@ -58,8 +63,17 @@ def _top_p_unsorted(fn):
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             raw_sorted = sorted_logits.cumsum(-1) - sorted_logits >= p  # accumulated logits, not probabilities
             raw = torch.zeros_like(raw_sorted).scatter(-1, order, raw_sorted)
+            by_batch = torch.softmax(logits, 0)  # the softmax over the rows, not the vocabulary
+            sorted_batch, order_batch = by_batch.sort(-1, descending=True)
+            across = torch.zeros_like(raw_sorted).scatter(-1, order_batch, sorted_batch.cumsum(-1) - sorted_batch >= p)
+            in_sorted_order = torch.isfinite(want).sum(-1, keepdim=True) > torch.arange(logits.shape[-1])
             hint = (
-                "the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
+                "the softmax ran over the batch (dim 0): take it over the vocabulary (dim=-1)"
+                if torch.equal(~torch.isfinite(got), across)
+                else "your result is in sorted order: put each logit back at its token's place in the vocabulary "
+                "(scatter with the indices the sort returned)"
+                if torch.equal(torch.isfinite(got), in_sorted_order)
+                else "the vocabulary is not sorted by probability: sort, take the cumulative sum, then map the "
                 "decision back to vocabulary order"
                 if torch.equal(~torch.isfinite(got), by_logit)
                 else "take the cumulative sum of probabilities (softmax), not of raw logits"

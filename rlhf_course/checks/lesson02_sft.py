@@ -32,6 +32,8 @@ def _pad_shape(fn):
 def _pad_mask(fn):
     for side in ("right", "left"):
         ids, mask = fn(SEQS, PAD, side=side)
+        if set(ids.unique().tolist()) <= {0, 1} and (mask > 1).any():
+            raise Fail("you returned (attention_mask, input_ids): return them in the order (input_ids, attention_mask)")
         if mask.sum().item() != 6 or set(mask.unique().tolist()) - {0, 1}:
             raise Fail(
                 f"side={side!r}: the attention mask should hold 1 for the 6 real tokens and 0 for the 3 pads, "
@@ -95,9 +97,15 @@ def _labels_prompt(fn):
     _, _, lengths = _labels_inputs()
     for row, n in enumerate(lengths.tolist()):
         if (out[row, :n] != IGNORE_INDEX).any():
+            if (out[row, :n] == 0).all():
+                raise Fail(
+                    f"row {row}: the prompt tokens hold 0, not -100: 0 is a real token id, which the loss would "
+                    "train on; use IGNORE_INDEX (-100)"
+                )
+            same_length = " (each row has its own prompt length: prompt_lengths[row])" if row > 0 else ""
             raise Fail(
                 f"row {row}: the {n} prompt tokens should be -100, got {out[row, :n].tolist()}; "
-                "the model must not be trained to predict the prompt"
+                f"the model must not be trained to predict the prompt{same_length}"
             )
 
 
@@ -116,6 +124,14 @@ def _labels_response(fn):
         return
     if torch.equal(out[:, :-1], ids[:, 1:].masked_fill(want[:, 1:] == IGNORE_INDEX, IGNORE_INDEX)):
         raise Fail("the labels are shifted by one: keep labels aligned with input_ids; the loss does the shift")
+    last = mask.sum(1) - 1  # each row's EOS
+    if (out[torch.arange(len(out)), last] == IGNORE_INDEX).all() and torch.equal(
+        out.masked_fill(mask == 0, IGNORE_INDEX)[:, :1], want[:, :1]
+    ):
+        raise Fail(
+            "the EOS at the end of each reply was masked: keep its id, so that the model learns to stop "
+            f"(expected {want.tolist()}, got {out.tolist()})"
+        )
     first = [out[r, n].item() for r, n in enumerate(lengths.tolist())]
     if any(f == IGNORE_INDEX for f in first):
         raise Fail(
@@ -179,6 +195,8 @@ def _loss_value(fn):
         ).mean(),
         "wrong sign: the loss is the *negative* log-likelihood and must be positive": -want,
         "summed instead of averaged: divide by the number of counted tokens": shifted.sum(),
+        "summed over each sequence's tokens, then averaged over the sequences: divide the batch's sum by its "
+        "number of counted tokens": shifted.sum(1).mean(),
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "

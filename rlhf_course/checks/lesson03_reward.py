@@ -32,6 +32,11 @@ def _last_inputs():
 def _last_shape(fn):
     values, mask = _last_inputs()
     out = fn(values, mask)
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == (3, 3):
+        raise Fail(
+            "expected one reward per row, shape (3,), got (3, 3): values[:, last] takes every row's last index for "
+            "every row; index the rows too (values[torch.arange(batch), last])"
+        )
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (3,):
         raise Fail(f"expected one reward per row, shape (3,), got {getattr(out, 'shape', type(out).__name__)}")
 
@@ -80,6 +85,10 @@ def _last_values_that_fall(fn):
         "you summed the values of the real tokens: the reward is the value at the last real token alone": (
             values * mask
         ).sum(dim=1),
+        "you averaged the values over the real tokens: the reward is the value at the last real token alone": (
+            values * mask
+        ).sum(dim=1)
+        / mask.sum(dim=1),
     }
     raise Fail(
         f"expected {want.tolist()}, got {got.tolist()}: "
@@ -175,6 +184,15 @@ def _acc_value(fn):
     value = round(float(got), 4)
     if value == 0.6:
         return
+    if value == 60.0:
+        raise Fail(
+            "expected 0.6 for 2 wins, 2 ties and 1 loss, got 60.0: you returned a percentage; return the fraction"
+        )
+    if value == 0.2 and float(fn(torch.tensor([2.0, 1.0, 0.0]), torch.tensor([1.0, 1.0, 1.0]))) == 0.0:
+        raise Fail(
+            "expected 0.6 for 2 wins, 2 ties and 1 loss, got 0.2: you averaged the sign of the difference (+1, 0, -1); "
+            "a win counts 1, a tie 0.5 and a loss 0"
+        )
     raise Fail(
         f"expected 0.6 for 2 wins, 2 ties and 1 loss, got {value}; "
         + (want.get(value) or "count chosen > rejected as 1 and ties as 0.5, then average")

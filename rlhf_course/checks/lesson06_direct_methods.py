@@ -498,7 +498,7 @@ EXERCISES = [
         "one DPO (or IPO) step on a batch of pairs",
         _validate_dpo_step,
         [
-            Check("three steps leave the reference's parameters", _ds_parameters),
+            Check("three steps (DPO, weighted DPO, IPO) leave the reference's parameters", _ds_parameters),
             Check("returns the unweighted loss and the policy's log-probabilities", _ds_returns),
             Check("train_dpo runs with it and logs the reference's statistics", _ds_in_trainer),
         ],

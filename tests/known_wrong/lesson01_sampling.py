@@ -48,6 +48,30 @@ def top_p_probabilities(logits, top_p):
     return probs.masked_fill(drop.scatter(-1, order, drop), 0.0)
 
 
+def top_p_softmax_wrong_dim(logits, top_p):
+    probs = torch.softmax(logits, dim=0)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def top_p_zero_not_inf(logits, top_p):
+    probs = torch.softmax(logits, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    drop_sorted = sorted_probs.cumsum(-1) - sorted_probs >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, 0.0)
+
+
+def top_p_sorted_order(logits, top_p):
+    """Filters correctly but returns the logits in sorted order."""
+    sorted_logits, _ = logits.sort(dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    drop = probs.cumsum(-1) - probs >= top_p
+    return sorted_logits.masked_fill(drop, float("-inf"))
+
+
 WRONG = {
     "top_p_filter": [
         (top_p_exclusive, "crosses the threshold"),
@@ -55,5 +79,8 @@ WRONG = {
         (top_p_on_logits, "not of raw logits"),
         (top_p_in_place, "in place; the caller still needs it"),
         (top_p_probabilities, "you returned probabilities"),
+        (top_p_softmax_wrong_dim, "the softmax ran over the batch"),
+        (top_p_zero_not_inf, "a dropped token must get -inf"),
+        (top_p_sorted_order, "your result is in sorted order"),
     ],
 }

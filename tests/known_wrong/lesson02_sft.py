@@ -234,6 +234,76 @@ def step_ascends(model, optimizer, accelerator, batch, weight=1.0, max_grad_norm
     return loss.detach()
 
 
+def pad_returns_lists(sequences, pad_id, side="right"):
+    width = max(len(s) for s in sequences)
+    ids, mask = [], []
+    for s in sequences:
+        pad = [pad_id] * (width - len(s))
+        ids.append(s + pad if side == "right" else pad + s)
+        mask.append([1] * len(s) + [0] * len(pad) if side == "right" else [0] * len(pad) + [1] * len(s))
+    return ids, mask
+
+
+def pad_swapped_outputs(sequences, pad_id, side="right"):
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        start = 0 if side == "right" else width - len(s)
+        ids[i, start : start + len(s)] = torch.tensor(s)
+        mask[i, start : start + len(s)] = 1
+    return mask, ids
+
+
+def pad_to_shortest(sequences, pad_id, side="right"):
+    width = min(len(s) for s in sequences)
+    ids = torch.tensor([s[:width] for s in sequences], dtype=torch.long)
+    return ids, torch.ones_like(ids)
+
+
+def labels_zero_not_ignore(input_ids, attention_mask, prompt_lengths):
+    labels = input_ids.clone()
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, :n] = 0
+    labels[attention_mask == 0] = 0
+    return labels
+
+
+def labels_first_prompt_length(input_ids, attention_mask, prompt_lengths):
+    """Uses the first row's prompt length for every row."""
+    labels = input_ids.clone()
+    labels[:, : int(prompt_lengths[0])] = IGNORE
+    labels[attention_mask == 0] = IGNORE
+    return labels
+
+
+def labels_masks_eos(input_ids, attention_mask, prompt_lengths):
+    """Masks the last real token too (thinking EOS is not part of the answer)."""
+    labels = input_ids.clone()
+    for i, n in enumerate(prompt_lengths.tolist()):
+        labels[i, :n] = IGNORE
+        last = int(attention_mask[i].sum()) - 1
+        labels[i, last:] = IGNORE
+    labels[attention_mask == 0] = IGNORE
+    return labels
+
+
+def loss_sum_per_sequence_mean(logits, labels):
+    lp = torch.log_softmax(logits[:, :-1], -1)
+    target = labels[:, 1:]
+    mask = target != IGNORE
+    taken = lp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return -(taken * mask).sum(1).mean()
+
+
+def loss_gather_without_clamp(logits, labels):
+    lp = torch.log_softmax(logits[:, :-1], -1)
+    target = labels[:, 1:]
+    taken = lp.gather(-1, target.unsqueeze(-1)).squeeze(-1)
+    mask = target != IGNORE
+    return -(taken * mask).sum() / mask.sum()
+
+
 WRONG = {
     "pad_batch": [
         (pad_ignores_side, "ignore the side"),
@@ -241,6 +311,9 @@ WRONG = {
         (pad_with_zero, "not 0"),
         (pad_to_first_length, "longest sequence"),
         (pad_float_mask, "expected two torch.long tensors"),
+        (pad_returns_lists, "should be a torch.Tensor"),
+        (pad_swapped_outputs, "in the order (input_ids, attention_mask)"),
+        (pad_to_shortest, "length of the longest sequence"),
     ],
     "sft_labels": [
         (labels_no_padding_mask, "attention_mask == 0"),
@@ -248,6 +321,9 @@ WRONG = {
         (labels_prompt_short, "must not be trained to predict the prompt"),
         (labels_in_place, "in place; the caller still needs it"),
         (labels_shifted, "shifted by one"),
+        (labels_zero_not_ignore, "hold 0, not -100"),
+        (labels_first_prompt_length, "each row has its own prompt length"),
+        (labels_masks_eos, "the EOS at the end of each reply was masked"),
     ],
     "next_token_loss": [
         (loss_no_shift, "forgot to shift"),
@@ -256,6 +332,8 @@ WRONG = {
         (loss_wrong_sign, "wrong sign"),
         (loss_detached, "no gradient"),
         (loss_probs_not_log, "log_softmax"),
+        (loss_sum_per_sequence_mean, "summed over each sequence's tokens, then averaged"),
+        (loss_gather_without_clamp, "index -100 is out of bounds"),
     ],
     "sft_step": [
         (step_no_zero_grad, "zero_grad"),

@@ -180,6 +180,41 @@ def rstep_returns_weighted(model, optimizer, accelerator, batch, weight=1.0, max
     return loss.detach()
 
 
+def last_mean_pooled(values, attention_mask):
+    """Averages the head over the real tokens."""
+    m = attention_mask.float()
+    return (values * m).sum(1) / m.sum(1)
+
+
+def last_sum_pooled(values, attention_mask):
+    return (values * attention_mask).sum(1)
+
+
+def last_without_row_index(values, attention_mask):
+    last = attention_mask.sum(1) - 1
+    return values[:, last]
+
+
+def bt_margin_added(chosen, rejected, margin=None):
+    d = chosen - rejected
+    if margin is not None:
+        d = d + margin
+    return -F.logsigmoid(d).mean()
+
+
+def acc_percentage(chosen, rejected):
+    return 100 * ((chosen > rejected).float() + 0.5 * (chosen == rejected).float()).mean()
+
+
+def acc_mean_sign(chosen, rejected):
+    return torch.sign(chosen - rejected).mean()
+
+
+def acc_python_float(chosen, rejected):
+    wins = sum(1.0 if c > r else 0.5 if c == r else 0.0 for c, r in zip(chosen.tolist(), rejected.tolist()))
+    return wins / len(chosen)
+
+
 WRONG = {
     "last_token_rewards": [
         (last_column, "last column"),
@@ -187,6 +222,9 @@ WRONG = {
         (first_token, "first token"),
         (last_via_python_list, "no gradient"),
         (last_largest, "largest value among the real tokens"),
+        (last_mean_pooled, "averaged the values over the real tokens"),
+        (last_sum_pooled, "summed the values of the real tokens"),
+        (last_without_row_index, "index the rows too"),
     ],
     "bradley_terry_loss": [
         (bt_swapped, "wrong sign"),
@@ -196,6 +234,7 @@ WRONG = {
         (bt_unstable, "logsigmoid"),
         (bt_per_pair, "the loss should have shape (), got (6,)"),
         (bt_summed, "summed instead of averaged"),
+        (bt_margin_added, "the margin was added"),
     ],
     "pairwise_accuracy": [
         (acc_ties_win, "ties counted as correct"),
@@ -203,6 +242,9 @@ WRONG = {
         (acc_count, "returned a count"),
         (acc_reversed, "reversed"),
         (acc_integer, "float"),
+        (acc_percentage, "returned a percentage"),
+        (acc_mean_sign, "averaged the sign of the difference"),
+        (acc_python_float, "expected a 0-d tensor"),
     ],
     "reward_step": [
         (rstep_no_zero_grad, "zero_grad"),
