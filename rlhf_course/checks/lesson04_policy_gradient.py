@@ -24,6 +24,11 @@ def _tl_inputs():
 def _tl_shape(fn):
     logits, tokens = _tl_inputs()
     out = fn(logits, tokens, 1.0)
+    if isinstance(out, torch.Tensor) and tuple(out.shape) == (2, 4, 1):
+        raise Fail(
+            "expected one log-probability per token, shape (2, 4), got (2, 4, 1): squeeze the last dimension "
+            "that gather kept (.squeeze(-1))"
+        )
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, 4):
         raise Fail(
             f"expected one log-probability per token, shape (2, 4), got {getattr(out, 'shape', type(out).__name__)}; "
@@ -42,6 +47,9 @@ def _tl_value(fn):
         "you returned raw logits: normalise with log_softmax over the vocabulary": picked(logits),
         "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)": picked(
             torch.log_softmax(logits, 1)
+        ),
+        "you took the log-probability of the most likely token: take the one of the sampled token (tokens)": (
+            torch.log_softmax(logits, -1).max(-1).values
         ),
     }
     raise Fail(
@@ -78,6 +86,9 @@ def _tl_temperature(fn):
         "log-probabilities must too": token_logprobs.reference(logits, tokens, 1.0),
         "you multiplied by the temperature: divide the logits by it": token_logprobs.reference(
             logits * 0.7, tokens, 1.0
+        ),
+        "you divided the log-probabilities by the temperature: divide the logits, then take log_softmax": (
+            token_logprobs.reference(logits, tokens, 1.0) / 0.7
         ),
     }
     raise Fail(
@@ -125,6 +136,13 @@ def _klr_value(fn):
         "the padding got a KL penalty: multiply it by the response mask": with_score_at(torch.tensor([4, 2, 0]), kl),
         "the score was added to every token: only the last token gets it": kl * mask + scores.unsqueeze(1) * mask,
         "the KL penalty is missing": with_score_at(torch.tensor([4, 2, 0]), torch.zeros_like(kl)),
+        "kl_coef was left out: the penalty is -kl_coef * (log pi - log pi_ref)": with_score_at(
+            torch.tensor([4, 2, 0]), kl * mask / 0.1
+        ),
+        "the whole response's KL penalty went on its last token: each token gets its own": with_score_at(
+            torch.tensor([4, 2, 0]),
+            torch.zeros_like(kl).index_put((rows, torch.tensor([4, 2, 0])), (kl * mask).sum(1)),
+        ),
     }
     raise Fail(
         f"row 1 expected {[round(v, 3) for v in want[1].tolist()]}, got "
@@ -167,6 +185,16 @@ def _rl_value(fn):
         "(the policy gradient is a sum over the steps of an episode)": -(per_token * mask).sum() / mask.sum(),
         "padding was included: multiply by the mask": -per_token.sum(1).mean(),
         "summed over the batch: average over responses": -(per_token * mask).sum(),
+        "each response's sum was divided by its length: sum each response's terms, then average over responses": -(
+            (per_token * mask).sum(1) / mask.sum(1)
+        ).mean(),
+        "you weighted probabilities (exp of the log-probabilities): the policy gradient weights log-probabilities": -(
+            logprobs.exp() * adv * mask
+        )
+        .sum(1)
+        .mean(),
+        "each response's summed log-probability was multiplied by its summed advantage: weight each token's "
+        "log-probability by its own advantage": -((logprobs * mask).sum(1) * (adv * mask).sum(1)).mean(),
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "

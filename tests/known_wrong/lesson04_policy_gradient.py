@@ -203,6 +203,54 @@ def rs_returns_weighted(
     return loss.detach(), norm
 
 
+def tl_temperature_after_log(logits, tokens, temperature=1.0):
+    lp = torch.log_softmax(logits, -1) / temperature
+    return lp.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def tl_greedy_token(logits, tokens, temperature=1.0):
+    """The log-probability of the most likely token, whatever was sampled."""
+    return torch.log_softmax(logits / temperature, -1).max(-1).values
+
+
+def tl_keeps_last_dim(logits, tokens, temperature=1.0):
+    return torch.log_softmax(logits / temperature, -1).gather(-1, tokens.unsqueeze(-1))
+
+
+def klr_penalty_on_last_token(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    """The whole reply's KL penalty and the score, both on the last token."""
+    kl = ((logprobs - ref_logprobs) * response_mask).sum(1)
+    rewards = torch.zeros_like(logprobs)
+    last = response_mask.sum(1) - 1
+    rewards[torch.arange(len(scores)), last] = scores - kl_coef * kl
+    return rewards
+
+
+def klr_no_coefficient(scores, logprobs, ref_logprobs, response_mask, kl_coef):
+    rewards = -(logprobs - ref_logprobs) * response_mask
+    last = response_mask.sum(1) - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def rl_summed_over_batch(logprobs, advantages, mask):
+    return -(logprobs * advantages.detach() * mask).sum()
+
+
+def rl_per_response_token_mean(logprobs, advantages, mask):
+    per = (logprobs * advantages.detach() * mask).sum(1) / mask.sum(1)
+    return -per.mean()
+
+
+def rl_probabilities(logprobs, advantages, mask):
+    return -(logprobs.exp() * advantages.detach() * mask).sum(1).mean()
+
+
+def rl_sums_multiplied(logprobs, advantages, mask):
+    """Sum of log-probabilities times the sum of advantages, per response."""
+    return -((logprobs * mask).sum(1) * (advantages.detach() * mask).sum(1)).mean()
+
+
 WRONG = {
     "token_logprobs": [
         (tl_probs_not_log, "returned probabilities"),
@@ -211,6 +259,9 @@ WRONG = {
         (tl_shifts_again, "already aligned"),
         (tl_wrong_dim, "wrong dimension"),
         (tl_log_of_softmax, "log(softmax(x)) underflows"),
+        (tl_temperature_after_log, "divided the log-probabilities by the temperature"),
+        (tl_greedy_token, "the most likely token"),
+        (tl_keeps_last_dim, "squeeze the last dimension"),
     ],
     "kl_penalized_rewards": [
         (klr_last_column, "last column"),
@@ -219,12 +270,18 @@ WRONG = {
         (klr_no_mask, "padding got a KL penalty"),
         (klr_score_everywhere, "added to every token"),
         (klr_in_place, "in place; the caller still needs it"),
+        (klr_penalty_on_last_token, "went on its last token"),
+        (klr_no_coefficient, "kl_coef was left out"),
     ],
     "reinforce_loss": [
         (rl_wrong_sign, "wrong sign"),
         (rl_token_mean, "averaged over tokens"),
         (rl_no_mask, "padding was included"),
         (rl_no_detach, "flowed into the advantages"),
+        (rl_summed_over_batch, "summed over the batch"),
+        (rl_per_response_token_mean, "divided by its length"),
+        (rl_probabilities, "weighted probabilities"),
+        (rl_sums_multiplied, "by its summed advantage"),
     ],
     "reinforce_step": [
         (rs_no_zero_grad, "zero_grad"),
