@@ -47,6 +47,15 @@ def _wh_value(fn):
         "padding positions should come back as 0: multiply by the mask": (x - mean)
         * torch.rsqrt(((x - mean) ** 2 * m).sum() / n + 1e-8),
         "divide the squared deviations by the number of positions (the population variance), not n - 1": unbiased,
+        "you whitened each row on its own: use the mean and variance of all real tokens of the batch": (
+            x - (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+        )
+        * torch.rsqrt(
+            ((x - (x * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)) ** 2 * m).sum(1, keepdim=True)
+            / m.sum(1, keepdim=True)
+            + 1e-8
+        )
+        * m,
     }
     raise Fail(
         f"expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: "
@@ -64,7 +73,27 @@ def _wh_shift(fn):
             "shift_mean=False was ignored: scale to unit variance but add the mean back "
             "(rewards keep their sign that way)"
         )
+    m = mask.float()
+    mean = (x * m).sum() / m.sum()
+    if close(got, x * m * torch.rsqrt(((x - mean) ** 2 * m).sum() / m.sum() + 1e-8), 1e-4):
+        raise Fail(
+            "with shift_mean=False you divided x itself by the standard deviation: scale the deviations from the "
+            "mean (x - mean), then add the mean back"
+        )
     raise Fail(f"with shift_mean=False expected {want[0].tolist()}, got {got[0].tolist()}")
+
+
+def _wh_constant(fn):
+    """Real tokens that are all equal (every reply got the same reward): the result is 0 there, not NaN."""
+    x, mask = torch.full((2, 4), 0.5), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    got = fn(x, mask)
+    if not torch.isfinite(got).all():
+        raise Fail(
+            f"on inputs whose real tokens are all equal you returned {got.tolist()}: the variance is 0, so add 1e-8 "
+            "to it under the square root (the lesson's formula) and the result is 0, not NaN"
+        )
+    if not close(got, whiten.reference(x, mask), 1e-4):
+        raise Fail(f"on inputs whose real tokens are all 0.5 expected 0 everywhere, got {got.tolist()}")
 
 
 # --- gae ------------------------------------------------------------------------------------------------
@@ -90,6 +119,17 @@ def _gae_step_by_step(rewards, values, mask, gamma, lam, bootstrap_padding=False
     return adv
 
 
+def _gae_forwards(rewards, values, mask, gamma, lam):
+    """The recursion run in the wrong direction: A_t = delta_t + gamma * lam * A_(t-1)."""
+    nxt = torch.cat([values[:, 1:] * mask[:, 1:], torch.zeros(len(values), 1)], dim=1)
+    delta = (rewards + gamma * nxt - values) * mask
+    adv, running = torch.zeros_like(rewards), torch.zeros(len(rewards))
+    for t in range(rewards.shape[1]):
+        running = delta[:, t] + gamma * lam * running
+        adv[:, t] = running
+    return adv * mask
+
+
 def _gae_call(fn, *args):
     out = fn(*args)
     if not (isinstance(out, tuple) and len(out) == 2):
@@ -113,6 +153,11 @@ def _gae_advantages(fn):
         ),
         "no bootstrapping: delta_t needs + gamma * V_(t+1)": _gae_step_by_step(rewards, values * 0, mask, 0.9, 0.8)
         - values * mask,
+        "these are the one-step TD errors delta_t alone: accumulate A_t = delta_t + gamma * lam * A_(t+1)": (
+            _gae_step_by_step(rewards, values, mask, 0.9, 0.0)
+        ),
+        "the recursion ran forwards from the first token: A_t depends on the *later* deltas, so run it from the "
+        "last token back": _gae_forwards(rewards, values, mask, 0.9, 0.8),
     }
     raise Fail(
         f"row 0 expected {[round(v, 3) for v in want[0].tolist()]}, got {[round(v, 3) for v in got[0].tolist()]}: "
@@ -156,6 +201,11 @@ def _pl_value(fn):
     got, want = fn(new, old, adv, mask, 0.2), ppo_policy_loss.reference(new, old, adv, mask, 0.2)
     if close(got, want):
         return
+    if not torch.isfinite(torch.as_tensor(got)).all():
+        raise Fail(
+            f"expected {want.item():.5f}, got {float(got)} from finite inputs: the ratio is exp(logprobs - "
+            "old_logprobs); dividing log-probabilities (one of them here is 0) gives inf or NaN"
+        )
     ratio, m = torch.exp(new - old), mask.float()
     clipped = ratio.clamp(0.8, 1.2)
     mean = lambda x: (x * m).sum() / m.sum()  # noqa: E731
@@ -170,6 +220,12 @@ def _pl_value(fn):
             torch.minimum(adv * ratio, adv * clipped)
         ),
         "padding was included: average over masked tokens only": torch.maximum(-adv * ratio, -adv * clipped).mean(),
+        "you clipped the advantages: clip the ratio to [1 - eps, 1 + eps] and keep A as it is": mean(
+            torch.maximum(-adv * ratio, -adv.clamp(-0.2, 0.2) * ratio)
+        ),
+        "you averaged each response's tokens first: take one mean over all response tokens of the batch": (
+            (torch.maximum(-adv * ratio, -adv * clipped) * m).sum(1) / m.sum(1)
+        ).mean(),
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
@@ -212,8 +268,12 @@ def _vl_value(fn):
     clipped = old + (values - old).clamp(-0.2, 0.2)
     plain, clip = (values - returns) ** 2, (clipped - returns) ** 2
     mistakes = {
-        "no clipping: clip the new value to within clip_range of the rollout's value and take the larger "
-        "of the two squared errors": 0.5 * mean(plain),
+        "no clipping (clipping around the returns has the same effect): clip the new value to within clip_range "
+        "of the rollout's value (old_values) and take the larger of the two squared errors": 0.5 * mean(plain),
+        "absolute errors: the value loss takes squared errors": 0.5
+        * mean(torch.maximum((values - returns).abs(), (clipped - returns).abs())),
+        "you averaged each response's tokens first: take one mean over all response tokens of the batch": 0.5
+        * ((torch.maximum(plain, clip) * m).sum(1) / m.sum(1)).mean(),
         "min where it needs max: the clipped value loss takes the larger squared error": 0.5
         * mean(torch.minimum(plain, clip)),
         "the 0.5 in front is missing": mean(torch.maximum(plain, clip)),
@@ -420,6 +480,7 @@ EXERCISES = [
         [
             Check("uses masked statistics", _wh_value),
             Check("keeps the mean when asked", _wh_shift),
+            Check("returns 0 where every real token is equal", _wh_constant),
         ],
     ),
     Exercise(

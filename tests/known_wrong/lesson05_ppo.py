@@ -339,6 +339,91 @@ def ppo_value_clip_around_new(
     return stats, False
 
 
+def wh_no_epsilon(x, mask, shift_mean=True):
+    m = mask.float()
+    n = m.sum()
+    mean = (x * m).sum() / n
+    std = torch.sqrt(((x - mean) ** 2 * m).sum() / n)
+    out = (x - mean) / std
+    return (out if shift_mean else out + mean) * m
+
+
+def wh_per_row(x, mask, shift_mean=True):
+    m = mask.float()
+    n = m.sum(1, keepdim=True)
+    mean = (x * m).sum(1, keepdim=True) / n
+    var = ((x - mean) ** 2 * m).sum(1, keepdim=True) / n
+    out = (x - mean) / torch.sqrt(var + 1e-8)
+    return (out if shift_mean else out + mean) * m
+
+
+def wh_scale_only(x, mask, shift_mean=True):
+    """shift_mean=False: divides x by the standard deviation without centring it."""
+    m = mask.float()
+    n = m.sum()
+    mean = (x * m).sum() / n
+    std = torch.sqrt(((x - mean) ** 2 * m).sum() / n + 1e-8)
+    return ((x - mean) / std if shift_mean else x / std) * m
+
+
+def gae_forward(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Runs the recursion from the first token forwards."""
+    adv = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0])
+    T = rewards.shape[1]
+    for t in range(T):
+        nxt = values[:, t + 1] * mask[:, t + 1] if t + 1 < T else torch.zeros(rewards.shape[0])
+        delta = rewards[:, t] + gamma * nxt - values[:, t]
+        running = delta + gamma * lam * running
+        adv[:, t] = running
+    adv = adv * mask
+    return adv, (adv + values) * mask
+
+
+def gae_td_only(rewards, values, mask, gamma=1.0, lam=0.95):
+    """Uses the one-step TD error as the advantage."""
+    nxt = torch.cat([values[:, 1:] * mask[:, 1:], torch.zeros(values.shape[0], 1)], dim=1)
+    adv = (rewards + gamma * nxt - values) * mask
+    return adv, (adv + values) * mask
+
+
+def pl_clips_advantages(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped_adv = advantages.clamp(-clip_range, clip_range)
+    losses = torch.maximum(-advantages * ratio, -clipped_adv * ratio)
+    return (losses * mask).sum() / mask.sum()
+
+
+def pl_ratio_of_logs(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = logprobs / old_logprobs
+    losses = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    return (losses * mask).sum() / mask.sum()
+
+
+def pl_sequence_mean(logprobs, old_logprobs, advantages, mask, clip_range=0.2):
+    ratio = torch.exp(logprobs - old_logprobs)
+    losses = torch.maximum(-advantages * ratio, -advantages * ratio.clamp(1 - clip_range, 1 + clip_range))
+    return ((losses * mask).sum(1) / mask.sum(1)).mean()
+
+
+def vl_clipped_around_returns(values, old_values, returns, mask, clip_range=0.2):
+    clipped = returns + (values - returns).clamp(-clip_range, clip_range)
+    losses = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * (losses * mask).sum() / mask.sum()
+
+
+def vl_absolute_error(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    losses = torch.maximum((values - returns).abs(), (clipped - returns).abs())
+    return 0.5 * (losses * mask).sum() / mask.sum()
+
+
+def vl_sequence_mean(values, old_values, returns, mask, clip_range=0.2):
+    clipped = old_values + (values - old_values).clamp(-clip_range, clip_range)
+    losses = torch.maximum((values - returns) ** 2, (clipped - returns) ** 2)
+    return 0.5 * ((losses * mask).sum(1) / mask.sum(1)).mean()
+
+
 WRONG = {
     "whiten": [
         (wh_includes_padding, "padding entered the mean"),
@@ -346,6 +431,9 @@ WRONG = {
         (wh_unbiased, "population variance"),
         (wh_ignores_shift, "shift_mean=False was ignored"),
         (wh_in_place, "changed its input x in place"),
+        (wh_no_epsilon, "add 1e-8"),
+        (wh_per_row, "each row on its own"),
+        (wh_scale_only, "divided x itself"),
     ],
     "gae": [
         (gae_no_lambda, "lambda was ignored"),
@@ -354,6 +442,8 @@ WRONG = {
         (gae_gamma_missing_in_delta, "gamma was left out"),
         (gae_padding_returns, "padding positions should hold 0"),
         (gae_float64, "your output is torch.float64, but the inputs are torch.float32"),
+        (gae_forward, "ran forwards"),
+        (gae_td_only, "one-step TD errors"),
     ],
     "ppo_policy_loss": [
         (pl_min_not_max, "min where the loss needs max"),
@@ -361,6 +451,9 @@ WRONG = {
         (pl_inverted_ratio, "ratio is inverted"),
         (pl_wrong_sign, "wrong sign"),
         (pl_no_mask, "padding was included"),
+        (pl_clips_advantages, "clipped the advantages"),
+        (pl_ratio_of_logs, "dividing log-probabilities"),
+        (pl_sequence_mean, "averaged each response's tokens first"),
     ],
     "ppo_value_loss": [
         (vl_unclipped, "no clipping"),
@@ -368,6 +461,9 @@ WRONG = {
         (vl_no_half, "0.5 in front"),
         (vl_no_mask, "padding was included"),
         (vl_squared_error_scaled, "no mistake we know of gives this output; it differs most (expected"),
+        (vl_clipped_around_returns, "clipping around the returns"),
+        (vl_absolute_error, "absolute errors"),
+        (vl_sequence_mean, "averaged each response's tokens first"),
     ],
     "ppo_update": [
         (ppo_never_stops, "stop after that epoch"),
