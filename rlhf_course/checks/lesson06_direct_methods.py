@@ -70,6 +70,11 @@ def _sl_value(fn):
         "prompt and padding were counted: keep only positions whose label is not -100": _sl_variant(
             logits, labels, mask=False
         ),
+        "the shift went the wrong way: the logits at position t predict the label at t + 1 (logits[:, :-1] with "
+        "labels[:, 1:], not logits[:, 1:] with labels[:, :-1])": _sl_picked(logits[:, 1:], labels[:, :-1], -1),
+        "log_softmax over the wrong dimension: normalise over the vocabulary (the last one)": _sl_picked(
+            logits[:, :-1], labels[:, 1:], 1
+        ),
     }
     raise Fail(
         f"expected {want.tolist()}, got {got.tolist() if hasattr(got, 'tolist') else got}: "
@@ -77,6 +82,28 @@ def _sl_value(fn):
             got, mistakes, "sum of log_softmax(logits[:, :-1]) at labels[:, 1:], where labels != -100", want=want
         )
     )
+
+
+def _sl_picked(logits, labels, dim):
+    """Summed log-probabilities of ``labels`` (where not -100) under log_softmax over ``dim``."""
+    taken = torch.log_softmax(logits, dim).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (taken * (labels != IGNORE_INDEX)).sum(1)
+
+
+def _sl_long(fn):
+    """A 400-token response, each token with probability about 1/7: the product of the probabilities is about
+    1e-338, below the smallest float32, while the sum of the log-probabilities is an ordinary number."""
+    gen = torch.Generator().manual_seed(8)
+    logits, labels = torch.randn(1, 401, 7, generator=gen) * 0.1, torch.randint(7, (1, 401), generator=gen)
+    labels[0, 0] = IGNORE_INDEX
+    got, want = fn(logits, labels), sequence_logprobs.reference(logits, labels)
+    if not torch.isfinite(torch.as_tensor(got)).all():
+        raise Fail(
+            f"on a 400-token response expected {want.item():.1f}, got {float(got)}: the product of 400 probabilities "
+            "underflows to 0 (its log to -inf); sum the log-probabilities instead of taking the log of a product"
+        )
+    if not close(got, want, 1e-3):
+        raise Fail(f"on a 400-token response expected {want.item():.3f}, got {float(got):.3f}")
 
 
 def _sl_gradient(fn):
@@ -110,6 +137,8 @@ def _dpo_value(fn):
         "chosen and rejected are swapped: the chosen response's log-ratio comes first": nll(-0.5 * margin).mean(),
         "summed over the batch: take the mean": nll(0.5 * margin).sum(),
         "the log is missing: -log sigmoid, not -sigmoid": (-torch.sigmoid(0.5 * margin)).mean(),
+        "beta multiplied the loss: it scales the margin inside the sigmoid, -log sigmoid(beta * margin)": 0.5
+        * nll(margin).mean(),
     }
     raise Fail(
         f"expected {want.item():.5f}, got {float(got):.5f}: "
@@ -131,6 +160,7 @@ def _dpo_ipo(fn):
         ),
         "the IPO target is 1 / (2 * beta), not 1 / beta": ((margin - 1 / 0.5) ** 2).mean(),
         "IPO's margin is not multiplied by beta: (margin - 1 / (2 beta))^2": ((0.5 * margin - 1) ** 2).mean(),
+        "summed over the batch: take the mean": ((margin - 1) ** 2).sum(),
     }
     raise Fail(
         f"IPO: expected {want.item():.5f}, got {float(got):.5f}: "
@@ -173,6 +203,10 @@ def _ga_value(fn):
         "statistics of the whole batch: normalise within each group": (rewards - rewards.mean())
         / (rewards.std() + 1e-4),
         "not divided by the group's standard deviation": centred,
+        "each reward was compared with the mean of the *others* in its group (RLOO's baseline): GRPO subtracts "
+        "the whole group's mean": (
+            (grouped - (grouped.sum(1, keepdim=True) - grouped) / 3) / (grouped.std(1, keepdim=True) + 1e-4)
+        ).view(-1),
         "the groups were read with the wrong stride: group g is rewards[g * G:(g + 1) * G]": (
             (strided - strided.mean(0)) / (strided.std(0) + 1e-4)
         ).reshape(-1),
@@ -204,8 +238,11 @@ def _gl_variant(new, old, ref, adv, mask, *, use_min=True, clip=True, kl="k3_rat
     surrogate = torch.min(ratio * a, clipped * a) if use_min else torch.max(ratio * a, clipped * a)
     log_r = ref - new
     k3 = torch.exp(log_r) - log_r - 1
-    penalty = {"k3_ratio": k3 * ratio, "k3": k3, "k1": -log_r}[kl]
+    k3_reversed = torch.exp(-log_r) + log_r - 1
+    penalty = {"k3_ratio": k3 * ratio, "k3": k3, "k1": -log_r, "k3 reversed": k3_reversed * ratio}[kl]
     per_token = (-surrogate + beta * penalty) * mask
+    if per_response == "sum":
+        return per_token.sum(1).mean()
     if per_response:
         return (per_token.sum(1) / mask.sum(1)).mean()
     return per_token.sum() / mask.sum()
@@ -227,6 +264,12 @@ def _gl_value(fn):
         ),
         "the plain log-ratio (k1) was used for the KL: use k3 = exp(ref - logp) - (ref - logp) - 1": _gl_variant(
             *args, kl="k1"
+        ),
+        "k3's log-ratio is the wrong way round: it is log(pi_ref / pi) = ref_logprobs - logprobs": _gl_variant(
+            *args, kl="k3 reversed"
+        ),
+        "each response's tokens were summed: average them (divide by its number of real tokens)": _gl_variant(
+            *args, per_response="sum"
         ),
         "the KL term is missing (or beta was ignored)": _gl_variant(*args, beta=0.0),
         "averaged over all tokens of the batch at once: average within each response first, then over "
@@ -269,6 +312,11 @@ def _validate_preference_loss(out, policy_chosen, policy_rejected, ref_chosen, r
 
 
 def _validate_group_advantages(out, rewards, group_size):
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.numel() == rewards.numel():
+        raise ExerciseOutputError(
+            f"the group advantages should have shape {tuple(rewards.shape)}, got {tuple(out.shape)}: flatten the "
+            "(groups, group_size) view back to one advantage per response (.view(-1))"
+        )
     expect_tensor(out, shape=rewards.shape, device=rewards.device, what="the group advantages")
 
 
@@ -477,6 +525,7 @@ EXERCISES = [
         _validate_sequence_logprobs,
         [
             Check("sums the shifted, masked log-probabilities", _sl_value),
+            Check("stays finite on a long response", _sl_long),
             Check("keeps the gradient", _sl_gradient),
         ],
     ),

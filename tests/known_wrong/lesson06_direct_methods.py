@@ -428,12 +428,103 @@ def gu_keeps_last_pass(policy, optimizer, accelerator, rollout, advantages, conf
     return stats
 
 
+def sl_product_of_probabilities(logits, labels):
+    """The log of the product of the tokens' probabilities."""
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE
+    probs = torch.softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return torch.log(torch.where(mask, probs, torch.ones_like(probs)).prod(dim=1))
+
+
+def sl_shift_wrong_way(logits, labels):
+    logits, labels = logits[:, 1:], labels[:, :-1]
+    mask = labels != IGNORE
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(1)
+
+
+def sl_wrong_dim(logits, labels):
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE
+    lp = torch.log_softmax(logits, 1).gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(1)
+
+
+def sl_gather_without_clamp(logits, labels):
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != IGNORE
+    lp = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    return (lp * mask).sum(1)
+
+
+def dpo_beta_outside(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, kind="dpo"):
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if kind == "dpo":
+        return -beta * F.logsigmoid(margin).mean()
+    if kind == "ipo":
+        return ((margin - 1 / (2 * beta)) ** 2).mean()
+    raise ValueError(kind)
+
+
+def dpo_summed(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta, kind="dpo"):
+    margin = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)
+    if kind == "dpo":
+        return -F.logsigmoid(beta * margin).sum()
+    if kind == "ipo":
+        return ((margin - 1 / (2 * beta)) ** 2).sum()
+    raise ValueError(kind)
+
+
+def ga_leave_one_out(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    others = (g.sum(1, keepdim=True) - g) / (group_size - 1)
+    return ((g - others) / (g.std(1, keepdim=True) + 1e-4)).view(-1)
+
+
+def ga_two_dimensional(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    return (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
+
+
+def ga_in_place(rewards, group_size):
+    g = rewards.view(-1, group_size)
+    g -= g.mean(1, keepdim=True)
+    g /= g.std(1, keepdim=True) + 1e-4
+    return rewards
+
+
+def gl_k3_reversed(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_range=0.2, beta=0.04):
+    """k3 with the log-ratio the wrong way round: log(pi / pi_ref)."""
+    mask = mask.float()
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.unsqueeze(1)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
+    d = logprobs - ref_logprobs
+    kl = (torch.exp(d) - d - 1) * ratio
+    per_token = -surrogate + beta * kl
+    return ((per_token * mask).sum(1) / mask.sum(1)).mean()
+
+
+def gl_summed_per_response(logprobs, old_logprobs, ref_logprobs, advantages, mask, clip_range=0.2, beta=0.04):
+    mask = mask.float()
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.unsqueeze(1)
+    surrogate = torch.min(ratio * adv, ratio.clamp(1 - clip_range, 1 + clip_range) * adv)
+    d = ref_logprobs - logprobs
+    kl = (torch.exp(d) - d - 1) * ratio
+    return ((-surrogate + beta * kl) * mask).sum(1).mean()
+
+
 WRONG = {
     "sequence_logprobs": [
         (sl_no_shift, "no shift"),
         (sl_raw_logits, "raw logits"),
         (sl_mean, "sum"),
         (sl_no_mask, "prompt and padding"),
+        (sl_product_of_probabilities, "the log of a product"),
+        (sl_shift_wrong_way, "the shift went the wrong way"),
+        (sl_wrong_dim, "wrong dimension"),
+        (sl_gather_without_clamp, "index -100 is out of bounds"),
     ],
     "dpo_loss": [
         (dpo_no_beta, "beta is missing"),
@@ -442,6 +533,8 @@ WRONG = {
         (dpo_unstable, "not finite"),
         (dpo_ipo_target, "1 / (2 * beta)"),
         (dpo_silent_kind, "unknown kind"),
+        (dpo_beta_outside, "beta multiplied the loss"),
+        (dpo_summed, "summed over the batch"),
     ],
     "group_advantages": [
         (ga_population_std, "unbiased"),
@@ -449,6 +542,9 @@ WRONG = {
         (ga_no_scale, "standard deviation"),
         (ga_wrong_stride, "stride"),
         (ga_no_epsilon, "1e-4"),
+        (ga_leave_one_out, "RLOO's baseline"),
+        (ga_two_dimensional, "flatten the (groups, group_size) view"),
+        (ga_in_place, "changed its input rewards in place"),
     ],
     "grpo_loss": [
         (gl_max, "pessimistic"),
@@ -457,6 +553,8 @@ WRONG = {
         (gl_k1, "k1"),
         (gl_token_mean, "within each response first"),
         (gl_no_mask, "padding was included"),
+        (gl_k3_reversed, "the wrong way round"),
+        (gl_summed_per_response, "tokens were summed"),
     ],
     "dpo_step": [
         (ds_no_zero_grad, "zero_grad"),
