@@ -1,6 +1,7 @@
 """What the checks of the loop exercises share: a tiny seeded model, runs of an update function, and hints.
 
-A loop exercise (``sft_step``, ``reinforce_step``, ``ppo_update``, ``dpo_step``) changes a model. Its check
+A loop exercise (``sft_step``, ``reward_step``, ``reinforce_step``, ``ppo_update``, ``dpo_step``,
+``grpo_update``) changes a model. Its check
 runs the learner's function and the reference from the same seeded model, optimizer and inputs, and compares
 the parameters afterwards. When they differ, it runs the plausible mistakes the same way (written as variants
 of a step in the lesson's checks module) and names the one whose parameters match; when none does, it says
