@@ -1,9 +1,8 @@
 """What the checks of the loop exercises share: a tiny seeded model, runs of an update function, and hints.
 
 A loop exercise (``sft_step``, ``reward_step``, ``reinforce_step``, ``ppo_update``, ``dpo_step``,
-``grpo_update``) changes a model. Its check
-runs the learner's function and the reference from the same seeded model, optimizer and inputs, and compares
-the parameters afterwards. When they differ, it runs the plausible mistakes the same way (written as variants
+``grpo_update``) changes a model. Its check runs the learner's function and the reference from the same
+seeded model, optimizer and inputs, and compares the parameters afterwards. When they differ, it runs the plausible mistakes the same way (written as variants
 of a step in the lesson's checks module) and names the one whose parameters match; when none does, it says
 which parameter differs most and where. The optimizer is plain SGD: Adam divides a gradient by its own size,
 which hides a forgotten weight or clip, and SGD shows every change to the gradient in the parameters.
