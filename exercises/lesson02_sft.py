@@ -49,8 +49,7 @@ def sft_step(model, optimizer, accelerator, batch: dict, weight=1.0, max_grad_no
     """One optimizer step of SFT on one batch. Return the batch's loss.
 
     model: a causal LM; ``model(input_ids=..., attention_mask=...).logits`` is (batch, seq, vocab).
-    optimizer: the model's optimizer. When this is called it still holds the previous step's gradients;
-        the step must follow this batch's gradient alone.
+    optimizer: the model's optimizer. The step must follow this batch's gradient alone.
     accelerator: an accelerate ``Accelerator``. Back-propagate with ``accelerator.backward(tensor)`` and clip
         with ``accelerator.clip_grad_norm_(parameters, max_norm)``: in one process these are
         ``tensor.backward()`` and ``torch.nn.utils.clip_grad_norm_``; under ``accelerate launch`` they also
