@@ -10,6 +10,7 @@ device's queue drained at its start and end (which costs a little overlap), then
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -50,8 +51,11 @@ def timing(name, fn):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
+    parser.add_argument("--decoder", choices=runtime.DECODERS, help="the decoder inside PPO (default: the config's)")
     args = parser.parse_args(argv)
     config = CONFIGS[args.config]
+    if args.decoder:
+        config = dataclasses.replace(config, decoder=args.decoder)
     os.environ["RLHF_COURSE_DECODER"] = config.decoder
     tok = models.load_tokenizer()
     tasks = world.generate_tasks("train", 20)

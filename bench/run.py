@@ -25,6 +25,7 @@ import os
 import platform
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +141,16 @@ def steady_state(job, short, long, amount) -> dict:
     }
 
 
+def guarded(job, short, long, amount) -> dict:
+    """``steady_state``, or, when the job raises, a record of the error: one failing row must not cost the rest
+    of a GPU run, whose minutes are few."""
+    try:
+        return steady_state(job, short, long, amount)
+    except Exception as error:  # noqa: BLE001 - reported in the row and on stderr, then the next row runs
+        traceback.print_exc()
+        return {"steady": None, "setup_s": None, "error": f"{type(error).__name__}: {error}"[:2000]}
+
+
 def preference_rows(n: int) -> list[dict]:
     tasks = world.generate_tasks("train", n // len(world.FAMILIES) + 1)[:n]
     return [
@@ -181,6 +192,9 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
                 **extra,
             }
         )
+        for side, measured in (("course", course), (baseline_name, baseline)):
+            if measured and "error" in measured:
+                print(f"{name}: the {side} run failed: {measured['error']}", flush=True)
         fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
         print(
             f"{name:<18}{fmt(course['steady'], ',.1f'):>12}{fmt(course['setup_s'], '.1f'):>8}"
@@ -200,7 +214,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     ids, mask = (t.to(runtime.device()) for t in pad_batch(prompts, tok.pad_token_id, side="left"))
     short = max(2, config.new_tokens // 4)
     # no EOS id for ours, min_new_tokens for generate: every row decodes every step in both
-    plain = steady_state(
+    plain = guarded(
         lambda n: decoder.generate(
             input_ids=ids,
             attention_mask=mask,
@@ -214,7 +228,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
         lambda n: n,
     )
     for name in runtime.DECODERS:
-        ours = steady_state(
+        ours = guarded(
             lambda n: generate(
                 decoder, prompts, pad_id=tok.pad_token_id, eos_id=-1, max_new_tokens=n, temperature=1.0, decoder=name
             ),
@@ -231,6 +245,10 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
             ms_per_step=None if ours["steady"] is None else round(1000 / ours["steady"], 3),
             generate_ms_per_step=None if plain["steady"] is None else round(1000 / plain["steady"], 3),
         )
+    if "error" in rows[-1]["course"] and os.environ.get("RLHF_COURSE_DECODER") == "compiled":
+        # GRPO and PPO still get measured, with the uncompiled static cache, and the rows say so
+        print("the compiled decoder failed: GRPO and PPO decode with 'static' instead", flush=True)
+        os.environ["RLHF_COURSE_DECODER"] = "static"
     per_update = config.grpo_prompts * config.group_size
     grpo_config = lambda n: grpo.GRPOConfig(  # noqa: E731
         updates=n,
@@ -243,13 +261,13 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     row(
         "GRPO",
         "completions/s",
-        steady_state(
+        guarded(
             lambda n: grpo.train_grpo(load(), load(), rollouts.correctness_scorer, tok, tasks, grpo_config(n)),
             1,
             config.grpo_steps,
             lambda n: n * per_update,
         ),
-        steady_state(
+        guarded(
             lambda n: trl_bridge.grpo_trainer(
                 load(),
                 tok,
@@ -265,6 +283,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
             config.grpo_steps,
             lambda n: n * per_update,
         ),
+        decoder=os.environ.get("RLHF_COURSE_DECODER"),
     )
 
     def ppo_job(model_path):
@@ -284,7 +303,8 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
         )
 
     episodes = lambda n: n * config.ppo_batch  # noqa: E731
-    row("PPO", "episodes/s", steady_state(ppo_job(path), 1, config.ppo_updates, episodes))
+    decoding = os.environ.get("RLHF_COURSE_DECODER")
+    row("PPO", "episodes/s", guarded(ppo_job(path), 1, config.ppo_updates, episodes), decoder=decoding)
     big = gpt2_dir(config.big, tok, scratch)
     parameters = models.count_parameters(load(big))
     if torch.cuda.is_available():
@@ -292,9 +312,10 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     row(
         f"PPO {parameters / 1e6:.3g}M",
         "episodes/s",
-        steady_state(ppo_job(big), 1, config.ppo_updates, episodes),
+        guarded(ppo_job(big), 1, config.ppo_updates, episodes),
         parameters=parameters,
         peak_gib=peak_memory_gib(),
+        decoder=decoding,
     )
 
     quarter = lambda n: max(b, n // 4)  # noqa: E731
@@ -302,13 +323,13 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     row(
         "SFT",
         "tokens/s",
-        steady_state(
+        guarded(
             lambda n: sft.train_sft(load(), tok, demos[:n], sft.SFTConfig(epochs=1, batch_size=b, warmup_steps=1)),
             quarter(len(demos)),
             len(demos),
             sft_tokens,
         ),
-        steady_state(
+        guarded(
             lambda n: trl_bridge.sft_trainer(load(), tok, demos[:n], scratch / "trl", b).train(),
             quarter(len(demos)),
             len(demos),
@@ -319,7 +340,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     row(
         "reward",
         "pairs/s",
-        steady_state(
+        guarded(
             lambda n: reward_model.train(
                 reward_model.build(path), tok, pairs[:n], None, reward_model.RewardConfig(batch_size=b, warmup_steps=1)
             ),
@@ -327,7 +348,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
             len(pairs),
             same,
         ),
-        steady_state(
+        guarded(
             lambda n: trl_bridge.reward_trainer(reward_model.build(path), tok, pairs[:n], scratch / "trl", b).train(),
             quarter(len(pairs)),
             len(pairs),
@@ -338,7 +359,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
     row(
         "DPO",
         "pairs/s",
-        steady_state(
+        guarded(
             lambda n: dpo.train_dpo(
                 load(), load(), tok, pairs[:n], dpo.DPOConfig(batch_size=dpo_batch, beta=0.1, warmup_steps=1)
             ),
@@ -346,7 +367,7 @@ def run(config: BenchConfig, scratch: Path, report=lambda rows: None) -> list[di
             len(pairs),
             same,
         ),
-        steady_state(
+        guarded(
             lambda n: trl_bridge.dpo_trainer(load(), load(), tok, pairs[:n], scratch / "trl", dpo_batch).train(),
             quarter(len(pairs)),
             len(pairs),
@@ -360,8 +381,13 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="cpu")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument(
+        "--decoder", choices=runtime.DECODERS, help="the decoder inside GRPO and PPO (default: the config's)"
+    )
     args = parser.parse_args(argv)
     config = CONFIGS[args.config]
+    if args.decoder:
+        config = dataclasses.replace(config, decoder=args.decoder)
     os.environ["RLHF_COURSE_DECODER"] = config.decoder  # generate's default inside the course's GRPO and PPO
     dev = runtime.device()
     device = (

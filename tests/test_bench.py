@@ -33,6 +33,7 @@ def test_tiny_benchmark_measures_every_step_against_trl(tmp_path):
             measured = row[side]
             if measured is None:
                 continue
+            assert "error" not in measured, f"{step}, {side}: {measured.get('error')}"
             assert measured["whole"] > 0 and measured["seconds_long"] > 0 and measured["seconds_short"] > 0
             if measured["steady"] is not None:  # None only when the long run was no slower than the short one
                 assert measured["steady"] > 0 and measured["setup_s"] >= 0
