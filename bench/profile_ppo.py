@@ -62,8 +62,11 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as scratch:
         path = models.BASE_MODEL_DIR if config.model is None else gpt2_dir(config.model, tok, Path(scratch))
 
-        def train(updates):
-            policy, reference = ppo.PolicyWithValue(models.load_model(path)), models.load_model(path)
+        def load():
+            return ppo.PolicyWithValue(models.load_model(path)), models.load_model(path)
+
+        def train(updates, loaded=None):
+            policy, reference = loaded or timing("loading the policy and the reference", load)()
             return ppo.train_ppo(
                 policy,
                 reference,
@@ -81,9 +84,14 @@ def main(argv=None):
         train(1)  # warm-up: compiling, kernel selection
         rollouts.generate = timing("decoding (generate)", rollouts.generate)
         ppo.collect = timing("rollout (generate, log-probs, scores)", ppo.collect)
+        ppo.ppo_update = timing("update (epochs of minibatch steps)", ppo.ppo_update)
+        accelerate.optimizer.AcceleratedOptimizer.step = timing(
+            "optimizer steps (clipping excluded)", accelerate.optimizer.AcceleratedOptimizer.step
+        )
         accelerate.Accelerator.backward = timing(
             "backward passes (accelerator.backward)", accelerate.Accelerator.backward
         )
+        spent.clear()  # the warm-up's loading was timed too
         start = time.perf_counter()
         train(config.ppo_updates)
         wall = time.perf_counter() - start
@@ -95,15 +103,16 @@ def main(argv=None):
         for name, seconds in spent.items():
             print(f"  {name:<42}{seconds:>8.2f} s  {100 * seconds / wall:>5.1f}%")
         print(
-            "  (decoding is part of the rollout; the rest of the wall time is the forward passes of the minibatches,"
-            " advantages, statistics and model loading)"
+            "  (decoding is part of the rollout, the backward passes and optimizer steps part of the update; the rest"
+            " of the wall time is advantages, statistics and building the trainer)"
         )
         activities = [torch.profiler.ProfilerActivity.CPU]
         if torch.cuda.is_available():
             activities.append(torch.profiler.ProfilerActivity.CUDA)
+        loaded = load()  # outside the profile: copying the weights to the GPU is not part of an update
         with torch.profiler.profile(activities=activities) as prof:
             start = time.perf_counter()
-            train(1)
+            train(1, loaded)
             wall = time.perf_counter() - start
         key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
         print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
