@@ -569,7 +569,7 @@ EXERCISES = [
         _validate_grpo_loss,
         [
             Check("matches the reference", _gl_value),
-            Check("clipped tokens get no gradient", _gl_gradient),
+            Check("with beta = 0, clipped tokens get no gradient", _gl_gradient),
         ],
     ),
     Exercise(
