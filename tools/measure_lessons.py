@@ -338,6 +338,55 @@ def cmd_tables(args) -> None:
     _replace_between(LESSONS / "README.md", "seed claims", seed_table(records))
 
 
+def cmd_section(args) -> None:
+    """Record one self-contained cell's claims on a seed without running the rest of its lesson.
+
+    For a section that needs only the lesson's parameters, numpy and matplotlib (lesson 06's loss-averaging
+    toy), on a seed whose cached full runs are not built: the cell runs after the parameters cell, instrumented
+    under its number in the whole lesson, and its claims replace that cell's in the seed's record. The lesson's
+    own ``seconds`` stay those of its last whole run; the section's are kept beside them.
+    """
+    path = next(LESSONS.glob(f"{args.lesson}_*.ipynb"))
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    number = next((i for i, c in enumerate(code) if c.get("id") == args.cell_id), None)
+    if number is None:
+        raise SystemExit(f"{path.name} has no code cell with id {args.cell_id!r}")
+    prefix = f"{path.stem[:2]}.cell{number}"
+    cells = [
+        RECORDER,
+        code[0].source,
+        f"SEED = {args.seed}",
+        "import matplotlib.pyplot as plt\nimport numpy as np",
+        instrumented(code[number].source, prefix),
+    ]
+    with tempfile.TemporaryDirectory() as tmp:
+        claims_file = Path(tmp) / "claims.jsonl"
+        claims_file.touch()
+        os.environ["MEASURE_LESSONS_CLAIMS"] = str(claims_file)
+        start = time.time()
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+        NotebookClient(
+            notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(LESSONS)}}
+        ).execute()
+        seconds = time.time() - start
+        claims = [json.loads(line) for line in claims_file.read_text().splitlines()]
+    out = MEASUREMENTS / f"seed{args.seed}.json"
+    with _locked(out):
+        record = json.loads(out.read_text())
+        entry = record["lessons"][path.stem]
+        entry["claims"] = [c for c in entry["claims"] if not c["claim"].startswith(prefix + ".")] + claims
+        entry["sections_run_apart"] = {
+            "cell": args.cell_id,
+            "seconds": round(seconds, 1),
+            "date": time.strftime("%Y-%m-%d"),
+            "machine": machine(),
+        }
+        out.write_text(json.dumps(record, indent=1) + "\n")
+    print(
+        f"{path.name}, cell {args.cell_id}: {seconds:.0f} s, {len(claims)} claims, all hold: {all(c['holds'] is True for c in claims)}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -347,6 +396,11 @@ def main() -> None:
     run.add_argument("--inplace", action="store_true", help="write the outputs into the lessons (stop at an error)")
     run.add_argument("--presenter", action="store_true", help="with PRESENTER = True (the live-demo version)")
     run.set_defaults(func=cmd_run)
+    section = sub.add_parser("section", help="record one self-contained cell's claims on a seed (see cmd_section)")
+    section.add_argument("--seed", type=int, required=True)
+    section.add_argument("--lesson", required=True, help="two-digit lesson number")
+    section.add_argument("--cell-id", required=True, help="the code cell's id in the notebook")
+    section.set_defaults(func=cmd_section)
     sub.add_parser("tables", help="rewrite the tables from lessons/measurements").set_defaults(func=cmd_tables)
     args = parser.parse_args()
     if args.command == "run" and args.inplace and (args.seed != 0 or args.presenter):
