@@ -9,6 +9,7 @@ probabilities, so tabular Q-learning starts from nothing.
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import torch
 
@@ -78,3 +79,137 @@ def toy_episodes_to_solve(
                 return episode
         return max_episodes
     raise ValueError(f"method must be 'reinforce' or 'q_learning', got {method!r}")
+
+
+# --- Soft Q-learning: the value-based road to the KL-regularised optimum (lesson 06) -----------------------
+# The same token MDP, with a graded reward (the fraction of the target's tokens written) and a reference policy
+# pi_ref that gives the target token ``prior_mass`` at each step. Maximising E[r] - beta KL(pi || pi_ref) has
+# the closed-form optimum pi*(y) = pi_ref(y) exp(r(y) / beta) / Z that DPO starts from. Soft Q-learning reaches
+# it from sampled episodes: its Q-values obey the soft Bellman equation
+#     Q(s, a) = r(s, a) + V(s'),   V(s) = beta log sum_a pi_ref(a | s) exp(Q(s, a) / beta),
+# and its policy is pi(a | s) = pi_ref(a | s) exp((Q(s, a) - V(s)) / beta); along a sequence the V's telescope
+# to log Z, which is why the product of the per-token policies is pi*. (SAC is the same idea with an entropy
+# bonus, a uniform pi_ref, and continuous actions.)
+
+
+@dataclass
+class TokenMDP:
+    """Write ``length`` tokens from a vocabulary of ``vocab``; states are the prefixes, numbered depth by depth
+    (the empty prefix, then the ``vocab`` one-token prefixes, ...), lexicographically within a depth."""
+
+    vocab: int
+    length: int
+    target: torch.Tensor  # (length,)
+    log_ref: torch.Tensor  # (states, vocab): log pi_ref(a | s)
+
+    @property
+    def offsets(self) -> list[int]:  # the first state of each depth
+        return [sum(self.vocab**k for k in range(t)) for t in range(self.length + 1)]
+
+    def state(self, prefix: torch.Tensor) -> torch.Tensor:
+        """State numbers of prefixes (batch, t) -> (batch,)."""
+        t = prefix.shape[1]
+        powers = self.vocab ** torch.arange(t - 1, -1, -1)  # (t,)
+        return self.offsets[t] + (prefix * powers).sum(dim=1)
+
+    def sequences(self) -> torch.Tensor:
+        """Every sequence, lexicographically: (vocab**length, length)."""
+        return torch.cartesian_prod(*[torch.arange(self.vocab)] * self.length).view(-1, self.length)
+
+    def reward(self, sequences: torch.Tensor) -> torch.Tensor:
+        """The fraction of the target's tokens each sequence has in place: (batch, length) -> (batch,)."""
+        return (sequences == self.target).float().mean(dim=1)
+
+    def sequence_logprobs(self, log_policy: torch.Tensor) -> torch.Tensor:
+        """log pi(y) of every sequence (vocab**length,) under per-state log-probabilities (states, vocab)."""
+        seqs = self.sequences()
+        return sum(log_policy[self.state(seqs[:, :t]), seqs[:, t]] for t in range(self.length))
+
+
+def token_mdp(vocab: int = 30, length: int = 3, prior_mass: float = 0.3, seed: int = 0) -> TokenMDP:
+    gen = torch.Generator().manual_seed(seed)
+    target = torch.randint(vocab, (length,), generator=gen)
+    states = sum(vocab**t for t in range(length))
+    depth = torch.cat([torch.full((vocab**t,), t) for t in range(length)])  # (states,)
+    ref = torch.full((states, vocab), (1 - prior_mass) / (vocab - 1))
+    ref[torch.arange(states), target[depth]] = prior_mass  # at each depth, that step's target token
+    return TokenMDP(vocab, length, target, ref.log())
+
+
+def kl_regularised_optimum(mdp: TokenMDP, beta: float) -> torch.Tensor:
+    """log pi*(y) = log pi_ref(y) + r(y) / beta - log Z, for every sequence (vocab**length,)."""
+    unnormalised = mdp.sequence_logprobs(mdp.log_ref) + mdp.reward(mdp.sequences()) / beta
+    return unnormalised - torch.logsumexp(unnormalised, dim=0)
+
+
+def soft_policy(mdp: TokenMDP, q: torch.Tensor, beta: float) -> torch.Tensor:
+    """log pi(a | s) = log pi_ref(a | s) + (Q(s, a) - V(s)) / beta: (states, vocab)."""
+    return torch.log_softmax(mdp.log_ref + q / beta, dim=1)
+
+
+def soft_values(mdp: TokenMDP, q: torch.Tensor, beta: float) -> torch.Tensor:
+    """V(s) = beta log sum_a pi_ref(a | s) exp(Q(s, a) / beta): (states,)."""
+    return beta * torch.logsumexp(mdp.log_ref + q / beta, dim=1)
+
+
+def soft_value_iteration(mdp: TokenMDP, beta: float) -> torch.Tensor:
+    """The exact soft Q-values, backwards from the last token: (states, vocab)."""
+    q = torch.zeros_like(mdp.log_ref)
+    start = mdp.offsets
+    # the last token's Q is the reward of the sequence it completes (sequences() is in state order)
+    q[start[-2] : start[-1]] = mdp.reward(mdp.sequences()).view(-1, mdp.vocab)
+    for t in range(mdp.length - 2, -1, -1):  # Q(s, a) = V(s + a): depth t's children fill depth t + 1
+        q[start[t] : start[t + 1]] = soft_values(mdp, q, beta)[start[t + 1] : start[t + 2]].view(-1, mdp.vocab)
+    return q
+
+
+def total_variation(log_p: torch.Tensor, log_q: torch.Tensor) -> float:
+    return 0.5 * (log_p.exp() - log_q.exp()).abs().sum().item()
+
+
+@dataclass
+class SoftQConfig:
+    vocab: int = 30
+    length: int = 3
+    prior_mass: float = 0.3  # pi_ref's probability of the target token at each step
+    beta: float = 0.5
+    episodes: int = 40_000
+    batch: int = 64  # episodes sampled per update, from the current soft policy
+    lr: float = 0.3  # step towards the mean TD target of each visited (state, token)
+    measure_every: int = 25  # updates (625 in all with the defaults)
+    seed: int = 0
+
+
+def soft_q_learning(config: SoftQConfig = SoftQConfig()) -> dict:
+    """Tabular soft Q-learning from sampled episodes, starting at Q = 0, that is at pi = pi_ref.
+
+    Returns the episodes seen and the total variation distance between the policy's distribution over whole
+    sequences and the closed-form optimum at each measurement, and the final Q-table.
+    """
+    mdp = token_mdp(config.vocab, config.length, config.prior_mass, config.seed)
+    optimum = kl_regularised_optimum(mdp, config.beta)
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    q = torch.zeros_like(mdp.log_ref)  # (states, vocab)
+    seen, tv = [0], [total_variation(mdp.sequence_logprobs(soft_policy(mdp, q, config.beta)), optimum)]
+    for update in range(1, config.episodes // config.batch + 1):
+        policy = soft_policy(mdp, q, config.beta).exp()  # (states, vocab)
+        tokens = torch.zeros(config.batch, 0, dtype=torch.long)
+        states = []
+        for _ in range(config.length):  # sample each episode token by token from the current policy
+            s = mdp.state(tokens)  # (batch,)
+            states.append(s)
+            tokens = torch.cat([tokens, torch.multinomial(policy[s], 1, generator=gen)], dim=1)
+        states = torch.stack(states, dim=1)  # (batch, length)
+        values = soft_values(mdp, q, config.beta)  # (states,)
+        # TD targets: V of the next state, and the reward at the last token (no discount, reward at the end)
+        targets = torch.cat([values[states[:, 1:]], mdp.reward(tokens).unsqueeze(1)], dim=1)  # (batch, length)
+        pairs = (states * config.vocab + tokens).view(-1)  # flat (state, token) indices
+        count = torch.zeros(q.numel()).index_add_(0, pairs, torch.ones_like(pairs, dtype=torch.float))
+        total = torch.zeros(q.numel()).index_add_(0, pairs, targets.reshape(-1))
+        visited = count > 0
+        flat = q.view(-1)  # a visited pair moves toward the mean of its targets in this batch
+        flat[visited] += config.lr * (total[visited] / count[visited] - flat[visited])
+        if update % config.measure_every == 0:
+            seen.append(update * config.batch)
+            tv.append(total_variation(mdp.sequence_logprobs(soft_policy(mdp, q, config.beta)), optimum))
+    return {"episodes": seen, "tv": tv, "q": q, "mdp": mdp}
