@@ -1,9 +1,11 @@
 """Committed lessons read well on a hosting page and diff cleanly: executed, no errors, no timestamps."""
 
+import argparse
 import json
 import re
 from pathlib import Path
 
+import nbformat
 import pytest
 
 LESSONS = sorted((Path(__file__).resolve().parent.parent / "lessons").glob("*.ipynb"))
@@ -156,3 +158,29 @@ def test_the_measuring_run_records_each_assertion_and_still_checks_it(tmp_path, 
     with pytest.raises(AssertionError):
         exec(tool.instrumented("assert gold < 0.5", "99.cell1"), namespace)
     assert json.loads(claims.read_text().splitlines()[1])["holds"] is False
+
+
+def test_a_section_recorded_apart_replaces_only_its_cells_claims(tmp_path, monkeypatch):
+    tool = _measure_tool()
+    lessons, measurements = tmp_path / "lessons", tmp_path / "lessons" / "measurements"
+    measurements.mkdir(parents=True)
+    notebook = nbformat.v4.new_notebook(
+        cells=[
+            nbformat.v4.new_code_cell("SEED = 0"),
+            nbformat.v4.new_code_cell("assert SEED >= 0"),
+            nbformat.v4.new_code_cell("x = SEED + 1\nassert x > 1, 'seed 0 fails here'"),
+        ]
+    )
+    notebook.cells[2]["id"] = "toy"
+    nbformat.write(notebook, lessons / "99_toy.ipynb")
+    old = {"claim": "99.cell2.1", "source": "old", "holds": False, "operands": []}
+    kept = {"claim": "99.cell1.1", "source": "SEED >= 0", "holds": True, "operands": []}
+    record = {"seed": 1, "lessons": {"99_toy": {"seconds": 1.0, "claims": [kept, old]}}}
+    (measurements / "seed1.json").write_text(json.dumps(record))
+    monkeypatch.setattr(tool, "LESSONS", lessons)
+    monkeypatch.setattr(tool, "MEASUREMENTS", measurements)
+    tool.cmd_section(argparse.Namespace(seed=1, lesson="99", cell_id="toy"))
+    entry = json.loads((measurements / "seed1.json").read_text())["lessons"]["99_toy"]
+    assert entry["claims"][0] == kept and entry["seconds"] == 1.0
+    assert [(c["claim"], c["source"], c["holds"]) for c in entry["claims"][1:]] == [("99.cell2.1", "x > 1", True)]
+    assert set(entry["sections_run_apart"]) == {"toy"}

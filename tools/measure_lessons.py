@@ -375,12 +375,10 @@ def cmd_section(args) -> None:
         record = json.loads(out.read_text())
         entry = record["lessons"][path.stem]
         entry["claims"] = [c for c in entry["claims"] if not c["claim"].startswith(prefix + ".")] + claims
-        entry["sections_run_apart"] = {
-            "cell": args.cell_id,
-            "seconds": round(seconds, 1),
-            "date": time.strftime("%Y-%m-%d"),
-            "machine": machine(),
-        }
+        apart = entry.get("sections_run_apart", {})
+        apart = {} if "cell" in apart else apart  # the first records held a single cell
+        apart[args.cell_id] = {"seconds": round(seconds, 1), "date": time.strftime("%Y-%m-%d"), "machine": machine()}
+        entry["sections_run_apart"] = apart
         out.write_text(json.dumps(record, indent=1) + "\n")
     print(
         f"{path.name}, cell {args.cell_id}: {seconds:.0f} s, {len(claims)} claims, all hold: {all(c['holds'] is True for c in claims)}"
