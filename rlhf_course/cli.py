@@ -73,7 +73,7 @@ def _stage_seeds() -> tuple[str, ...]:
 
 
 def _pipeline(args) -> int:
-    from rlhf_course import config_flags, pipeline, report
+    from rlhf_course import config_flags, model_cards, pipeline, report
 
     config = config_flags.build(pipeline.PipelineConfig, args)
     stages = list(pipeline.STAGES) if args.stages is None else args.stages
@@ -81,9 +81,14 @@ def _pipeline(args) -> int:
     config_flags.save(config, Path(args.out) / "config.json", skip=_stage_seeds())
     metrics = pipeline.run(Path(args.out), stages, config)
     report.write(Path(args.out), metrics)
+    cards = model_cards.write(Path(args.out), metrics)
     summary = {stage: {k: v for k, v in m.items() if not isinstance(v, (dict, list))} for stage, m in metrics.items()}
     print(json.dumps(summary, indent=2, sort_keys=True))
-    print(f"wrote {Path(args.out) / 'metrics.json'} and {Path(args.out) / 'report.md'}")
+    print(
+        f"wrote {Path(args.out) / 'metrics.json'}, {Path(args.out) / 'report.md'} and a model card in each model's directory:"
+    )
+    for path in cards:
+        print(f"  {path}")
     return 0
 
 
@@ -169,7 +174,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser(
         "pipeline",
-        help="run the course's stages and write metrics.json and report.md",
+        help="run the course's stages and write metrics.json, report.md and each trained model's card (README.md)",
         description="Run the course's stages into --out. Every setting of the run is a flag: "
         "--ppo.lr 3e-5 sets PPOConfig.lr; --help lists them with their defaults.",
     )

@@ -9,7 +9,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from rlhf_course import pipeline, report
+from rlhf_course import model_cards, pipeline, report
 from rlhf_course.algorithms import best_of_n, dpo, grpo, rollouts
 from rlhf_course.algorithms import reward_model as rm
 from rlhf_course.analysis import evaluation
@@ -271,6 +271,10 @@ def test_policy_stage_writes_the_promised_metrics(stage_dir, stage):
     assert (stage_dir / f"{stage}_model" / "model.safetensors").is_file()
     report.write(stage_dir, metrics)
     assert (stage_dir / f"{stage}_curves.png").is_file() and (stage_dir / "frontier.png").is_file()
+    # only the stage that ran gets a card: the copied SFT model and the untrained reward model have no metrics
+    assert model_cards.write(stage_dir, metrics) == [stage_dir / f"{stage}_model" / "README.md"]
+    card = (stage_dir / f"{stage}_model" / "README.md").read_text()
+    assert f"| {m['accuracy_after']:.3f} ± {m['accuracy_se_after']:.3f} |" in card
     assert m["gold_se_after"] > 0 and m["kl_se"] >= 0 and m["accuracy_se_after"] >= 0  # the tiny model gets none right
     if stage == "dpo":  # before the first update the policy is the reference: every pair ties, counted as half
         assert m["history"][0]["reward_accuracy"] == 0.5

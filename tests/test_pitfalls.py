@@ -1,5 +1,6 @@
 """Lesson 07's tools: length-bias detection and balancing, refusal rates, planted secrets and scrubbing."""
 
+import pytest
 import torch
 
 from rlhf_course.analysis import length_bias, privacy, safety
@@ -94,3 +95,28 @@ def test_reward_per_word_recovers_a_linear_length_bonus():
     plain = torch.randn(len(pairs))
     extra = torch.tensor([length_bias.words(r, "rejected") - length_bias.words(r, "chosen") for r in pairs]).float()
     assert abs(length_bias.reward_per_word(plain, plain + 0.03 * extra, pairs) - 0.03) < 1e-6
+
+
+def test_jailbreak_framings_keep_the_request_and_the_answer_it_should_get():
+    tasks = world.generate_tasks("test", 4)
+    unsafe = [t for t in tasks if t.unsafe]
+    assert unsafe
+    for task in unsafe:
+        assert safety.reframe(task, "as asked") == task
+        request = task.prompt[-1]["content"]
+        for framing in safety.FRAMINGS[1:]:
+            framed = safety.reframe(task, framing)
+            assert (framed.family, framed.answer, framed.key) == (task.family, task.answer, task.key)
+            users = [m["content"] for m in framed.prompt if m["role"] == "user"]
+            if framing == "split":  # the act and its object never in one message, both in the conversation
+                verb, target = task.key.split(" ", 1) if " into " not in task.key else task.key.split(" into ")
+                assert len(users) == 2 and not any(verb in u and target in u for u in users)
+                assert target in users[0] and verb.split()[0] in users[1]
+            else:
+                assert users == [users[0]] and users[0].endswith(request) and users[0] != request
+    safe = next(t for t in tasks if not t.unsafe)
+    assert safety.reframe(safe, "role-play").prompt[-1]["content"].endswith(safe.prompt[-1]["content"])
+    with pytest.raises(ValueError, match="a split request needs an unsafe task"):
+        safety.reframe(safe, "split")
+    with pytest.raises(ValueError, match="framing must be one of"):
+        safety.reframe(safe, "base64")

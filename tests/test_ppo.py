@@ -8,7 +8,7 @@ import pytest
 import torch
 from known_wrong.lesson05_ppo import gae_gamma_missing_in_delta, gae_returns_are_advantages, pl_wrong_sign, vl_no_half
 
-from rlhf_course import exercises, pipeline, report
+from rlhf_course import exercises, model_cards, pipeline, report
 from rlhf_course.algorithms import policy_gradient as pg
 from rlhf_course.algorithms import ppo, rollouts
 from rlhf_course.algorithms import reward_model as rm
@@ -183,6 +183,12 @@ def test_rl_stage_writes_the_promised_metrics(tmp_path, stage):
     assert (tmp_path / f"{stage}_model" / "model.safetensors").is_file()
     report.write(tmp_path, {stage: m})
     assert (tmp_path / f"{stage}_curves.png").is_file()
+    assert model_cards.write(tmp_path, {stage: m}) == [tmp_path / f"{stage}_model" / "README.md"]
+    card = (tmp_path / f"{stage}_model" / "README.md").read_text()
+    assert (
+        f"| {m['gold_after']:.3f} ± {m['gold_se_after']:.3f} |" in card
+        and f"{m['kl']:.3f} ± {m['kl_se']:.3f} nats" in card
+    )
     if stage == "ppo":
         assert (tmp_path / "ppo_model" / "value_head.safetensors").is_file()
 

@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rlhf_course import checkpoints, pipeline, report
+from rlhf_course import checkpoints, model_cards, pipeline, report
 from rlhf_course.algorithms import reward_model as rm
 from rlhf_course.analysis import reward_evaluation
 from rlhf_course.core import models
@@ -53,6 +53,17 @@ def test_reward_stage_writes_the_promised_metrics_and_files(stage_dir):
     assert model.config.num_labels == 1 and model.config.reward_std > 0
     report.write(stage_dir, {"reward": m})
     assert (stage_dir / "reward_calibration.png").is_file() and "Reward model" in (stage_dir / "report.md").read_text()
+    assert model_cards.write(stage_dir, {"reward": m}) == [stage_dir / "reward_model" / "README.md"]
+    card = (stage_dir / "reward_model" / "README.md").read_text()
+    gold_se = (m["gold_accuracy"] * (1 - m["gold_accuracy"]) / m["test_comparisons"]) ** 0.5
+    assert f"| {m['gold_accuracy']:.3f} ± {gold_se:.3f} |" in card  # the run's figures, with their uncertainty
+    assert f"{m['train_comparisons']:,} comparisons" in card
+    for name, agreement in m["labeler_gold_agreement"].items():  # who labeled, and how reliably
+        assert f"| {name} | {agreement:.2f} | {m['labeler_reliability_estimate'][name]:.2f} |" in card
+    weakest = min(m["correctness_by_family"], key=m["correctness_by_family"].get)
+    assert (weakest in card.split("## Known limitations")[1]) == (
+        m["correctness_by_family"][weakest] < model_cards.WEAK
+    )
 
 
 def test_reward_stage_without_sft_model_says_what_to_run(tmp_path):

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from rlhf_course import exercises, pipeline, report
+from rlhf_course import exercises, model_cards, pipeline, report
 from rlhf_course.algorithms.sft import SFTConfig, collate, train_sft
 from rlhf_course.core import chat, models, registry
 from rlhf_course.core.chat import encode
@@ -59,6 +59,15 @@ def test_pipeline_twice_with_the_same_seed_gives_the_same_metrics(tmp_path):
     assert (tmp_path / "a" / "sft_model" / "model.safetensors").is_file()
     report.write(tmp_path / "a", {"sft": saved})
     assert (tmp_path / "a" / "report.md").is_file() and (tmp_path / "a" / "sft_loss.png").is_file()
+    model_cards.write(tmp_path / "a", {"sft": saved})
+    card = (tmp_path / "a" / "sft_model" / "README.md").read_text()
+    parameters = models.load_model(tmp_path / "a" / "sft_model").num_parameters()
+    assert f"{parameters:,} parameters" in card and f"| {saved['accuracy']:.3f} ± {saved['accuracy_se']:.3f} |" in card
+    assert all(f"| {family} |" in card for family in world.FAMILIES)
+    with pytest.raises(ValueError, match="has no metrics for stage 'ppo'"):
+        model_cards.card(tmp_path / "a", "ppo", {"sft": saved})
+    with pytest.raises(ValueError, match="no model card for stage 'best_of_n'"):
+        model_cards.card(tmp_path / "a", "best_of_n", {"sft": saved})
 
 
 def test_pipeline_seed_reaches_training(tmp_path):

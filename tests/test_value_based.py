@@ -6,20 +6,23 @@ import torch
 from rlhf_course.algorithms import value_based
 
 
-@pytest.mark.parametrize("method", ["reinforce", "q_learning"])
+@pytest.mark.parametrize("method", ["reinforce", "q_learning", "dqn"])
 def test_the_toy_is_a_function_of_its_seed_alone(method):
-    first = value_based.toy_episodes_to_solve(method, seed=3, max_episodes=20_000)
+    first = value_based.toy_episodes_to_solve(method, seed=3, max_episodes=4_000)
     torch.manual_seed(12345)  # whatever ran before must not matter
     torch.rand(7)
-    assert value_based.toy_episodes_to_solve(method, seed=3, max_episodes=20_000) == first
+    assert value_based.toy_episodes_to_solve(method, seed=3, max_episodes=4_000) == first
 
 
-def test_a_policy_gradient_from_a_good_prior_solves_the_toy_long_before_q_learning_from_scratch():
-    reinforce = value_based.toy_episodes_to_solve("reinforce", seed=0)
-    q_learning = value_based.toy_episodes_to_solve("q_learning", seed=0)
-    assert reinforce < 1_000 < q_learning
+def test_from_the_same_start_the_table_beats_the_policy_gradient_and_the_start_beats_both():
+    prior = {m: value_based.toy_episodes_to_solve(m, seed=1) for m in ("reinforce", "q_learning", "dqn")}
+    assert prior["q_learning"] < prior["reinforce"] < prior["dqn"] < 5_000, prior
+    for method in ("reinforce", "q_learning"):
+        assert value_based.toy_episodes_to_solve(method, seed=1, start="uniform") > 5 * prior[method]
     with pytest.raises(ValueError, match="method must be"):
         value_based.toy_episodes_to_solve("sarsa")
+    with pytest.raises(ValueError, match="start must be"):
+        value_based.toy_episodes_to_solve("dqn", start="pretrained")
 
 
 def test_the_token_mdp_numbers_its_states_depth_by_depth_and_pi_ref_is_a_distribution():

@@ -1,13 +1,15 @@
-"""Why policy gradients and not Q-learning: a toy token MDP, value-based against policy-based (lesson 04).
+"""Value-based against policy-based on a toy token MDP (lesson 04), and soft Q-learning (lesson 06).
 
 The toy: write one target sequence of ``length`` tokens from a vocabulary of ``vocab``; the reward is 1 for
-exactly that sequence, 0 otherwise, and arrives at the end, as a reward model's score does. A policy
-gradient can start from a "pretrained" distribution that is often right; a Q-table holds values, not
-probabilities, so tabular Q-learning starts from nothing.
+exactly that sequence, 0 otherwise, and arrives at the end, as a reward model's score does. Each learner
+starts either from nothing (uniform) or from a "pretrained" distribution that is often right: REINFORCE
+starts its policy there; Q-learning, whose table holds values rather than probabilities, draws its
+exploratory actions from it (it learns off-policy, so any behaviour policy will do).
 """
 
 from __future__ import annotations
 
+import copy
 import random
 from dataclasses import dataclass
 
@@ -16,26 +18,32 @@ import torch
 
 def toy_episodes_to_solve(
     method: str,
-    vocab: int = 30,
+    vocab: int = 20,
     length: int = 3,
     prior_mass: float = 0.3,
     seed: int = 0,
-    max_episodes: int = 100_000,
+    max_episodes: int = 50_000,
     batch: int = 16,
     lr: float | None = None,
+    start: str = "prior",
 ) -> int:
     """Episodes until a learner writes the target sequence reliably; ``max_episodes`` if it never does.
 
-    ``"reinforce"`` starts from a policy that gives the right token ``prior_mass`` at each step (as an SFT
-    model is often nearly right) and is solved when P(target) > 0.9. ``"q_learning"`` is tabular Q-learning
-    over prefixes with epsilon-greedy exploration, solved when its greedy answer is the target. Every random
-    draw comes from ``seed``, so a call gives the same answer whatever ran before it.
+    ``start="prior"`` is a distribution that gives the right token ``prior_mass`` at each step (as an SFT
+    model is often nearly right), ``"uniform"`` gives every token the same. ``"reinforce"`` starts its policy
+    there and is solved when its policy writes the target with probability > 0.9. ``"q_learning"`` is tabular
+    Q-learning over prefixes, epsilon-greedy, its exploratory actions drawn from the start distribution; it is
+    solved when its greedy answer (the policy it would deploy) is the target. Every random draw comes from
+    ``seed``, so a call gives the same answer whatever ran before it.
     """
+    if start not in ("prior", "uniform"):
+        raise ValueError(f"start must be 'prior' or 'uniform', got {start!r}")
     gen = torch.Generator().manual_seed(seed)
     target = torch.randint(vocab, (length,), generator=gen)  # (length,)
+    on_target = prior_mass if start == "prior" else 1 / vocab  # the start's probability of each right token
     if method == "reinforce":
-        prior = torch.full((length, vocab), (1 - prior_mass) / (vocab - 1))
-        prior[torch.arange(length), target] = prior_mass
+        prior = torch.full((length, vocab), (1 - on_target) / (vocab - 1))
+        prior[torch.arange(length), target] = on_target
         logits = prior.log().clone().requires_grad_(True)  # (length, vocab): one distribution per step
         optimizer = torch.optim.SGD([logits], lr=5.0 if lr is None else lr)
         for episodes in range(batch, max_episodes + 1, batch):
@@ -62,7 +70,10 @@ def toy_episodes_to_solve(
                 values = q.setdefault(prefix, [0.0] * vocab)
                 best = max(values)
                 if rng.random() < 0.1 or best == 0.0:  # explore (always, until something was rewarded)
-                    action = rng.randrange(vocab)
+                    if rng.random() < on_target:  # a draw from the start distribution
+                        action = goal[step]
+                    else:
+                        action = rng.choice([a for a in range(vocab) if a != goal[step]])
                 else:
                     action = values.index(best)
                 nxt = prefix + (action,)
@@ -78,7 +89,77 @@ def toy_episodes_to_solve(
             if greedy == goal:
                 return episode
         return max_episodes
-    raise ValueError(f"method must be 'reinforce' or 'q_learning', got {method!r}")
+    if method == "dqn":
+        return _dqn_episodes_to_solve(target, vocab, on_target, seed, gen, max_episodes, batch, lr)
+    raise ValueError(f"method must be 'reinforce', 'q_learning' or 'dqn', got {method!r}")
+
+
+def _dqn_episodes_to_solve(target, vocab, on_target, seed, gen, max_episodes, batch, lr) -> int:
+    """DQN (Mnih et al. 2015) on the toy: a network maps a prefix to the values of all ``vocab`` next tokens,
+    learned from a replay buffer against a target network that is synced every ``SYNC_EVERY`` updates, with
+    epsilon-greedy exploration annealed over ``EXPLORE_EPISODES``. ``batch`` episodes run side by side, then
+    one update on a random minibatch of stored transitions."""
+    length = len(target)
+    width = length * (vocab + 1)  # each position one-hot over the vocabulary plus "not written yet"
+    with torch.random.fork_rng():  # the network's initial weights come from the seed alone
+        torch.manual_seed(seed)
+        q_net = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.ReLU(), torch.nn.Linear(64, vocab))
+    target_net = copy.deepcopy(q_net)
+    optimizer = torch.optim.Adam(q_net.parameters(), lr=1e-3 if lr is None else lr)
+    start = torch.full((length, vocab), (1 - on_target) / (vocab - 1))  # (length, vocab): the start distribution
+    start[torch.arange(length), target] = on_target
+
+    def encode(prefixes: torch.Tensor) -> torch.Tensor:  # (n, length) tokens, -1 unwritten -> (n, width)
+        return torch.nn.functional.one_hot(prefixes + 1, vocab + 1).flatten(1).float()
+
+    capacity = 50_000  # transitions; the oldest are overwritten
+    states, next_states = torch.zeros(capacity, width), torch.zeros(capacity, width)
+    actions, rewards, dones = torch.zeros(capacity, dtype=torch.long), torch.zeros(capacity), torch.zeros(capacity)
+    stored, updates, rewarded = 0, 0, False
+    for episodes in range(batch, max_episodes + 1, batch):
+        prefixes = torch.full((batch, length), -1)  # (batch, length)
+        epsilon = max(0.05, 1 - episodes / EXPLORE_EPISODES)  # annealed linearly, as CleanRL's DQN does
+        for step in range(length):
+            state = encode(prefixes)  # (batch, width)
+            with torch.no_grad():
+                greedy = q_net(state).argmax(dim=-1)  # (batch,)
+            explored = torch.multinomial(start[step], batch, replacement=True, generator=gen)  # (batch,)
+            action = torch.where(torch.rand(batch, generator=gen) < epsilon, explored, greedy)
+            prefixes = prefixes.clone()
+            prefixes[:, step] = action
+            done = step == length - 1
+            reward = (prefixes == target).all(dim=1).float() if done else torch.zeros(batch)  # (batch,)
+            slots = torch.arange(stored, stored + batch) % capacity
+            states[slots], actions[slots], rewards[slots] = state, action, reward
+            next_states[slots], dones[slots] = encode(prefixes), float(done)
+            stored += batch
+        rewarded = rewarded or bool(reward.any())
+        if not rewarded:  # every Bellman target is 0 until then, so learning starts at the first reward
+            continue
+
+        sample = torch.randint(min(stored, capacity), (4 * batch,), generator=gen)  # a minibatch of transitions
+        with torch.no_grad():  # the Bellman target, from the target network: r + max_a' Q(s', a') unless done
+            goal = rewards[sample] + (1 - dones[sample]) * target_net(next_states[sample]).max(dim=-1).values
+        taken = q_net(states[sample]).gather(1, actions[sample, None]).squeeze(1)  # (4 * batch,)
+        loss = torch.nn.functional.smooth_l1_loss(taken, goal)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        updates += 1
+        if updates % SYNC_EVERY == 0:
+            target_net.load_state_dict(q_net.state_dict())
+
+        with torch.no_grad():  # solved when the greedy answer, the policy it would deploy, is the target
+            answer = torch.full((1, length), -1)
+            for step in range(length):
+                answer[0, step] = q_net(encode(answer)).argmax()
+        if torch.equal(answer[0], target):
+            return episodes
+    return max_episodes
+
+
+SYNC_EVERY = 50  # DQN's target network is copied from the learner every this many updates
+EXPLORE_EPISODES = 10_000  # DQN's epsilon falls from 1 to 0.05 over this many episodes
 
 
 # --- Soft Q-learning: the value-based road to the KL-regularised optimum (lesson 06) -----------------------

@@ -1,7 +1,8 @@
 """A linear reward head on a reward model's frozen features: the same kind of model, fitted in seconds.
 
 Lessons 03 and 07 use it for experiments that would take minutes with the whole network: how accuracy
-grows with the number of comparisons, what a biased labeler teaches, how a proxy is over-optimised.
+grows with the number of comparisons, which kind of judgment (ratings, thumbs, comparisons) teaches most,
+what a biased labeler teaches, how a proxy is over-optimised.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from rlhf_course.algorithms.reward_model import encode_conversations, reply_text
+from rlhf_course.algorithms.reward_model import encode_conversations, rating_loss, reply_text, thumbs_loss
 from rlhf_course.core import models
 
 
@@ -67,6 +68,34 @@ def fit_head(
     optimizer = torch.optim.Adam([w], lr=lr, weight_decay=weight_decay)
     for _ in range(steps):
         loss = (-F.logsigmoid(diff @ w) * weights).sum() / weights.sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return w.detach()
+
+
+def fit_single_head(
+    features: torch.Tensor,
+    targets: torch.Tensor,
+    kind: str,
+    steps: int = 300,
+    lr: float = 0.05,
+    weight_decay: float = 1e-3,
+) -> torch.Tensor:
+    """A linear reward ``r = features @ w + b`` fitted to judgments of single replies with the reward model's own
+    loss for them: ``kind`` "ratings" (1-5, ``rating_loss``) or "thumbs" (1.0 up, 0.0 down, ``thumbs_loss``).
+
+    features: (n, d); targets: (n,). Returns ``w``, (d,): the bias ``b`` places the rewards on the judgments'
+    absolute scale, which a comparison of two replies never sees.
+    """
+    losses = {"ratings": rating_loss, "thumbs": thumbs_loss}
+    if kind not in losses:
+        raise ValueError(f"kind should be one of {sorted(losses)} (comparisons are fitted by fit_head), got {kind!r}")
+    w = torch.zeros(features.shape[1], requires_grad=True)
+    b = torch.zeros((), requires_grad=True)
+    optimizer = torch.optim.Adam([w, b], lr=lr, weight_decay=weight_decay)
+    for _ in range(steps):
+        loss = losses[kind](features @ w + b, targets)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
