@@ -17,7 +17,8 @@ The package is layered; a module imports only from its own layer and the layers 
                  trl_bridge
     checks/      the exercises' checks, one module per lesson
 
-On top: ``pipeline`` (the stages in order), ``report`` (its figures and report.md), ``checkpoints``
+On top: ``pipeline`` (the stages in order), ``report`` (its figures and report.md), ``model_cards`` (a
+card beside each model it trained), ``checkpoints``
 (the lesson cache), ``exercises`` (checking and plugging in a learner's code), ``cli`` and
 ``config_flags`` (the ``rlhf-course`` command). ``tests/test_layout.py`` holds the imports to this order.
 """

@@ -74,3 +74,16 @@ def test_correctness_differs_marks_right_against_wrong_pairs(judged):
         for j in raw
     ]
     assert marked.tolist() == expected and 0 < sum(expected) < len(expected)
+
+
+def test_the_clustered_error_is_the_usual_one_for_single_pairs_and_grows_with_shared_prompts():
+    torch.manual_seed(0)
+    x = torch.randn(400)
+    mean, se = feedback_kinds.mean_and_se(x, torch.arange(400))
+    assert mean == pytest.approx(x.mean().item()) and se == pytest.approx(x.std().item() / 20, rel=0.01)
+    copies = x.repeat_interleave(4)  # every value four times, as four pairs of one prompt
+    _, clustered = feedback_kinds.mean_and_se(copies, torch.arange(400).repeat_interleave(4))
+    _, naive = feedback_kinds.mean_and_se(copies, torch.arange(1600))
+    assert clustered == pytest.approx(se, rel=0.01) and naive == pytest.approx(se / 2, rel=0.01)
+    rows = [{"prompt": [{"role": "user", "content": c}]} for c in "abac"]
+    assert feedback_kinds.prompt_groups(rows).tolist() == [0, 1, 0, 2]

@@ -31,7 +31,7 @@ def test_every_import_points_down_the_layers_or_within_one():
 
 def test_every_module_lives_in_a_layer_and_the_top_holds_only_what_runs_the_course():
     top = sorted(p.stem for p in PACKAGE.glob("*.py"))
-    assert top == ["__init__", "checkpoints", "cli", "config_flags", "exercises", "pipeline", "report"]
+    assert top == ["__init__", "checkpoints", "cli", "config_flags", "exercises", "model_cards", "pipeline", "report"]
     assert sorted(p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(
         [layer for layer in LAYERS if layer != "top"] + ["artifacts"]
     )

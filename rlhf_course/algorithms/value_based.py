@@ -134,7 +134,7 @@ def _dqn_episodes_to_solve(target, vocab, on_target, seed, gen, max_episodes, ba
             next_states[slots], dones[slots] = encode(prefixes), float(done)
             stored += batch
         rewarded = rewarded or bool(reward.any())
-        if not rewarded:  # every Bellman target is 0 until then, so learning starts at the first reward
+        if not rewarded:  # no stored transition carries any reward yet: updates start at the first one
             continue
 
         sample = torch.randint(min(stored, capacity), (4 * batch,), generator=gen)  # a minibatch of transitions

@@ -86,3 +86,23 @@ def correctness_differs(rows: list[dict]) -> torch.Tensor:
             for r in rows
         ]
     )
+
+
+def prompt_groups(rows: list[dict]) -> torch.Tensor:
+    """Which prompt each preference row belongs to, numbered in order of first appearance. (rows,) long"""
+    keys = [repr(r["prompt"]) for r in rows]
+    number = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return torch.tensor([number[k] for k in keys])
+
+
+def mean_and_se(values: torch.Tensor, groups: torch.Tensor) -> tuple[float, float]:
+    """Mean of per-pair ``values`` (pairs,) and its standard error, clustered by prompt (``groups``, (pairs,)).
+
+    Pairs of one prompt share replies, so they are not independent: the error comes from each prompt's summed
+    deviation from the mean, sqrt(sum_g (sum_{i in g} (x_i - mean))^2) / n, which for one pair per prompt is the
+    usual std / sqrt(n).
+    """
+    values = values.double()
+    mean = values.mean()
+    per_prompt = torch.zeros(int(groups.max()) + 1, dtype=torch.double).index_add_(0, groups, values - mean)
+    return mean.item(), (per_prompt.pow(2).sum().sqrt() / len(values)).item()
