@@ -41,10 +41,10 @@ def toy_episodes_to_solve(
     gen = torch.Generator().manual_seed(seed)
     target = torch.randint(vocab, (length,), generator=gen)  # (length,)
     on_target = prior_mass if start == "prior" else 1 / vocab  # the start's probability of each right token
+    start_distribution = torch.full((length, vocab), (1 - on_target) / (vocab - 1))  # (length, vocab)
+    start_distribution[torch.arange(length), target] = on_target
     if method == "reinforce":
-        prior = torch.full((length, vocab), (1 - on_target) / (vocab - 1))
-        prior[torch.arange(length), target] = on_target
-        logits = prior.log().clone().requires_grad_(True)  # (length, vocab): one distribution per step
+        logits = start_distribution.log().clone().requires_grad_(True)  # (length, vocab): one distribution per step
         optimizer = torch.optim.SGD([logits], lr=5.0 if lr is None else lr)
         for episodes in range(batch, max_episodes + 1, batch):
             log_probs = torch.log_softmax(logits, dim=-1)  # (length, vocab)
@@ -90,24 +90,22 @@ def toy_episodes_to_solve(
                 return episode
         return max_episodes
     if method == "dqn":
-        return _dqn_episodes_to_solve(target, vocab, on_target, seed, gen, max_episodes, batch, lr)
+        return _dqn_episodes_to_solve(target, start_distribution, seed, gen, max_episodes, batch, lr)
     raise ValueError(f"method must be 'reinforce', 'q_learning' or 'dqn', got {method!r}")
 
 
-def _dqn_episodes_to_solve(target, vocab, on_target, seed, gen, max_episodes, batch, lr) -> int:
+def _dqn_episodes_to_solve(target, start, seed, gen, max_episodes, batch, lr) -> int:
     """DQN (Mnih et al. 2015) on the toy: a network maps a prefix to the values of all ``vocab`` next tokens,
     learned from a replay buffer against a target network that is synced every ``SYNC_EVERY`` updates, with
     epsilon-greedy exploration annealed over ``EXPLORE_EPISODES``. ``batch`` episodes run side by side, then
     one update on a random minibatch of stored transitions."""
-    length = len(target)
+    length, vocab = start.shape  # start: (length, vocab), the distribution exploratory actions are drawn from
     width = length * (vocab + 1)  # each position one-hot over the vocabulary plus "not written yet"
     with torch.random.fork_rng():  # the network's initial weights come from the seed alone
         torch.manual_seed(seed)
         q_net = torch.nn.Sequential(torch.nn.Linear(width, 64), torch.nn.ReLU(), torch.nn.Linear(64, vocab))
     target_net = copy.deepcopy(q_net)
     optimizer = torch.optim.Adam(q_net.parameters(), lr=1e-3 if lr is None else lr)
-    start = torch.full((length, vocab), (1 - on_target) / (vocab - 1))  # (length, vocab): the start distribution
-    start[torch.arange(length), target] = on_target
 
     def encode(prefixes: torch.Tensor) -> torch.Tensor:  # (n, length) tokens, -1 unwritten -> (n, width)
         return torch.nn.functional.one_hot(prefixes + 1, vocab + 1).flatten(1).float()
