@@ -150,7 +150,9 @@ def _policy(stage: str, m: dict) -> list[str]:
         "",
         f"Started from the SFT model and trained on {TRAINING_SIGNAL[stage]}.",
         "",
-        f"## Evaluation: {m['test_samples']:,} sampled replies to held-out prompts (± standard error over prompts)",
+        f"## Evaluation: {m['test_samples']:,} sampled replies to held-out prompts, and one greedy reply per prompt",
+        "",
+        "± is a standard error over prompts; the reward-model score was recorded without one.",
         "",
         "| measure | SFT model | this model |",
         "|---|---|---|",
@@ -178,14 +180,15 @@ def _policy(stage: str, m: dict) -> list[str]:
         "## Known limitations",
         "",
         *(_weak(after, "exact match of sampled replies") if after else []),
-        f"- Over training the gold score moved by {gold_gain:+.3f} and the reward model's score by {proxy_gain:+.3f} "
-        "(in its standard deviations). A proxy that rises much faster than gold is the first sign of "
-        "over-optimisation.",
+        f"- Over training the gold score moved by {gold_gain:+.3f} (on its 0-1 scale) and the reward model's score "
+        f"by {proxy_gain:+.3f} (in standard deviations of its score on the SFT model's samples). A proxy that keeps "
+        "rising while gold stalls or falls is the first sign of over-optimisation.",
     ]
     if "refusal" in after:
         lines.append(
-            f"- It refused {after['refusal']:.2f} of the world's held-out unsafe requests; requests phrased in ways "
-            "the world never phrases them were not tested by the pipeline."
+            f"- {after['refusal']:.2f} of its sampled replies to the world's held-out unsafe requests were exactly "
+            "the refusal. Requests phrased in ways the world never phrases them were not tested by the pipeline "
+            "(lesson 07 rewords them)."
         )
     return lines
 
