@@ -79,12 +79,12 @@ def pipeline_modules() -> list[Path]:
 
 
 def fingerprint(config: pipeline.PipelineConfig) -> str:
-    """Hash of the code the pipeline runs, the package's shipped artifacts, the libraries' versions and the
-    configuration (not where the package is checked out)."""
+    """Hash of the code the pipeline runs, the shipped base model it starts from, the libraries' versions and
+    the configuration (not where the package is checked out). Other artifacts (lesson 02's T5) do not count."""
     h = hashlib.sha256(repr(config).replace(str(PACKAGE_DIR), "<package>").encode())
     h.update(repr([(name, importlib.metadata.version(name)) for name in LIBRARIES]).encode())
     h.update(repr([(name, os.environ.get(name)) for name in SETTINGS]).encode())
-    artifacts = [p for p in sorted((PACKAGE_DIR / "artifacts").rglob("*")) if p.is_file()]
+    artifacts = [p for p in sorted((PACKAGE_DIR / "artifacts" / "base_model").rglob("*")) if p.is_file()]
     for path in pipeline_modules() + artifacts:
         h.update(str(path.relative_to(PACKAGE_DIR)).encode())
         h.update(path.read_bytes())

@@ -65,6 +65,15 @@ def _pretrain(args) -> int:
     return 0
 
 
+def _pretrain_t5(args) -> int:
+    from rlhf_course import config_flags
+    from rlhf_course.algorithms import seq2seq
+
+    config = config_flags.build(seq2seq.T5PretrainConfig, args)
+    seq2seq.main(Path(args.out), config)
+    return 0
+
+
 def _stage_seeds() -> tuple[str, ...]:
     """Each stage's own seed is --seed (the pipeline sets it), so it has no flag."""
     from rlhf_course import pipeline
@@ -161,7 +170,7 @@ def _make_exercises(args) -> int:
 
 def main(argv=None) -> int:
     from rlhf_course import config_flags, pipeline
-    from rlhf_course.algorithms import pretrain
+    from rlhf_course.algorithms import pretrain, seq2seq
 
     parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -171,6 +180,12 @@ def main(argv=None) -> int:
     # every field of PretrainConfig (its defaults built the shipped model)
     config_flags.add_flags(p, pretrain.PretrainConfig, types_={"steps": _integer(1), "seed": SEED})
     p.set_defaults(fn=_pretrain)
+
+    p = sub.add_parser("pretrain-t5", help="pretrain lesson 02's encoder-decoder by span corruption")
+    p.add_argument("--out", default="runs/t5_base", help="model directory to write")
+    # every field of T5PretrainConfig (its defaults built the shipped model, rlhf_course/artifacts/t5_base)
+    config_flags.add_flags(p, seq2seq.T5PretrainConfig, types_={"steps": _integer(1), "seed": SEED})
+    p.set_defaults(fn=_pretrain_t5)
 
     p = sub.add_parser(
         "pipeline",

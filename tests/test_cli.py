@@ -7,7 +7,7 @@ import json
 import pytest
 
 from rlhf_course import cli, config_flags, pipeline
-from rlhf_course.algorithms import pretrain
+from rlhf_course.algorithms import pretrain, seq2seq
 
 
 def _run_pipeline(monkeypatch, tmp_path, *flags):
@@ -76,7 +76,14 @@ def test_an_unknown_or_ill_typed_flag_is_refused_naming_it(monkeypatch, tmp_path
     assert named in error and expected in error, error
 
 
-@pytest.mark.parametrize("command, cls", [("pipeline", pipeline.PipelineConfig), ("pretrain", pretrain.PretrainConfig)])
+@pytest.mark.parametrize(
+    "command, cls",
+    [
+        ("pipeline", pipeline.PipelineConfig),
+        ("pretrain", pretrain.PretrainConfig),
+        ("pretrain-t5", seq2seq.T5PretrainConfig),
+    ],
+)
 def test_help_lists_every_config_field_with_its_default(capsys, command, cls):
     with pytest.raises(SystemExit):
         cli.main([command, "--help"])

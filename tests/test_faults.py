@@ -33,6 +33,7 @@ from rlhf_course.teaching.labeling import LabelingSession, pairs_for_labeling
         (["pretrain", "--steps", "ten"], "--steps", "an integer of at least 1"),
         (["pretrain", "--seed", "-1"], "--seed", "an integer from 0 to 4294967295"),
         (["pretrain", "--seed", "1.5"], "--seed", "an integer from 0"),
+        (["pretrain-t5", "--steps", "0"], "--steps", "an integer of at least 1"),
         (["pipeline", "--seed", str(2**40)], "--seed", "an integer from 0 to 4294967295"),
         (["pipeline", "--stages", ""], "--stages", "comma-separated stages from sft, reward"),
         (["pipeline", "--stages", ","], "--stages", "comma-separated stages from sft, reward"),

@@ -168,6 +168,8 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
         ("teaching/plots.py", 'color="C0"', 'color="C3"'),
         ("report.py", "## Reward model", "## Reward"),
         ("teaching/labeling.py", '"""', '"""\n'),
+        ("algorithms/seq2seq.py", "d_ff: int = 384", "d_ff: int = 512"),
+        ("artifacts/t5_base/config.json", '"d_ff": 384', '"d_ff": 512'),  # another shipped model
     ]:
         source = (package / name).read_text()
         assert old in source, (name, old)
@@ -175,7 +177,7 @@ def test_fingerprint_follows_the_code_the_pipeline_runs_its_seed_and_the_librari
         assert checkpoints.fingerprint(config) == before, name
     sft = (package / "algorithms" / "sft.py").read_text()  # the SFT loss: imported by the pipeline
     (package / "algorithms" / "sft.py").write_text(
-        sft.replace("return next_token_loss(logits, batch", "return 2 * next_token_loss(logits, batch")
+        sft.replace("loss = next_token_loss(logits, batch", "loss = 2 * next_token_loss(logits, batch")
     )
     edited = checkpoints.fingerprint(config)
     assert edited != before

@@ -211,7 +211,8 @@ def cmd_run(args) -> None:
                 "date": time.strftime("%Y-%m-%d"),
             }
             record["lessons"] = dict(sorted(record["lessons"].items()))
-            record["cache_minutes"] = _cache_build_minutes(args.seed)
+            # a lesson that needs no cached model (02) runs without one: keep what the last build measured
+            record["cache_minutes"] = _cache_build_minutes(args.seed) or record.get("cache_minutes", {})
             out.write_text(json.dumps(record, indent=1) + "\n")
         print(
             f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",

@@ -4,6 +4,10 @@ A demonstration is the chat template applied to the prompt messages and the assi
 model is trained with the ordinary next-token loss, but only on the reply: the prompt and the padding
 get the label -100, which the loss skips. Batches group sequences of similar length, so little compute
 goes to padding.
+
+An encoder-decoder (T5, ``model.config.is_encoder_decoder``) trains with the same loop: the prompt goes
+to the encoder, the reply is the decoder's target, and only padding needs masking (lesson 02's last
+section).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from rlhf_course.core import distributed, models, optimization, resume, runtime
 from rlhf_course.core.chat import encode
@@ -46,12 +51,37 @@ def sft_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len
     return input_ids.masked_fill(~keep, IGNORE_INDEX)
 
 
-def collate(encoded: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded training batch from ``(ids, prompt_length)`` pairs."""
-    input_ids, attention_mask = pad_batch([ids for ids, _ in encoded], pad_id, side="right")
-    prompt_lengths = torch.tensor([n for _, n in encoded], dtype=torch.long)
-    labels = sft_labels(input_ids, attention_mask, prompt_lengths)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+def collate(
+    encoded: list[tuple[list[int], int]], pad_id: int, decoder_start_id: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded training batch from ``(ids, prompt_length)`` pairs.
+
+    With ``decoder_start_id`` (an encoder-decoder's ``config.decoder_start_token_id``) the batch is split
+    instead: the prompts are the encoder's ``input_ids``, the replies its ``labels``, and the decoder reads
+    each reply shifted right by one behind the start token, so its logits at t predict ``labels`` at t.
+    """
+    if decoder_start_id is None:
+        input_ids, attention_mask = pad_batch([ids for ids, _ in encoded], pad_id, side="right")
+        prompt_lengths = torch.tensor([n for _, n in encoded], dtype=torch.long)
+        labels = sft_labels(input_ids, attention_mask, prompt_lengths)
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    input_ids, attention_mask = pad_batch([ids[:n] for ids, n in encoded], pad_id, side="right")
+    replies, reply_mask = pad_batch([ids[n:] for ids, n in encoded], pad_id, side="right")  # (batch, reply)
+    decoder_input_ids, _ = pad_batch([[decoder_start_id] + ids[n:-1] for ids, n in encoded], pad_id, side="right")
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "decoder_input_ids": decoder_input_ids,
+        "decoder_attention_mask": reply_mask,
+        "labels": replies.masked_fill(reply_mask == 0, IGNORE_INDEX),  # nothing but padding to mask
+    }
+
+
+def loss_tokens(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """How many tokens a ``collate``d batch's loss is a mean over: a decoder-only model's labels are
+    predicted from the position before them, so the first position predicts nothing."""
+    labels = batch["labels"] if "decoder_input_ids" in batch else batch["labels"][:, 1:]
+    return (labels != IGNORE_INDEX).sum()
 
 
 def length_grouped_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
@@ -71,9 +101,14 @@ def batch_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tor
     """The SFT loss of a ``collate``d batch (mean over its reply tokens) and how many tokens that mean is over."""
     dev = next(model.parameters()).device
     batch = {k: v.to(dev) for k, v in batch.items()}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
     with runtime.autocast(dev):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    return next_token_loss(logits, batch["labels"]), (batch["labels"][:, 1:] != IGNORE_INDEX).sum()
+        logits = model(**inputs).logits  # (batch, seq, vocab); an encoder-decoder's seq is the reply's
+    if "decoder_input_ids" in batch:  # already aligned: the logits at t predict labels at t
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+    else:
+        loss = next_token_loss(logits, batch["labels"])
+    return loss, loss_tokens(batch)
 
 
 @replaceable("sft_step")
@@ -118,7 +153,7 @@ def train_sft(
         rows = [rows[i] for i in numbers]
     encoded = [encode(tokenizer, row["prompt"], row["completion"]) for row in rows]
     limit = models.context_length(model)
-    too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
+    too_long = [i for i, (ids, _) in enumerate(encoded) if limit is not None and len(ids) > limit]
     if too_long:
         raise ValueError(
             f"{len(too_long)} demonstrations are longer than the model's context of {limit} tokens "
@@ -133,6 +168,7 @@ def train_sft(
     ]
     total = len(steps)
     dev = next(model.parameters()).device
+    decoder_start_id = model.config.decoder_start_token_id if model.config.is_encoder_decoder else None
     optimizer = optimization.adam(model.parameters(), config.lr, weight_decay=config.weight_decay)
     scheduler = optimization.warmup_then_decay(optimizer, config.warmup_steps, total)
     identity = resume.run_identity(model, config, rows=len(encoded)) if checkpoint_dir else None
@@ -148,8 +184,9 @@ def train_sft(
     for indices in steps[len(losses) :]:
         # 1. this process's rows of the batch (all of them, in one process)
         rows, counted = distributed.my_rows(accelerator, indices)
-        batch = {k: v.to(dev) for k, v in collate([encoded[i] for i in rows], tokenizer.pad_token_id).items()}
-        tokens = (batch["labels"][:, 1:] != IGNORE_INDEX).sum()  # the reply tokens the loss is a mean over
+        encoded_rows = [encoded[i] for i in rows]
+        batch = {k: v.to(dev) for k, v in collate(encoded_rows, tokenizer.pad_token_id, decoder_start_id).items()}
+        tokens = loss_tokens(batch)  # the reply tokens the loss is a mean over
         weight = distributed.share_weight(accelerator, tokens if counted else 0)
         # 2. the loss and the optimizer step (sft_step: lesson 02's exercise), then the schedule moves on
         loss = sft_step(ddp_model, optimizer, accelerator, batch, weight, config.max_grad_norm)

@@ -163,10 +163,11 @@ def save(model, tokenizer, path: str | Path) -> Path:
     return path
 
 
-def context_length(model) -> int:
-    """How many tokens the model can attend to (GPT-2 calls it n_positions, most others max_position_embeddings)."""
+def context_length(model) -> int | None:
+    """How many tokens the model can attend to (GPT-2 calls it n_positions, most others
+    max_position_embeddings); None for a model with relative positions only, such as T5."""
     config = model.config
-    return getattr(config, "n_positions", None) or config.max_position_embeddings
+    return getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
 
 
 def count_parameters(model) -> int:
