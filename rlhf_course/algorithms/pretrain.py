@@ -53,24 +53,19 @@ def packed_blocks(tok, n_blocks: int, block_size: int, seed: int) -> torch.Tenso
     return torch.tensor(ids[:need], dtype=torch.long).view(n_blocks, block_size)
 
 
-def pretrain(config: PretrainConfig, tok=None, on_step=None):
-    """Train a fresh model; returns (model, tokenizer, losses). ``on_step(row)`` sees each step's ``{"step", "loss"}``."""
-    gen = runtime.seed_everything(config.seed)
-    tok = tok or tokenizer_lib.train_tokenizer(config.vocab_size, config.seed)
-    dev = runtime.device()
-    model = config.model.build(tok).to(dev)
-    blocks = packed_blocks(tok, config.steps * config.batch_size, config.block_size, config.seed)
-    order = torch.randperm(len(blocks), generator=gen)
+def optimize(model, config, batch_loss, desc: str, on_step=None) -> list[float]:
+    """The loop every pretraining objective shares: AdamW, the cosine schedule, gradient clipping.
+
+    ``config`` gives steps, lr, warmup_steps and weight_decay; ``batch_loss(step)`` returns that step's loss
+    (a scalar tensor). Returns the losses; ``on_step(row)`` sees each step's ``{"step", "loss"}``.
+    """
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
     losses = []
     model.train()
-    for step in runtime.progress(range(config.steps), desc="pretrain"):
+    for step in runtime.progress(range(config.steps), desc=desc):
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, config.steps, config.warmup_steps, config.lr)
-        batch = blocks[order[step * config.batch_size : (step + 1) * config.batch_size]].to(dev)  # (batch, block)
-        with runtime.autocast(dev):
-            logits = model(input_ids=batch).logits  # (batch, block, vocab)
-        loss = next_token_loss(logits, batch)
+        loss = batch_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -79,7 +74,25 @@ def pretrain(config: PretrainConfig, tok=None, on_step=None):
         if on_step is not None:
             on_step({"step": step, "loss": losses[-1]})
     model.eval()
-    return model, tok, losses
+    return losses
+
+
+def pretrain(config: PretrainConfig, tok=None, on_step=None):
+    """Train a fresh model; returns (model, tokenizer, losses). ``on_step(row)`` sees each step's ``{"step", "loss"}``."""
+    gen = runtime.seed_everything(config.seed)
+    tok = tok or tokenizer_lib.train_tokenizer(config.vocab_size, config.seed)
+    dev = runtime.device()
+    model = config.model.build(tok).to(dev)
+    blocks = packed_blocks(tok, config.steps * config.batch_size, config.block_size, config.seed)
+    order = torch.randperm(len(blocks), generator=gen)
+
+    def batch_loss(step: int) -> torch.Tensor:
+        batch = blocks[order[step * config.batch_size : (step + 1) * config.batch_size]].to(dev)  # (batch, block)
+        with runtime.autocast(dev):
+            logits = model(input_ids=batch).logits  # (batch, block, vocab)
+        return next_token_loss(logits, batch)
+
+    return model, tok, optimize(model, config, batch_loss, "pretrain", on_step)
 
 
 def main(out: Path, config: PretrainConfig) -> Path:

@@ -28,7 +28,7 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
 
 from rlhf_course.algorithms import sft
-from rlhf_course.algorithms.pretrain import cosine_lr, packed_blocks
+from rlhf_course.algorithms.pretrain import optimize, packed_blocks
 from rlhf_course.core import models, runtime
 from rlhf_course.core.chat import encode
 from rlhf_course.core.language_model import pad_batch
@@ -124,13 +124,8 @@ def pretrain_t5(config: T5PretrainConfig = T5PretrainConfig(), on_step=None):
     model = config.shape.build(tok).to(runtime.device())
     sentinel_ids = tok.convert_tokens_to_ids(SENTINELS)
     blocks = packed_blocks(tok, config.steps * config.batch_size, config.block_size, config.seed).tolist()
-    # the GPT-2's optimizer and settings (pretrain.pretrain), so the two differ in architecture and objective only
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, betas=(0.9, 0.95))
-    losses = []
-    model.train()
-    for step in runtime.progress(range(config.steps), desc="pretrain-t5"):
-        for group in optimizer.param_groups:
-            group["lr"] = cosine_lr(step, config.steps, config.warmup_steps, config.lr)
+
+    def batch_loss(step: int) -> torch.Tensor:
         examples = []
         for ids in blocks[step * config.batch_size : (step + 1) * config.batch_size]:
             inputs, targets = corrupt_spans(
@@ -138,16 +133,10 @@ def pretrain_t5(config: T5PretrainConfig = T5PretrainConfig(), on_step=None):
             )
             examples.append((inputs + targets, len(inputs)))  # sft.collate's (ids, prompt length)
         batch = sft.collate(examples, tok.pad_token_id, model.config.decoder_start_token_id)
-        loss, _ = sft.batch_loss(model, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        losses.append(loss.item())
-        if on_step is not None:
-            on_step({"step": step, "loss": losses[-1]})
-    model.eval()
-    return model, tok, losses
+        return sft.batch_loss(model, batch)[0]
+
+    # the GPT-2's loop, optimizer and settings, so the two differ in architecture and objective only
+    return model, tok, optimize(model, config, batch_loss, "pretrain-t5", on_step)
 
 
 def load_t5(path: str | Path = T5_BASE_DIR, dev: torch.device | None = None):
