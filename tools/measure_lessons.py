@@ -28,6 +28,7 @@ import re
 import tempfile
 import time
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -154,7 +155,7 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
         kernel_name="python3",
         allow_errors=not inplace,
         resources={"metadata": {"path": str(LESSONS)}},
-        record_timing=False,
+        record_timing=True,  # per-cell times, for the record only: the committed page keeps no timing metadata
     )
     client.execute()
     seconds = time.time() - start
@@ -165,6 +166,15 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
         for o in c.outputs
         if o.output_type == "error"
     ]
+    cell_seconds = {}
+    for cell in nb.cells:
+        timing = cell.metadata.get("execution", {})
+        if cell.cell_type == "code" and {"iopub.execute_input", "shell.execute_reply"} <= timing.keys():
+            begun, ended = (
+                datetime.fromisoformat(timing[k].replace("Z", "+00:00"))
+                for k in ("iopub.execute_input", "shell.execute_reply")
+            )
+            cell_seconds[cell.id] = round((ended - begun).total_seconds(), 1)
     if inplace:  # the committed page: the lesson's own cells, with the outputs this run gave them
         executed = [c for c in nb.cells if not any(c is cell for cell in injected)]
         for count, (mine, ran) in enumerate(
@@ -177,7 +187,8 @@ def run_lesson(path: Path, seed: int, inplace: bool, claims_file: Path, presente
             mine.outputs, mine.execution_count = ran.outputs, count
         original.metadata.pop("widgets", None)
         nbformat.write(original, path)
-    return {"seconds": round(seconds, 1), "errors": errors, "load_before": round(load, 2)}
+    slowest = dict(sorted(cell_seconds.items(), key=lambda kv: -kv[1])[:6])  # where the lesson's time goes
+    return {"seconds": round(seconds, 1), "errors": errors, "load_before": round(load, 2), "slowest_cells": slowest}
 
 
 @contextlib.contextmanager
@@ -211,8 +222,9 @@ def cmd_run(args) -> None:
                 "date": time.strftime("%Y-%m-%d"),
             }
             record["lessons"] = dict(sorted(record["lessons"].items()))
-            # a lesson that needs no cached model (02) runs without one: keep what the last build measured
-            record["cache_minutes"] = _cache_build_minutes(args.seed) or record.get("cache_minutes", {})
+            # a cache built only as far as the lessons run need (02 needs none, 07 stops at PPO): each stage
+            # keeps the minutes of its last measured build
+            record["cache_minutes"] = {**record.get("cache_minutes", {}), **_cache_build_minutes(args.seed)}
             out.write_text(json.dumps(record, indent=1) + "\n")
         print(
             f"{path.name}: {result['seconds']:.0f} s, {len(claims)} claims, errors: {result['errors'] or 'none'}",
