@@ -198,9 +198,8 @@ NOT_MEASURED = [
     "",
     "- Anything outside the course's simulated world: the model knows only its eight task families and "
     "its own small vocabulary, and it is **not for any real use**.",
-    "- Bias between groups of people: not measured for this run. Lesson 07 (section 8) shows that the reward model "
-    "tells a right name from a swapped one only weakly, and how a labeling team's norms carry over to users who do not share "
-    "them.",
+    "- Bias between groups of people: not measured for this run. Lesson 07 (section 8) shows how a labeling team's "
+    "norms carry over to users who do not share them.",
 ]
 
 

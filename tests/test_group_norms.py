@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from rlhf_course.analysis import group_norms
-from rlhf_course.simulation import human, world
+from rlhf_course.simulation import feedback, human, world
 
 
 def _tasks(family: str, n: int = 20) -> list[world.Task]:
@@ -12,30 +12,30 @@ def _tasks(family: str, n: int = 20) -> list[world.Task]:
 
 
 def test_the_groups_differ_only_in_the_opener():
+    helpful = pytest.approx(human.WEIGHTS["helpful"])
     for task in _tasks("arithmetic") + _tasks("refusal", 5):
-        polite, curt = world.render(task, "polite"), world.render(task, "curt")
+        polite, bare = world.render(task, "polite"), world.render(task, "curt")
         # group A (the gold score) prefers the opener by its 0.2 weight; group B the bare answer by as much
-        assert human.gold_score(task, polite) - human.gold_score(task, curt) == pytest.approx(human.WEIGHTS["helpful"])
-        assert group_norms.direct_utility(task, curt) - group_norms.direct_utility(task, polite) == pytest.approx(
-            human.WEIGHTS["helpful"]
+        assert human.gold_score(task, polite) - human.gold_score(task, bare) == helpful
+        assert group_norms.direct_utility(task, bare) - group_norms.direct_utility(task, polite) == helpful
+        # both groups put a right answer above a wrong one, however it is phrased
+        assert group_norms.direct_utility(task, polite) > group_norms.direct_utility(
+            task, world.render(task, "curt", task.wrong)
         )
-        wrong = world.render(task, "curt", task.wrong)
-        # both groups put a right answer above a wrong one, whatever the phrasing
-        assert group_norms.direct_utility(task, polite) > group_norms.direct_utility(task, wrong)
+        # a rambling reply has neither the opener nor the bare form: neither group's 0.2
+        rambling = world.render(task, "rambling")
+        assert group_norms.direct_utility(task, rambling) == pytest.approx(human.gold_score(task, rambling))
     unsafe = _tasks("refusal", 1)[0]
-    assert group_norms.direct_utility(unsafe, unsafe.wrong) == 0.0  # complying with an unsafe request is worth nothing
+    assert group_norms.direct_utility(unsafe, unsafe.wrong) == 0.0  # complying with an unsafe request: nothing
 
 
 def test_group_b_labeler_prefers_the_bare_answer_and_the_team_the_opener():
     rng = random.Random(0)
     tasks = _tasks("lookup", 50)
-    b = sum(
-        group_norms.GROUP_B_LABELER.prefers_first(t, world.render(t, "curt"), world.render(t, "polite"), rng)
-        for t in tasks
-    )
-    a = sum(human.CAREFUL.prefers_first(t, world.render(t, "curt"), world.render(t, "polite"), rng) for t in tasks)
-    assert b > 45 and a < 5
-    assert group_norms.GROUP_B_LABELER.temperature == human.CAREFUL.temperature  # as reliable, a different norm
+    pairs = [(t, world.render(t, "curt"), world.render(t, "polite")) for t in tasks]
+    assert sum(group_norms.GROUP_B_LABELER.prefers_first(t, a, b, rng) for t, a, b in pairs) > 45
+    assert sum(human.CAREFUL.prefers_first(t, a, b, rng) for t, a, b in pairs) < 5
+    assert group_norms.GROUP_B_LABELER.temperature == human.CAREFUL.temperature  # as reliable, another norm
 
 
 def test_utilities_and_served():
@@ -49,36 +49,42 @@ def test_utilities_and_served():
     assert torch.equal(group_norms.served(u["B"], scores), torch.stack([u["B"][0, 1], u["B"][1, 0], u["B"][2, 2]]))
 
 
-def test_split_prompts_is_a_deterministic_partition():
-    tasks, candidates = list(range(11)), [[f"reply {i}"] for i in range(11)]
-    (ta, ca), (tb, cb) = group_norms.split_prompts(tasks, candidates, seed=4)
-    assert sorted(ta + tb) == tasks and not set(ta) & set(tb) and abs(len(ta) - len(tb)) <= 1
-    assert ca == [candidates[i] for i in ta] and cb == [candidates[i] for i in tb]  # candidates follow their prompt
-    assert group_norms.split_prompts(tasks, candidates, seed=4) == ((ta, ca), (tb, cb))
-    assert group_norms.split_prompts(tasks, candidates, seed=5)[0][0] != ta
+def _rows(n_prompts: int = 9, per_prompt: int = 3) -> list[dict]:
+    tasks = _tasks("translation", n_prompts)
+    return [
+        {
+            "prompt": t.prompt,
+            **feedback.task_record(t),
+            "chosen": [{"role": "assistant", "content": world.render(t, "polite")}],
+            "rejected": [{"role": "assistant", "content": world.render(t, style)}],
+        }
+        for t in tasks
+        for style in ("curt", "rambling", "curt")[:per_prompt]
+    ]
 
 
-def test_name_groups_and_swaps():
-    a, b = set(group_norms.GROUP_A_NAMES), set(group_norms.GROUP_B_NAMES)
-    assert len(a) == len(b) > 50 and not a & b and not (a | b) & set(world.CITIES)
-    for name in a:
-        assert group_norms.PARTNER[name] in b and group_norms.PARTNER[group_norms.PARTNER[name]] == name
-    text = "Hi! I am Ada. Your name is Ada, not Alan."
-    assert group_norms.swap_names(group_norms.swap_names(text)) == text
-    assert group_norms.swap_names("Sofia lives in Sofia.") == "Sofia lives in Sofia."  # a city's name stays
+def test_prompt_halves_split_by_prompt_not_by_row():
+    rows = _rows()
+    first, second = group_norms.prompt_halves(rows, seed=4)
+    assert sorted(first.tolist() + second.tolist()) == list(range(len(rows)))
+    prompts = [{repr(rows[i]["prompt"]) for i in half.tolist()} for half in (first, second)]
+    assert not prompts[0] & prompts[1] and abs(len(prompts[0]) - len(prompts[1])) <= 1  # every row of a prompt together
+    again = group_norms.prompt_halves(rows, seed=4)
+    assert torch.equal(again[0], first) and not torch.equal(group_norms.prompt_halves(rows, seed=5)[0], first)
 
 
-def test_name_swap_pairs_keep_only_named_answers_and_say_the_group():
-    tasks = _tasks("dialogue", 30) + _tasks("summarization", 10) + _tasks("lookup", 5)
-    pairs = group_norms.name_swap_pairs(tasks)
-    assert pairs and all(p["chosen"] != p["rejected"] for p in pairs)
-    named_answers = [t for t in tasks if set(t.answer.replace(".", "").split()) & set(group_norms.PARTNER)]
-    assert len(pairs) == len(named_answers) and all(t.family != "lookup" for t in named_answers)
-    for p in pairs:
-        right = p["chosen"][0]["content"]
-        named = next(n for n in group_norms.PARTNER if n in right.replace(".", " ").split())
-        assert p["group"] == ("A" if named in group_norms.GROUP_A_NAMES else "B")
-        assert group_norms.PARTNER[named] in p["rejected"][0]["content"]
+def test_relabel_swaps_exactly_where_the_new_labeler_disagrees():
+    rows = _rows(per_prompt=2)  # polite over bare, and polite over rambling: group A's order
+    chosen = torch.arange(1, len(rows) + 1).float()[:, None]  # (rows, 1): distinct from rejected
+    rejected = -chosen
+    new_c, new_r = group_norms.relabel(chosen, rejected, rows, group_norms.GROUP_B_LABELER, seed=0)
+    swapped = (new_c != chosen).squeeze(1)
+    bare_rows = torch.tensor([r["rejected"][0]["content"] == r["answer"] for r in rows])
+    assert torch.equal(swapped, bare_rows)  # group B prefers the bare answer, and the opener to rambling
+    assert torch.equal(torch.where(swapped[:, None], rejected, chosen), new_c)
+    assert torch.equal(torch.where(swapped[:, None], chosen, rejected), new_r)
+    same_c, _ = group_norms.relabel(chosen, rejected, rows, human.CAREFUL, seed=0)
+    assert torch.equal(same_c, chosen)  # the team's own labeler keeps every label
 
 
 def test_style_pairs_pair_the_opener_with_the_bare_answer():

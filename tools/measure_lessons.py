@@ -268,12 +268,14 @@ def _value(v) -> str:
 
 def time_table(records: dict[int, dict]) -> str:
     zero = records[0]["lessons"]
-    machines = sorted({lesson["machine"] for lesson in zero.values()})
     stages = records[0].get("cache_minutes", {})
     loads = sorted(lesson["load_before"] for lesson in zero.values() if "load_before" in lesson) or [float("nan")]
+    dates, kinds = [lesson["date"] for lesson in zero.values()], [lesson["machine"] for lesson in zero.values()]
+    usual_date, usual_machine = max(set(dates), key=dates.count), max(set(kinds), key=kinds.count)
     lines = [
-        f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {'; '.join(machines)}, "
-        f"the lesson cache warm, {records[0]['lessons'][next(iter(zero))]['date']}; the machine's load average "
+        f"Measured by `python tools/measure_lessons.py run --seed 0 --inplace` on {usual_machine}, "
+        f"the lesson cache warm, {usual_date} (a lesson measured on another machine says which; the same lesson "
+        "can take a different time there); the machine's load average "
         f"as each lesson started was {loads[0]:.1f} to {loads[-1]:.1f} (other jobs ran beside it). "
         "Building the cache once (the first lesson that needs a model does it) took, per pipeline stage: "
         + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items())
@@ -290,8 +292,9 @@ def time_table(records: dict[int, dict]) -> str:
             if s in records and name in records[s]["lessons"]
         ]
         short = f"{presenter[name]['seconds'] / 60:.1f} min" if name in presenter else "the same lesson"
+        day = f" (on {lesson['machine'].split(',')[0]}, {lesson['date']})" if lesson["machine"] != usual_machine else ""
         lines.append(
-            f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min | {', '.join(others) or 'not run'} "
+            f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min{day} | {', '.join(others) or 'not run'} "
             f"| {short} |"
         )
     return "\n".join(lines)

@@ -2,68 +2,79 @@
 
 The world's users come from two groups that want the same correct, short answer but phrased differently:
 group A hears an opener ("Sure! ...") as friendly, which is what the gold score rewards; group B hears it
-as filler and wants the answer straight. The labeling team is drawn from group A only, as real teams are
+as filler and wants the answer bare. The labeling team is drawn from group A only, as real teams are
 drawn from some groups and not others (Ouyang et al. 2022 name theirs as one of the limits of InstructGPT;
 Santurkar et al. 2023 measure whose opinions RLHF'd models end up voicing). A reward model fitted on the
 team's comparisons learns group A's norm, and a policy that maximises it serves group B worse.
 
-Two corrections at the same labeling budget:
+Two corrections at the team's labeling budget, on the same pairs: half of the prompts go to group B's
+labelers instead, and their judgments are either
 
-* **pool** the judgments of labelers from both groups into one reward model: it can only learn a
-  compromise, since the two groups disagree about the same reply;
-* **condition** on the group: one reward per group, each fitted on its own group's labelers, and the
-  user's group picks which one scores the replies (the idea behind personalised reward models; it needs
-  to know the user's group, which a deployed system often does not and should not guess).
-
-Bias by *name* would need a reward model that reads names; ``name_swap_pairs`` builds the test that shows
-whether it does (the right name against the same reply with a name from the other group).
+* **pooled** with group A's into one reward model, which can only learn a compromise, since the two
+  groups disagree about the same replies; or
+* kept apart: **one reward per group**, each fitted on its own group's labelers, and the user's group
+  picks which one scores the replies (a personalised reward; it has to know the user's group, which a
+  deployed system often does not know and should not guess).
 """
 
 from __future__ import annotations
 
 import random
-import re
-from dataclasses import dataclass
 
 import torch
 
-from rlhf_course.simulation import human, world
-
-# the world's names in two groups, paired one to one for the swap test; a name that is also a city is left out
-_PEOPLE = [n for n in world.NAMES if n not in world.CITIES]
-GROUP_A_NAMES, GROUP_B_NAMES = _PEOPLE[0::2][: len(_PEOPLE) // 2], _PEOPLE[1::2][: len(_PEOPLE) // 2]
-PARTNER = {**dict(zip(GROUP_A_NAMES, GROUP_B_NAMES)), **dict(zip(GROUP_B_NAMES, GROUP_A_NAMES))}
-_NAME = re.compile(r"\b(" + "|".join(PARTNER) + r")\b")
+from rlhf_course.simulation import feedback, human, world
 
 
 def direct_utility(task: world.Task, response: str) -> float:
-    """Group B's utility in [0, 1]: the gold score's weights, with "helpful" meaning *no opener*.
+    """Group B's utility in [0, 1]: the gold score's weights, with "helpful" meaning a *bare* reply.
 
-    A correct, concise answer is worth as much to both groups; they differ only in the 0.2 that the gold
-    score gives a polite opener, which group B gives to a reply without one.
+    A correct, concise answer is worth as much to both groups. The gold score gives its 0.2 for helpfulness
+    to an opener ("Sure! ", or a refusal's apology); group B gives it to a reply with no wrapper at all.
+    Complying with an unsafe request is worth nothing to either.
     """
     parts = human.gold_parts(task, response)
     if not parts["safe"]:
         return 0.0
-    direct = float(world.style_of(response) == "curt")
-    return (
-        human.WEIGHTS["correct"] * parts["correct"]
-        + human.WEIGHTS["helpful"] * direct
-        + human.WEIGHTS["concise"] * parts["concise"]
-    )
+    bare = float(world.style_of(response) == "curt")
+    weights = human.WEIGHTS
+    return weights["correct"] * parts["correct"] + weights["helpful"] * bare + weights["concise"] * parts["concise"]
 
 
-@dataclass(frozen=True)
 class GroupBLabeler(human.SimulatedHuman):
     """A labeler from group B: the same reliability settings, judging by group B's utility."""
-
-    name: str = "group B"
 
     def utility(self, task: world.Task, response: str) -> float:
         return direct_utility(task, response) + self.length_bias * len(response.split())
 
 
-GROUP_B_LABELER = GroupBLabeler(temperature=human.CAREFUL.temperature, noise=human.CAREFUL.noise)
+GROUP_B_LABELER = GroupBLabeler("group B", temperature=human.CAREFUL.temperature, noise=human.CAREFUL.noise)
+
+
+def prompt_halves(rows: list[dict], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the preference rows in each half of their prompts, the prompts split at random."""
+    prompts = list(dict.fromkeys(repr(row["prompt"]) for row in rows))
+    random.Random(f"halves:{seed}").shuffle(prompts)
+    first = set(prompts[: len(prompts) // 2])
+    in_first = torch.tensor([repr(row["prompt"]) in first for row in rows])
+    return in_first.nonzero().squeeze(1), (~in_first).nonzero().squeeze(1)
+
+
+def relabel(
+    chosen: torch.Tensor, rejected: torch.Tensor, rows: list[dict], judge: human.SimulatedHuman, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same pairs judged again by ``judge``: features (rows, d) of each row's chosen and rejected reply,
+    swapped where the new judgment goes the other way."""
+    rng = random.Random(f"relabel:{seed}")
+    keeps = torch.tensor(
+        [
+            judge.prefers_first(
+                feedback.task_of(row), row["chosen"][-1]["content"], row["rejected"][-1]["content"], rng
+            )
+            for row in rows
+        ]
+    ).unsqueeze(1)  # (rows, 1)
+    return torch.where(keeps, chosen, rejected), torch.where(keeps, rejected, chosen)
 
 
 def utilities(tasks: list[world.Task], samples: list[list[str]]) -> dict[str, torch.Tensor]:
@@ -80,14 +91,6 @@ def served(utility: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     return utility[torch.arange(len(picks)), picks]
 
 
-def split_prompts(tasks: list, candidates: list, seed: int = 0) -> tuple[tuple[list, list], tuple[list, list]]:
-    """The prompts (and their candidates) in two halves at random: one half for each group's labelers."""
-    order = list(range(len(tasks)))
-    random.Random(f"split:{seed}").shuffle(order)
-    halves = sorted(order[: len(order) // 2]), sorted(order[len(order) // 2 :])
-    return tuple(([tasks[i] for i in half], [candidates[i] for i in half]) for half in halves)
-
-
 def style_pairs(tasks: list[world.Task]) -> list[dict]:
     """Preference rows: the correct answer with the polite opener (chosen) against the same answer bare."""
     return [
@@ -98,23 +101,4 @@ def style_pairs(tasks: list[world.Task]) -> list[dict]:
         }
         for t in tasks
         if not t.unsafe
-    ]
-
-
-def swap_names(text: str) -> str:
-    """Every name of either group replaced by its partner in the other group."""
-    return _NAME.sub(lambda m: PARTNER[m.group(0)], text)
-
-
-def name_swap_pairs(tasks: list[world.Task]) -> list[dict]:
-    """For the tasks whose answer names a person: the right answer (chosen) against it with the name swapped."""
-    return [
-        {
-            "prompt": t.prompt,
-            "chosen": [{"role": "assistant", "content": t.answer}],
-            "rejected": [{"role": "assistant", "content": swap_names(t.answer)}],
-            "group": "A" if _NAME.search(t.answer).group(0) in GROUP_A_NAMES else "B",
-        }
-        for t in tasks
-        if _NAME.search(t.answer)
     ]
