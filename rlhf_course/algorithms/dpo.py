@@ -201,8 +201,11 @@ def train_dpo(
         with torch.no_grad():
             reward_chosen = config.beta * (chosen - ref_chosen)  # (pairs,) the implicit rewards
             reward_rejected = config.beta * (rejected - ref_rejected)
-            # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0
-            wins = (reward_chosen > reward_rejected).float() + 0.5 * (reward_chosen == reward_rejected).float()
+            # a tie counts as half, as in the reward model's accuracy: the untrained policy scores 0.5, not 0. A tie is
+            # up to float noise: the reference's log-probabilities came from other batches, and on some CPUs their
+            # last bits differ from the policy's
+            margin = reward_chosen - reward_rejected  # (pairs,)
+            wins = (margin > 1e-5).float() + 0.5 * (margin.abs() <= 1e-5).float()
             measured = {
                 "loss": loss,
                 "reward_accuracy": wins.mean(),
