@@ -19,7 +19,7 @@ setup() {
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
     # constraints.txt: the exact versions the course was last tested with, so a fresh clone gets a known
     # environment (pyproject.toml keeps the ranges, for installing the package into an environment of yours)
-    "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev]"
+    "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[dev,real-model]"
     rm -f "$VENV"/.installed-* && touch "$stamp"
 }
 

