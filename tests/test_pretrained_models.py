@@ -93,11 +93,11 @@ def test_one_lora_step_of_sft_and_of_dpo_changes_only_adapter_weights(smollm2):
         for t in tasks
     ]
     for name, train in (
-        ("sft", lambda m: train_sft(m, tok, rows, SFTConfig(epochs=1, batch_size=4, lr=1e-3, warmup_steps=1))),
+        ("sft", lambda m: train_sft(m, tok, rows, SFTConfig(epochs=1, batch_size=4, lr=1e-3, warmup_steps=0))),
         (
             "dpo",
             lambda m: dpo.train_dpo(
-                m, models.load_model(smollm2, dev=cpu), tok, pairs, dpo.DPOConfig(batch_size=4, lr=1e-3, warmup_steps=1)
+                m, models.load_model(smollm2, dev=cpu), tok, pairs, dpo.DPOConfig(batch_size=4, lr=1e-3, warmup_steps=0)
             ),
         ),
     ):

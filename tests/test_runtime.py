@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from rlhf_course.core import optimization, runtime
@@ -42,3 +43,21 @@ def test_adam_is_adamw_or_adam_with_the_given_settings_and_fused_only_on_a_gpu()
     assert type(decoupled) is torch.optim.AdamW and decoupled.defaults["weight_decay"] == 0.1
     assert type(plain) is torch.optim.Adam and plain.defaults["eps"] == 1e-5 and plain.defaults["weight_decay"] == 0
     assert not decoupled.defaults["fused"]  # CPU parameters: PyTorch's own choice
+
+
+def test_the_schedule_warms_up_then_decays_and_takes_no_warmup():
+    def rates(warmup, total):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+        scheduler = optimization.warmup_then_decay(optimizer, warmup, total)
+        seen = []
+        for _ in range(total):
+            seen.append(optimizer.param_groups[0]["lr"])
+            optimizer.step()
+            scheduler.step()
+        return seen
+
+    assert rates(2, 4) == pytest.approx([0.5, 0.75, 0.5, 0.25])  # min(1, (s+1)/2) * (1 - s/4)
+    assert rates(0, 4) == pytest.approx([1.0, 0.75, 0.5, 0.25])  # no warm-up: the full rate at once
+    assert rates(1, 4) == rates(0, 4)
+    with pytest.raises(ValueError, match="warmup_steps >= 0"):
+        rates(-1, 4)

@@ -20,7 +20,9 @@ def adam(
 
 
 def warmup_then_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
-    """Linear warm-up over ``warmup_steps``, times a linear decay to 0 at ``total_steps``."""
+    """Linear warm-up over ``warmup_steps`` (0: none), times a linear decay to 0 at ``total_steps``."""
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f"expected warmup_steps >= 0 and total_steps >= 1, got {warmup_steps} and {total_steps}")
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup_steps) * max(0.0, 1 - s / total_steps)
+        optimizer, lambda s: min(1.0, (s + 1) / max(warmup_steps, 1)) * max(0.0, 1 - s / total_steps)
     )
