@@ -266,6 +266,11 @@ def _value(v) -> str:
     return text if len(text) <= 24 else text[:20] + " ..."  # a list the assertion looked into, say
 
 
+def _elsewhere(run: dict, seed0: dict) -> str:
+    """Where a seed's run of a lesson was measured, when not where its seed-0 run was."""
+    return f" (on {run['machine'].split(',')[0]})" if run.get("machine") != seed0.get("machine") else ""
+
+
 def time_table(records: dict[int, dict]) -> str:
     zero = records[0]["lessons"]
     stages = records[0].get("cache_minutes", {})
@@ -281,13 +286,13 @@ def time_table(records: dict[int, dict]) -> str:
         + ", ".join(f"{stage} {minutes:.1f} min" for stage, minutes in stages.items())
         + ".",
         "",
-        "| lesson | whole lesson, warm cache | seeds 1 and 2 (same machine) | presenter mode, seed 0 |",
+        "| lesson | whole lesson, warm cache | seeds 1 and 2 (on seed 0's machine unless named) | presenter mode, seed 0 |",
         "|---|---|---|---|",
     ]
     presenter = records[0].get("presenter_lessons", {})
     for name, lesson in zero.items():
         others = [
-            f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min"
+            f"{records[s]['lessons'][name]['seconds'] / 60:.1f} min" + _elsewhere(records[s]["lessons"][name], lesson)
             for s in (1, 2)
             if s in records and name in records[s]["lessons"]
         ]
