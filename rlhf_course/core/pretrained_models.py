@@ -101,8 +101,10 @@ def convert(gguf_path: Path, spec: WheelModel, out: Path) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, name = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+    )
     # the GGUF-loaded model refuses save_pretrained; a fresh model of the same config takes its weights
     config = quantized.config
     if hasattr(config, "quantization_config"):
