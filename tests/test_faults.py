@@ -366,3 +366,28 @@ def test_a_labeling_session_killed_at_random_moments_keeps_every_judgment_it_fin
     session = _session(path)
     assert session.current() is None and len(session.judgments) == len(session.pairs)
     assert len(path.read_text().splitlines()) == len(session.pairs)  # each judgment once, none torn or doubled
+
+
+def test_a_lessons_saved_results_are_found_only_under_their_own_key_and_never_half_written(tmp_path, monkeypatch):
+    """Presenter mode shows what a full run saved: never results of other settings, never a torn file."""
+    from rlhf_course import checkpoints
+
+    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
+    key = {"seed": 0, "settings": {"lr": 1e-3}}
+    assert checkpoints.saved_results("lesson09", key) is None
+    path = checkpoints.save_results("lesson09", key, {"replies": ["Sure! 12"]})
+    assert checkpoints.saved_results("lesson09", key) == {"replies": ["Sure! 12"]}
+    assert checkpoints.saved_results("lesson09", {**key, "seed": 1}) is None
+    assert checkpoints.saved_results("lesson09", {"seed": 0, "settings": {"lr": 2e-3}}) is None
+
+    def full_disk(self, text):
+        self.open("w").write(text[:5])  # the first bytes land, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(type(path), "write_text", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        checkpoints.save_results("lesson09", key, {"replies": ["Sure! 13"]})
+    monkeypatch.undo()
+    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
+    assert checkpoints.saved_results("lesson09", key) == {"replies": ["Sure! 12"]}  # the last whole run's
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # and no torn file beside it

@@ -266,9 +266,15 @@ def _value(v) -> str:
     return text if len(text) <= 24 else text[:20] + " ..."  # a list the assertion looked into, say
 
 
+def _where(machine: str) -> str:
+    """A machine as the tables name it: the processor and the thread count ("AMD EPYC, OMP_NUM_THREADS=2")."""
+    parts = machine.split(", ")
+    return ", ".join([parts[0]] + [p for p in parts[1:] if p.startswith("OMP_NUM_THREADS")])
+
+
 def _elsewhere(run: dict, seed0: dict) -> str:
     """Where a seed's run of a lesson was measured, when not where its seed-0 run was."""
-    return f" (on {run['machine'].split(',')[0]})" if run.get("machine") != seed0.get("machine") else ""
+    return f" (on {_where(run['machine'])})" if run.get("machine") != seed0.get("machine") else ""
 
 
 def time_table(records: dict[int, dict]) -> str:
@@ -297,7 +303,7 @@ def time_table(records: dict[int, dict]) -> str:
             if s in records and name in records[s]["lessons"]
         ]
         short = f"{presenter[name]['seconds'] / 60:.1f} min" if name in presenter else "the same lesson"
-        day = f" (on {lesson['machine'].split(',')[0]}, {lesson['date']})" if lesson["machine"] != usual_machine else ""
+        day = f" (on {_where(lesson['machine'])}, {lesson['date']})" if lesson["machine"] != usual_machine else ""
         lines.append(
             f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min{day} | {', '.join(others) or 'not run'} "
             f"| {short} |"
