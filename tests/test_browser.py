@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 LESSONS_DIR = Path(__file__).resolve().parent.parent / "lessons"
-# Every lesson: 00 and 01 as they are, the others in presenter mode, each about a minute.
+# Every lesson: 00 and 01 as they are, the others in presenter mode, each about a minute (lesson 09's once a full
+# run of it has saved its results; before that its presenter mode trains, as long as the full lesson).
 BROWSER_LESSONS = sorted(p.name for p in LESSONS_DIR.glob("*.ipynb"))
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_FLAGS = [

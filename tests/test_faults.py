@@ -370,24 +370,31 @@ def test_a_labeling_session_killed_at_random_moments_keeps_every_judgment_it_fin
 
 def test_a_lessons_saved_results_are_found_only_under_their_own_key_and_never_half_written(tmp_path, monkeypatch):
     """Presenter mode shows what a full run saved: never results of other settings, never a torn file."""
+    import os
+
     from rlhf_course import checkpoints
 
     monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
-    key = {"seed": 0, "settings": {"lr": 1e-3}}
+    key = {"seed": 0, "settings": {"lr": 1e-3, "steps": 16}}
     assert checkpoints.saved_results("lesson09", key) is None
     path = checkpoints.save_results("lesson09", key, {"replies": ["Sure! 12"]})
-    assert checkpoints.saved_results("lesson09", key) == {"replies": ["Sure! 12"]}
+    assert checkpoints.saved_results("lesson09", {"settings": {"steps": 16, "lr": 1e-3}, "seed": 0}) == {
+        "replies": ["Sure! 12"]
+    }  # the same key written in another order
     assert checkpoints.saved_results("lesson09", {**key, "seed": 1}) is None
-    assert checkpoints.saved_results("lesson09", {"seed": 0, "settings": {"lr": 2e-3}}) is None
+    assert checkpoints.saved_results("lesson09", {"seed": 0, "settings": {"lr": 2e-3, "steps": 16}}) is None
 
-    def full_disk(self, text):
-        self.open("w").write(text[:5])  # the first bytes land, then the disk is full
-        raise OSError(28, "No space left on device")
+    def full_disk(fd):
+        raise OSError(28, "No space left on device")  # the bytes were written, but never reach the disk
 
-    monkeypatch.setattr(type(path), "write_text", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        checkpoints.save_results("lesson09", key, {"replies": ["Sure! 13"]})
-    monkeypatch.undo()
-    monkeypatch.setenv("RLHF_COURSE_CACHE", str(tmp_path))
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", full_disk)
+        with pytest.raises(OSError, match="No space"):
+            checkpoints.save_results("lesson09", key, {"replies": ["Sure! 13"]})
     assert checkpoints.saved_results("lesson09", key) == {"replies": ["Sure! 12"]}  # the last whole run's
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # and no torn file beside it
+
+    path.write_text('{"replies": ["Sure! 1')  # damaged by something else: the lesson trains again
+    assert checkpoints.saved_results("lesson09", key) is None
+    with pytest.raises(ValueError, match="letters, digits and underscores"):
+        checkpoints.save_results("../elsewhere", key, {})

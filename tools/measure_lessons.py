@@ -266,15 +266,17 @@ def _value(v) -> str:
     return text if len(text) <= 24 else text[:20] + " ..."  # a list the assertion looked into, say
 
 
-def _where(machine: str) -> str:
-    """A machine as the tables name it: the processor and the thread count ("AMD EPYC, OMP_NUM_THREADS=2")."""
-    parts = machine.split(", ")
-    return ", ".join([parts[0]] + [p for p in parts[1:] if p.startswith("OMP_NUM_THREADS")])
+def _where(machine: str, usual: str) -> str:
+    """A machine as the tables name it: its processor, and whatever else differs from the usual machine's
+    description (the core count, the thread count), e.g. "AMD EPYC, OMP_NUM_THREADS=2"."""
+    first, *rest = machine.split(", ")
+    return ", ".join([first] + [part for part in rest if part not in usual.split(", ")])
 
 
 def _elsewhere(run: dict, seed0: dict) -> str:
     """Where a seed's run of a lesson was measured, when not where its seed-0 run was."""
-    return f" (on {_where(run['machine'])})" if run.get("machine") != seed0.get("machine") else ""
+    same = run.get("machine") == seed0.get("machine")
+    return "" if same else f" (on {_where(run['machine'], seed0.get('machine', ''))})"
 
 
 def time_table(records: dict[int, dict]) -> str:
@@ -303,7 +305,11 @@ def time_table(records: dict[int, dict]) -> str:
             if s in records and name in records[s]["lessons"]
         ]
         short = f"{presenter[name]['seconds'] / 60:.1f} min" if name in presenter else "the same lesson"
-        day = f" (on {_where(lesson['machine'])}, {lesson['date']})" if lesson["machine"] != usual_machine else ""
+        day = (
+            f" (on {_where(lesson['machine'], usual_machine)}, {lesson['date']})"
+            if lesson["machine"] != usual_machine
+            else ""
+        )
         lines.append(
             f"| {name.replace('_', ' ', 1)} | {lesson['seconds'] / 60:.1f} min{day} | {', '.join(others) or 'not run'} "
             f"| {short} |"
